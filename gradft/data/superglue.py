@@ -1,0 +1,281 @@
+"""Loading SuperGLUE / FewGLUE splits into a `TaskData`, from local jsonl files or the HF hub.
+
+Owns `TaskData`, `load_task`, task-config validation, root resolution, jsonl reading with precise
+error messages (file + 1-based line), the hub path (`hub_to_examples`, testable offline with an
+in-memory `datasets.Dataset`) and the held-out selection split (`hold_out`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .formats import (
+    FORMATS,
+    DataError,
+    Example,
+    hub_label_fn,
+    label_names,
+    local_label_fn,
+    rows_to_examples,
+)
+
+log = logging.getLogger(__name__)
+
+# `root` in a split config -> (key in the data config, placeholder shown in error messages)
+ROOTS = {
+    "superglue": ("superglue_root", "/path/to/super_glue"),
+    "fewglue": ("fewglue_root", "/path/to/fewglue"),
+}
+HUB_SPLITS = {"train": "train", "eval": "validation"}  # hub source: which hub split feeds which role
+HELDOUT_SEED = 0  # fixed: the held-out selection split must not change with the run seed
+
+
+@dataclass
+class TaskData:
+    name: str  # "rte"
+    labels: list[str]  # class names in index order; COPA: ["choice1", "choice2"]
+    multiple_choice: bool  # True for COPA
+    train_pool: list[Example]  # what k-shot sampling draws from
+    select: list[Example]  # selection split for hyper-parameter search (FewGLUE dev32, or held out)
+    eval: list[Example]  # the reported split (official val)
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    """OmegaConf DictConfig / mapping / None -> plain dict (resolved)."""
+    if cfg is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    if isinstance(cfg, Mapping):
+        return dict(cfg)
+    raise DataError(f"expected a config mapping, got {type(cfg).__name__}")
+
+
+def validate_task_cfg(task: Mapping[str, Any]) -> None:
+    """Raise DataError for a task config that cannot work (missing keys, unknown format, ...)."""
+    name = task.get("name", "<unnamed task>")
+    missing = [k for k in ("name", "dir", "format", "labels", "train", "eval") if task.get(k) in (None, "")]
+    if missing:
+        raise DataError(f"task config {name!r} lacks {missing}; see conf/task/rte.yaml for the schema")
+    if task["format"] not in FORMATS:
+        raise DataError(f"task {name!r}: unknown format {task['format']!r}; expected one of {list(FORMATS)}")
+    if task["format"] == "pair" and not (
+        isinstance(task.get("fields"), list) and len(task["fields"]) in (1, 2)
+    ):
+        raise DataError(f"task {name!r}: format=pair needs `fields`: a list of 1 or 2 field names")
+    if len(task["labels"]) < 2 or len(label_names(task)) != len(task["labels"]):
+        raise DataError(f"task {name!r}: need >= 2 `labels` (and as many `label_names`, if given)")
+    for role in ("train", "select", "eval"):
+        split = task.get(role)
+        if split is None and role == "select":
+            continue
+        if (
+            not isinstance(split, Mapping)
+            or "split" not in split
+            or split.get("root") not in (*ROOTS, "heldout")
+        ):
+            raise DataError(
+                f"task {name!r}: `{role}` must look like {{root: superglue|fewglue, split: <name>}}"
+                + (" (or {root: heldout})" if role == "select" else "")
+                + f", got {split!r}"
+            )
+
+
+def resolve_root(data_cfg: Mapping[str, Any], root: str) -> Path:
+    """The folder for `root` (superglue | fewglue); relative paths resolve against the current directory."""
+    key, placeholder = ROOTS[root]
+    value = data_cfg.get(key)
+    if not value:
+        raise DataError(f"data.{key} is not set; pass data.{key}={placeholder} or use data.source=hub")
+    path = Path(str(value)).expanduser()
+    path = path if path.is_absolute() else Path.cwd() / path
+    if not path.is_dir():
+        raise DataError(
+            f"data root not found: looked for {path} (data.{key}={value!r}). "
+            f"Point elsewhere with data.{key}={placeholder}, or use data.source=hub"
+        )
+    return path
+
+
+@contextmanager
+def _quiet_datasets():
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield datasets
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def _scan_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Parse line by line with json.loads; DataError names the first malformed (1-based) line."""
+    rows = []
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}: line {lineno} is not valid UTF-8 ({exc.reason})") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"{path}: malformed JSON on line {lineno}: {exc.msg} (column {exc.colno})"
+                ) from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: line {lineno} is not a JSON object (got {type(row).__name__})")
+            rows.append(row)
+    return rows
+
+
+def _line_numbers(path: Path) -> list[int]:
+    """1-based line numbers of the non-blank lines, i.e. of record 0, 1, 2, ..."""
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        return [n for n, line in enumerate(fh, start=1) if line.strip()]
+
+
+def read_jsonl(path: Path, hint: str = "") -> list[dict[str, Any]]:
+    """Records of a jsonl file, via `datasets` (json builder); on failure re-scan to locate the bad line."""
+    if not path.is_file():
+        raise DataError(
+            f"file not found: looked for {path} (layout <root>/<dir>/<split>.jsonl). {hint}".rstrip()
+        )
+    try:
+        with _quiet_datasets() as datasets:
+            rows = list(datasets.load_dataset("json", data_files=str(path), split="train"))
+    except Exception as exc:  # noqa: BLE001 - any datasets / arrow failure -> precise re-scan below
+        rows = _scan_jsonl(path)
+        # Every line is valid JSON: datasets failed for another reason (e.g. mixed types across rows);
+        # the plain rows are just as good, and label/field checks below give precise messages.
+        log.warning("datasets could not load %s (%r); using plain json rows", path, exc)
+    if not rows:
+        raise DataError(f"{path}: split is empty (no records)")
+    return rows
+
+
+def _load_local(task: dict[str, Any], data: dict[str, Any], split: Mapping[str, Any]) -> list[Example]:
+    key, placeholder = ROOTS[split["root"]]
+    path = resolve_root(data, split["root"]) / task["dir"] / f"{split['split']}.jsonl"
+    hint = (
+        f"Point elsewhere with data.{key}={placeholder}, fix the task's `dir`/`split`, or use data.source=hub"
+    )
+    rows = read_jsonl(path, hint)
+    lines: list[int] = []
+
+    def where(i: int, row: Mapping[str, Any]) -> str:
+        if not lines:
+            lines.extend(_line_numbers(path))
+        line = lines[i] if i < len(lines) else i + 1
+        return f"{path} line {line} (idx={row.get('idx')!r})"
+
+    examples = rows_to_examples(rows, task, local_label_fn(task["labels"]), where)
+    if not examples:
+        raise DataError(f"{path}: no examples after formatting (empty split)")
+    return examples
+
+
+def hub_to_examples(dataset: Any, task_cfg: Any, where: str = "hub") -> list[Example]:
+    """Convert rows in hub schema (int ClassLabel labels; MultiRC flattened) into Examples.
+
+    `dataset` is any iterable of row dicts, e.g. `datasets.Dataset.from_list([...])`.
+    """
+    task = _plain(task_cfg)
+    examples = rows_to_examples(
+        dataset, task, hub_label_fn(len(task["labels"])), lambda i, row: f"{where} row {i}", hub=True
+    )
+    if not examples:
+        raise DataError(f"{where}: split is empty")
+    return examples
+
+
+def _load_hub(task: dict[str, Any], data: dict[str, Any], split: str) -> list[Example]:
+    hub_id = data.get("hub_id") or "super_glue"
+    hub_name = task.get("hub_name") or task["name"]
+    try:
+        with _quiet_datasets() as datasets:
+            ds = datasets.load_dataset(hub_id, hub_name, split=split)
+    except Exception as exc:  # network / cache / loading-script errors all end up here
+        raise DataError(
+            f"could not load hub dataset {hub_id!r} (config {hub_name!r}, split {split!r}): {exc}. "
+            "Offline? Use data.source=local with data.superglue_root=/path/to/super_glue"
+        ) from exc
+    return hub_to_examples(ds, task, where=f"hub {hub_id}/{hub_name} split {split}")
+
+
+def hold_out(pool: list[Example], n: int, seed: int = HELDOUT_SEED) -> tuple[list[Example], list[Example]]:
+    """Split `n` units off `pool` -> (rest, held). Units are MultiRC questions (group) or examples."""
+    units: dict[str, list[Example]] = {}
+    for i, ex in enumerate(pool):
+        units.setdefault(ex.group if ex.group is not None else f"#{i}", []).append(ex)
+    if not 0 < n < len(units):
+        raise DataError(
+            f"cannot hold out {n} of {len(units)} pool units; set data.heldout between 1 and {len(units) - 1}"
+        )
+    held_keys = set(random.Random(seed).sample(sorted(units), n))
+    rest = [ex for k, exs in units.items() if k not in held_keys for ex in exs]
+    held = [ex for k, exs in units.items() if k in held_keys for ex in exs]
+    return rest, held
+
+
+def _content_key(ex: Example) -> tuple[Any, ...]:
+    return (ex.texts, ex.choices, ex.label)
+
+
+def load_task(task_cfg: Any, data_cfg: Any) -> TaskData:
+    """Load train pool, selection and evaluation splits of one task (see conf/task/*.yaml, docs/tasks.md)."""
+    task, data = _plain(task_cfg), _plain(data_cfg)
+    validate_task_cfg(task)
+    source = data.get("source", "local")
+    heldout = int(data.get("heldout", 32))
+    select_cfg = task.get("select")
+    if source == "local":
+        if (
+            select_cfg
+            and select_cfg["root"] != "heldout"
+            and ((select_cfg["root"], select_cfg["split"]) == (task["eval"]["root"], task["eval"]["split"]))
+        ):
+            raise DataError(f"task {task['name']!r}: `select` must not be the reported `eval` split")
+        pool = _load_local(task, data, task["train"])
+        eval_ = _load_local(task, data, task["eval"])
+        if select_cfg and select_cfg["root"] != "heldout":
+            select = _load_local(task, data, select_cfg)
+        else:
+            pool, select = hold_out(pool, heldout)
+    elif source == "hub":
+        pool = _load_hub(task, data, HUB_SPLITS["train"])
+        eval_ = _load_hub(task, data, HUB_SPLITS["eval"])
+        pool, select = hold_out(pool, heldout)
+    else:
+        raise DataError(f"unknown data.source {source!r}; expected 'local' or 'hub'")
+    # FewGLUE dev32 is drawn from the official train split: keep selection examples out of the k-shot pool.
+    select_keys = {_content_key(ex) for ex in select}
+    kept = [ex for ex in pool if _content_key(ex) not in select_keys]
+    if len(kept) < len(pool):
+        log.info("%s: removed %d selection examples from the train pool", task["name"], len(pool) - len(kept))
+    if not kept:
+        raise DataError(f"task {task['name']!r}: train pool is empty once selection examples are removed")
+    return TaskData(
+        name=task["name"],
+        labels=label_names(task),
+        multiple_choice=task["format"] == "copa",
+        train_pool=kept,
+        select=select,
+        eval=eval_,
+    )

@@ -1,0 +1,39 @@
+"""Batched evaluation under no_grad: examples sorted by length (less padding), padded per batch, predictions put
+back in the original order, then scored with the task's metrics."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from gradft.data import Collator, Example
+from gradft.forward import logits_of, to_device
+from gradft.metrics import task_metrics
+
+
+def _length(ex: Example) -> int:
+    return sum(len(t) for t in ex.texts) + sum(len(s) for c in ex.choices for s in c)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, examples: list[Example], collate: Collator, batch_size: int,
+            device: torch.device, desc: str = "eval") -> list[int]:
+    order = sorted(range(len(examples)), key=lambda i: _length(examples[i]))
+    preds = [0] * len(examples)
+    was_training = model.training
+    model.eval()
+    starts = range(0, len(order), batch_size)
+    for s in tqdm(starts, desc=desc, leave=False, disable=None):
+        idx = order[s : s + batch_size]
+        batch = to_device(collate([examples[i] for i in idx]), device)
+        for i, p in zip(idx, logits_of(model, batch).argmax(-1).tolist(), strict=True):
+            preds[i] = p
+    model.train(was_training)
+    return preds
+
+
+def evaluate(model: nn.Module, examples: list[Example], collate: Collator, batch_size: int, device: torch.device,
+             metric_names: list[str], n_classes: int, desc: str = "eval") -> dict[str, float]:
+    preds = predict(model, examples, collate, batch_size, device, desc)
+    return task_metrics(metric_names, preds, [e.label for e in examples], n_classes, [e.group for e in examples])

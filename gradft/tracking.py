@@ -1,0 +1,126 @@
+"""Where results go: Weights & Biases (offline by default; online falls back to offline when it cannot connect),
+and ``results.json`` + ``config.yaml`` in the run's output directory, written atomically (temp file + rename) so a
+crash never leaves a half-written file that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+SEED_KEYS = ("seed", "data_seed")
+MODES = ("online", "offline", "disabled")
+
+
+def atomic_write(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe: NaN/inf become null (never a number that looks real)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def write_results(out_dir: str | Path, results: dict[str, Any], cfg: DictConfig) -> Path:
+    out = Path(out_dir)
+    atomic_write(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write(out / "results.json", json.dumps(_clean(results), indent=2, sort_keys=True))
+    return out / "results.json"
+
+
+def config_key(cfg: DictConfig, drop: tuple[str, ...] = SEED_KEYS) -> str:
+    """A short hash of the resolved config without ``drop`` (and logger/paths/eval display settings)."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    for k in (*drop, "logger", "paths", "hydra"):
+        c.pop(k, None)
+    return hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _can_reach_wandb(timeout: float = 3.0) -> bool:
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _has_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def resolve_mode(mode: str) -> str:
+    """``online`` without a key or without a connection falls back to ``offline`` in seconds, and says so."""
+    if mode not in MODES:
+        raise ValueError(f"logger.mode={mode!r}: must be one of {', '.join(MODES)}")
+    if mode == "online" and not (_has_key() and _can_reach_wandb()):
+        log.warning("W&B online mode: no API key or no connection to W&B; logging offline instead "
+                    "(upload later with `wandb sync <run dir>`)")
+        return "offline"
+    return mode
+
+
+class Tracker:
+    """A W&B run (or nothing, with ``logger.mode=disabled``) that is always finished, with exit code 1 on failure."""
+
+    def __init__(self, cfg: DictConfig, out_dir: Path):
+        self.run = None
+        lcfg = cfg.logger
+        mode = resolve_mode(lcfg.mode)
+        if mode == "disabled":
+            return
+        import wandb
+
+        group = lcfg.get("group") or f"{cfg.method.name}-{cfg.task.name}-k{cfg.shots.k}-{config_key(cfg)}"
+        self.run = wandb.init(
+            project=lcfg.project, entity=lcfg.get("entity"), mode=mode, dir=str(out_dir), group=group,
+            job_type=cfg.method.name, name=f"{cfg.method.name}-{cfg.task.name}-k{cfg.shots.k}-s{cfg.seed}",
+            tags=list(lcfg.get("tags") or []), config=OmegaConf.to_container(cfg, resolve=True),
+            reinit="finish_previous", settings=wandb.Settings(init_timeout=30, silent=True),
+        )
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        if self.run is not None:
+            self.run.log(values, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.run is not None:
+            for k, v in values.items():
+                self.run.summary[k] = v
+
+    def finish(self, failed: bool) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=1 if failed else 0)
+            self.run = None

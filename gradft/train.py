@@ -1,0 +1,134 @@
+"""The step loop: plain steps (one forward + one backward) or guided steps (``StructuredGuidance``: two of each),
+AdamW, gradient clipping, skipping of non-finite steps, and the gradient metrics every ``metrics.every`` steps.
+
+Step t, in order: (1) on a metric step, measure g_t in the metric space at the current θ, in eval mode (an extra
+forward+backward that does not touch the training RNG or gradients); (2) compute the training gradient, plain or
+guided; (3) if the loss or the gradient is not finite, skip the update and count it; (4) clip and step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from gradft.forward import task_loss, to_device
+from gradft.gradients import ParamSpace
+from gradft.guidance import StructuredGuidance
+from gradft.metrics import GradientMonitor
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """Too many steps had a non-finite loss or gradient: the run stops rather than report garbage."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    skipped_nonfinite: int = 0
+    history: dict[str, list[float]] = field(default_factory=lambda: {"train/loss": []})
+
+
+def epoch_batches(examples: list, batch_size: int, collate: Callable, seed: int) -> Iterator[dict[str, Tensor]]:
+    """Endless stream of shuffled batches: epoch e is shuffled by ``Random(seed * 100003 + e)``."""
+    epoch = 0
+    while True:
+        order = list(range(len(examples)))
+        random.Random(seed * 100003 + epoch).shuffle(order)
+        for s in range(0, len(order), batch_size):
+            yield collate([examples[i] for i in order[s : s + batch_size]])
+        epoch += 1
+
+
+def plain_gradient(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """One forward + one backward into ``.grad``; returns the (detached) loss."""
+    loss = task_loss(model, batch)
+    loss.backward()
+    return loss.detach()
+
+
+class Trainer:
+    """Runs ``steps`` optimisation steps of ``model`` on a stream of batches."""
+
+    def __init__(self, model: nn.Module, space: ParamSpace, optimizer: torch.optim.Optimizer, scheduler,
+                 device: torch.device, max_grad_norm: float, max_skipped: int,
+                 guidance: StructuredGuidance | None = None, monitor: GradientMonitor | None = None,
+                 metric_space: ParamSpace | None = None, metrics_every: int = 1,
+                 log_fn: Callable[[dict[str, float], int], None] | None = None):
+        self.model, self.space, self.opt, self.sched, self.device = model, space, optimizer, scheduler, device
+        self.max_grad_norm, self.max_skipped = max_grad_norm, max_skipped
+        self.guidance, self.monitor, self.metric_space, self.metrics_every = guidance, monitor, metric_space, metrics_every
+        self.log_fn = log_fn or (lambda values, step: None)
+        self.state = TrainState()
+        self.guided_steps = 0
+
+    def measure(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        """g_t in the metric space at the current θ, eval mode, for the gradient metrics."""
+        assert self.monitor is not None and self.metric_space is not None
+        self.model.eval()
+        with self.metric_space.requiring_grad():
+            g = self.metric_space.grad(task_loss(self.model, batch))
+        self.model.train()
+        return self.monitor.observe(g)
+
+    def step(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        """One optimisation step on ``batch`` (already on the device)."""
+        t, logs = self.state.step, {}
+        if self.monitor is not None and t % self.metrics_every == 0:
+            logs.update(self.measure(batch))
+        g: Tensor | None = None
+        if self.guidance is not None and self.guidance.active(t):
+            self.guidance.refresh_source(t)
+            loss, g, glogs = self.guidance.gradient(batch)
+            logs.update(glogs)
+            self.guided_steps += 1
+            finite = bool(torch.isfinite(g).all()) and bool(torch.isfinite(loss))
+            if finite:
+                self.space.write_grads(g)
+        else:
+            loss = plain_gradient(self.model, batch)
+            finite = bool(torch.isfinite(loss))
+        gnorm = float("nan")
+        if finite:  # the clipping norm doubles as the finiteness check of the gradient
+            gnorm = float(nn.utils.clip_grad_norm_(self.space.params, self.max_grad_norm or float("inf")))
+            finite = math.isfinite(gnorm)
+        if finite:
+            self.opt.step()
+            if self.guidance is not None:
+                if g is None and self.guidance.cfg.d_prior == "ema":
+                    g = self.space.read_grads()
+                self.guidance.observe(g, gnorm)
+        else:
+            self.state.skipped_nonfinite += 1
+            log.warning("step %d: non-finite loss or gradient, update skipped (%d so far)", t,
+                        self.state.skipped_nonfinite)
+            if self.state.skipped_nonfinite > self.max_skipped:
+                raise NonFiniteError(
+                    f"{self.state.skipped_nonfinite} steps had a non-finite loss or gradient "
+                    f"(trainer.max_skipped={self.max_skipped}): stopping instead of reporting garbage"
+                )
+        self.opt.zero_grad(set_to_none=True)
+        if self.sched is not None:
+            self.sched.step()
+        logs.update({"train/loss": float(loss), "train/grad_norm": gnorm, "train/lr": self.opt.param_groups[0]["lr"],
+                     "train/skipped_nonfinite": self.state.skipped_nonfinite})
+        self.state.history["train/loss"].append(float(loss))
+        self.state.step += 1
+        return logs
+
+    def fit(self, batches: Iterator[dict[str, Tensor]], steps: int, desc: str = "train") -> TrainState:
+        self.model.train()
+        bar = tqdm(range(steps), desc=desc, disable=None)
+        for _ in bar:
+            logs = self.step(to_device(next(batches), self.device))
+            self.log_fn(logs, self.state.step)
+            bar.set_postfix(loss=f"{logs['train/loss']:.4f}")
+        return self.state

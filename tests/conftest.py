@@ -1,0 +1,38 @@
+"""Shared fixtures: offline environment, composed configs, tiny models built from config (no network)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["WANDB_MODE"] = os.environ.get("GRADFT_TEST_WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+import gradft  # noqa: E402,F401  (registers the ${project_root:} resolver)
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
+torch.set_num_threads(2)
+
+
+def make_cfg(*overrides: str, out: Path | None = None):
+    """Compose ``conf/config.yaml`` with command-line style overrides, exactly as ``python -m gradft`` does."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        extra = [f"paths.output_dir={out}"] if out is not None else ["paths.output_dir=/tmp/gradft-test"]
+        return compose("config", overrides=["logger.mode=disabled", *extra, *overrides])
+
+
+@pytest.fixture
+def cfg_factory(tmp_path):
+    def factory(*overrides: str):
+        return make_cfg(*overrides, out=tmp_path / "run")
+
+    return factory
