@@ -25,7 +25,8 @@ def main(cfg: DictConfig) -> float | None:
     try:
         results = run(cfg, out_dir=HydraConfig.get().runtime.output_dir)
     except (ValueError, DataError, ModelError, NonFiniteError) as e:  # user-facing errors: no traceback
-        log.error("%s: %s", type(e).__name__, e)
+        log.error("%s: %s", type(e).__name__, e)  # into the run's log file
+        print(f"gradft: error: {e}", file=sys.stderr)
         sys.exit(2)
     return results["metrics"]["accuracy"]
 

@@ -47,8 +47,11 @@ def validate(cfg: DictConfig) -> None:
     method_config(cfg.method)
     if cfg.guidance.name != "none":
         guidance_config(cfg.guidance)
-    _number("shots.k", cfg.shots.k, integer=True)
-    _number("trainer.steps", cfg.trainer.steps, integer=True, strict=False)
+    _number("shots", cfg.shots, integer=True)
+    if cfg.trainer.steps is not None:
+        _number("trainer.steps", cfg.trainer.steps, integer=True, strict=False)
+    _number("trainer.epochs", cfg.trainer.epochs, strict=False)
+    _number("trainer.max_steps", cfg.trainer.max_steps, integer=True)
     _number("trainer.batch_size", cfg.trainer.batch_size, integer=True)
     _number("trainer.weight_decay", cfg.trainer.weight_decay, strict=False)
     _number("trainer.max_grad_norm", cfg.trainer.max_grad_norm, strict=False)
@@ -72,6 +75,14 @@ def _cap(examples: list[gdata.Example], n: int | None) -> list[gdata.Example]:
     while end < len(examples) and examples[end].group is not None and examples[end].group == examples[n - 1].group:
         end += 1
     return examples[:end]
+
+
+def train_steps(cfg: DictConfig, n_shots: int) -> int:
+    """``trainer.steps`` if set, else epochs × steps per epoch, capped at ``trainer.max_steps``."""
+    if cfg.trainer.steps is not None:
+        return int(cfg.trainer.steps)
+    per_epoch = math.ceil(n_shots / min(cfg.trainer.batch_size, n_shots))  # 32 shots / batch 8 = 4 steps
+    return min(int(cfg.trainer.max_steps), math.ceil(cfg.trainer.epochs * per_epoch))
 
 
 def summary_keys(metrics: dict[str, float]) -> dict[str, float]:
@@ -100,7 +111,7 @@ def _source_gradient_fn(cfg: DictConfig, task: gdata.TaskData, model, space, col
     index = {str(k).lower(): task.labels.index(str(v)) for k, v in mapping.items()}
     examples = [
         gdata.Example(e.texts, index.get(source.labels[e.label].lower(), e.label), e.choices, e.group, e.idx)
-        for e in gdata.sample_shots(source.train_pool, min(cfg.shots.k, len(source.train_pool)), cfg.data_seed)
+        for e in gdata.sample_shots(source.train_pool, min(cfg.shots, len(source.train_pool)), cfg.data_seed)
     ]
     batches = [collate(examples[i : i + cfg.trainer.batch_size]) for i in range(0, len(examples), cfg.trainer.batch_size)]
     return lambda: set_gradient(model, space, batches, device)
@@ -118,7 +129,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None,
     device = _device(cfg.trainer.device)
 
     task = gdata.load_task(cfg.task, cfg.data)
-    shots = gdata.sample_shots(task.train_pool, cfg.shots.k, cfg.data_seed, cfg.data.balance)
+    shots = gdata.sample_shots(task.train_pool, cfg.shots, cfg.data_seed, cfg.data.balance)
     eval_set = _cap(task.eval, cfg.eval.max_examples)
 
     torch.manual_seed(cfg.seed)  # the new head, LoRA's A, adapters and prompts are initialised from here
@@ -142,7 +153,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None,
                 guidance.source_fn = _source_gradient_fn(cfg, task, model, space, collate, device)
             guidance.start(lambda: set_gradient(model, space, shot_batches, device))
         opt = torch.optim.AdamW(space.params, lr=cfg.method.lr, weight_decay=cfg.trainer.weight_decay)
-        steps = cfg.trainer.steps
+        steps = train_steps(cfg, len(shots))
         sched = get_linear_schedule_with_warmup(opt, int(cfg.trainer.warmup_ratio * steps), max(steps, 1)) \
             if cfg.trainer.schedule == "linear" else None
         trainer = Trainer(model, space, opt, sched, device, cfg.trainer.max_grad_norm, cfg.trainer.max_skipped,
@@ -153,7 +164,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None,
         done = 0
         while done < steps:  # in chunks so that the selection split can be scored (and the run pruned) between
             chunk = min(every or steps, steps - done)
-            trainer.fit(batches, chunk, desc=f"{cfg.method.name} {task.name} k={cfg.shots.k}")
+            trainer.fit(batches, chunk, desc=f"{cfg.method.name} {task.name} k={cfg.shots}")
             done += chunk
             if every and done < steps:
                 acc = evaluate(model, task.select, collate, cfg.eval.batch_size, device, [], len(task.labels),
@@ -168,7 +179,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None,
         metrics.update(monitor.summary())
         metrics["majority_baseline"] = majority_baseline([e.label for e in shots], [e.label for e in eval_set])
         results: dict[str, Any] = {
-            "method": cfg.method.name, "task": task.name, "shots": cfg.shots.k, "seed": cfg.seed,
+            "method": cfg.method.name, "task": task.name, "shots": cfg.shots, "seed": cfg.seed,
             "data_seed": cfg.data_seed, "model": cfg.model.name, "guidance": cfg.guidance.name,
             "config_key": config_key(cfg), "metrics": metrics, "eval_examples": len(eval_set),
             "trainable_params": space.numel, "metric_space_params": metric_space.numel,
@@ -185,7 +196,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None,
         write_results(out, results, cfg)
         tracker.summary(summary_keys(metrics))
         log.info("%s %s k=%d seed=%d: accuracy %.4f, stability %.3f, alignment %.3f (%.1fs) -> %s",
-                 cfg.method.name, task.name, cfg.shots.k, cfg.seed, metrics["accuracy"],
+                 cfg.method.name, task.name, cfg.shots, cfg.seed, metrics["accuracy"],
                  metrics["gradient_stability"], metrics["directional_alignment"], results["wall_time_s"], out)
         failed = False
         return results

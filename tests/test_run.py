@@ -1,0 +1,123 @@
+"""The real entry point end to end: every method on every task, results.json contents, determinism, and clear
+failures on bad input before any model is loaded."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gradft.run import run
+
+ROOT = Path(__file__).resolve().parent.parent
+TASKS = ["boolq", "cb", "copa", "multirc", "rte", "wic"]
+METHODS = ["full", "adapter", "lora", "prompt", "ours"]
+QUICK = ["model=tiny_bert", "trainer.steps=2", "eval.max_examples=16", "metrics.every=1", "logger.mode=disabled"]
+
+
+def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, "-m", "gradft", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_every_method_runs_on_every_task_through_the_cli(tmp_path):
+    proc = cli("-m", f"method={','.join(METHODS)}", f"task={','.join(TASKS)}", *QUICK,
+               f"hydra.sweep.dir={tmp_path}", "trainer.threads=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(tmp_path.rglob("results.json"))
+    assert len(files) == len(METHODS) * len(TASKS)
+    seen = set()
+    for f in files:
+        r = json.loads(f.read_text())
+        seen.add((r["method"], r["task"]))
+        assert {"method", "task", "shots", "seed", "data_seed", "model"} <= r.keys()
+        m = r["metrics"]
+        assert 0.0 <= m["accuracy"] <= 1.0
+        assert 0.0 < m["gradient_stability"] <= 1.0
+        assert -1.0 <= m["directional_alignment"] <= 1.0
+        assert r["trainable_params"] > 0 and (f.parent / "config.yaml").exists()
+        if r["task"] == "cb":
+            assert "f1_macro" in m
+        if r["task"] == "multirc":
+            assert {"f1a", "exact_match"} <= m.keys()
+        if r["method"] == "ours":
+            assert r["guidance"] == "structured" and r["guidance_stats"]["guided_steps"] == 2
+    assert seen == {(m, t) for m in METHODS for t in TASKS}
+
+
+def test_methods_train_different_parameter_sets(cfg_factory):
+    counts = {m: run(cfg_factory("method=" + m, *QUICK, "trainer.steps=1"))["trainable_params"]
+              for m in ("full", "adapter", "lora", "prompt")}
+    assert counts["full"] > counts["adapter"] > counts["prompt"]
+    assert counts["full"] > counts["lora"] > counts["prompt"]
+
+
+def test_same_config_and_seeds_give_identical_metrics(cfg_factory):
+    a = run(cfg_factory("method=ours", "task=cb", *QUICK))
+    b = run(cfg_factory("method=ours", "task=cb", *QUICK))
+    assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
+
+
+def test_seed_changes_the_run(cfg_factory):
+    a = run(cfg_factory("task=cb", *QUICK, "seed=0"))
+    b = run(cfg_factory("task=cb", *QUICK, "seed=1"))
+    assert a["history"] != b["history"]
+
+
+def test_gradient_metrics_can_be_measured_in_the_trainable_space(cfg_factory):
+    r = run(cfg_factory("method=lora", *QUICK, "metrics.space=trainable"))
+    assert r["metric_space_params"] == r["trainable_params"]
+    r = run(cfg_factory("method=lora", *QUICK))
+    assert r["metric_space_params"] > r["trainable_params"]
+
+
+def test_results_json_is_written_with_nan_as_null(cfg_factory, tmp_path):
+    r = run(cfg_factory(*QUICK, "trainer.steps=1", "metrics.every=1"))
+    on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert on_disk["metrics"]["grad_cos_consecutive"] is None  # one measured step: no consecutive pair
+    assert math.isnan(r["metrics"]["grad_cos_consecutive"])
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("method=sgd", "Could not find 'method/sgd'"),
+    ("task=squad", "Could not find 'task/squad'"),
+    ("model=gpt5", "Could not find 'model/gpt5'"),
+])
+def test_unknown_group_option_lists_the_valid_ones(override, needle):
+    proc = cli(override, "logger.mode=disabled", timeout=120)
+    assert proc.returncode != 0 and needle in proc.stderr and "Available options" in proc.stderr
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("method.lr=-1", "method.lr=-1"),
+    ("method.lr=fast", "method.lr='fast'"),
+    ("shots=0", "shots=0"),
+    ("task=boolq shots=64", "64"),
+    ("metrics.every=0", "metrics.every=0"),
+    ("data.superglue_root=/nonexistent/sg", "/nonexistent/sg"),
+])
+def test_bad_values_fail_before_any_model_is_loaded(override, needle):
+    proc = cli(*override.split(), "logger.mode=disabled", timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert needle in proc.stderr
+    assert "Loading weights" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+def test_default_model_full_finetuning_beats_majority_on_cb(cfg_factory):
+    r = run(cfg_factory("task=cb", "method=full", "trainer.steps=40", "metrics.every=8", "logger.mode=disabled"))
+    assert r["metrics"]["accuracy"] > r["metrics"]["majority_baseline"], r["metrics"]
+
+
+@pytest.mark.slow
+def test_smollm2_runs_rte(cfg_factory):
+    r = run(cfg_factory("model=smollm2", "task=rte", "method=lora", "trainer.steps=2", "eval.max_examples=16",
+                        "metrics.every=2", "logger.mode=disabled"))
+    assert r["model"] == "smollm2" and 0 <= r["metrics"]["accuracy"] <= 1
+    assert math.isfinite(r["metrics"]["directional_alignment"])
