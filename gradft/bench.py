@@ -19,7 +19,6 @@ import argparse
 import ctypes
 import gc
 import json
-import math
 import os
 import statistics
 import sys
@@ -264,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     variants: dict[str, Variant] = {}
     for name in names:  # built one after another: each one's memory is what RSS grew by while it was built
-        base = mem.now()
+        t0, base = time.perf_counter(), mem.now()
         v = variants[name] = build(name, compose_cfg(a.model, VARIANTS[name]), batch, device)
         for _ in range(a.warmup if a.profile else max(a.warmup, 2)):
             v.unit()
@@ -279,7 +278,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with FlopCounterMode(display=False, custom_mapping=SDPA_CPU) as fc:
             v.unit()
         v.info["flops_per_step"] = fc.get_total_flops() / v.steps
-        print(f"  built {name}: {v.trainable:,} trainable, {v.info['state_mb']:.0f} MiB state", flush=True)
+        print(f"  built {name}: {v.trainable:,} trainable, {v.info['state_mb']:.0f} MiB state, "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
 
     # timed rounds: rotate the start so no variant always follows the same one; one GEMM per round as well
     gemm_s: list[float] = []

@@ -19,8 +19,11 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 log = logging.getLogger(__name__)
+hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected on every run: we log our own line
+hf_logging.disable_progress_bar()
 
 
 class ModelError(ValueError):
@@ -115,6 +118,9 @@ def load_backbone(cfg: DictConfig, num_labels: int, cache_dir: str | Path) -> tu
             hint = " (offline: HF_HUB_OFFLINE is set, so nothing is downloaded)" if _offline() else ""
             raise ModelError(f"cannot load model '{path}'{hint}: {str(e).splitlines()[0]}") from e
     model.config.pad_token_id = tok.pad_token_id
+    n = sum(p.numel() for p in model.parameters())
+    log.info("model %s: %.1fM parameters, new %d-way head %s", cfg.name, n / 1e6, num_labels,
+             sorted(head_parameter_names(model)))
     return model, tok
 
 

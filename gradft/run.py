@@ -113,7 +113,8 @@ def _source_gradient_fn(cfg: DictConfig, task: gdata.TaskData, model, space, col
         gdata.Example(e.texts, index.get(source.labels[e.label].lower(), e.label), e.choices, e.group, e.idx)
         for e in gdata.sample_shots(source.train_pool, min(cfg.shots, len(source.train_pool)), cfg.data_seed)
     ]
-    batches = [collate(examples[i : i + cfg.trainer.batch_size]) for i in range(0, len(examples), cfg.trainer.batch_size)]
+    bs = cfg.trainer.batch_size
+    batches = [collate(examples[i : i + bs]) for i in range(0, len(examples), bs)]
     return lambda: set_gradient(model, space, batches, device)
 
 

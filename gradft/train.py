@@ -65,7 +65,8 @@ class Trainer:
                  log_fn: Callable[[dict[str, float], int], None] | None = None):
         self.model, self.space, self.opt, self.sched, self.device = model, space, optimizer, scheduler, device
         self.max_grad_norm, self.max_skipped = max_grad_norm, max_skipped
-        self.guidance, self.monitor, self.metric_space, self.metrics_every = guidance, monitor, metric_space, metrics_every
+        self.guidance, self.monitor = guidance, monitor
+        self.metric_space, self.metrics_every = metric_space, metrics_every
         self.log_fn = log_fn or (lambda values, step: None)
         self.state = TrainState()
         self.guided_steps = 0
@@ -126,9 +127,11 @@ class Trainer:
 
     def fit(self, batches: Iterator[dict[str, Tensor]], steps: int, desc: str = "train") -> TrainState:
         self.model.train()
-        bar = tqdm(range(steps), desc=desc, disable=None)
-        for _ in bar:
+        bar = tqdm(range(steps), desc=desc, disable=None)  # silent when not on a terminal: then a log line
+        for i in bar:
             logs = self.step(to_device(next(batches), self.device))
             self.log_fn(logs, self.state.step)
             bar.set_postfix(loss=f"{logs['train/loss']:.4f}")
+            if bar.disable and (i + 1) % 20 == 0:
+                log.info("%s: step %d/%d, loss %.4f", desc, i + 1, steps, logs["train/loss"])
         return self.state
