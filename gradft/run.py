@@ -186,10 +186,14 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None,
             "trainable_params": space.numel, "metric_space_params": metric_space.numel,
             "steps": steps, "skipped_nonfinite": trainer.state.skipped_nonfinite,
             "train_time_s": train_time, "wall_time_s": None, "history": trainer.state.history,
+            "trace": {k: v for k, v in trainer.state.trace.items() if k.startswith(("guide/", "grad/"))},
         }
         if guidance is not None:
             results["guidance_stats"] = {"guided_steps": trainer.guided_steps,
                                          "skipped_small_grad": guidance.skipped_small_grad}
+            for key, values in trainer.state.trace.items():  # means of R_dir, R_mag, R_grad, cosines, ‖Hv‖/‖g‖
+                if key.startswith("guide/"):
+                    results["guidance_stats"][key.removeprefix("guide/") + "_mean"] = sum(v for _, v in values) / len(values)
         if "select" in cfg.eval.splits:
             results["select_metrics"] = evaluate(model, task.select, collate, cfg.eval.batch_size, device,
                                                  metric_names, n_cls, "select")

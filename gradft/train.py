@@ -35,6 +35,7 @@ class TrainState:
     step: int = 0
     skipped_nonfinite: int = 0
     history: dict[str, list[float]] = field(default_factory=lambda: {"train/loss": []})
+    trace: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # every logged value: key -> (step, v)
 
 
 def epoch_batches(examples: list, batch_size: int, collate: Callable, seed: int) -> Iterator[dict[str, Tensor]]:
@@ -122,6 +123,8 @@ class Trainer:
         logs.update({"train/loss": float(loss), "train/grad_norm": gnorm, "train/lr": self.opt.param_groups[0]["lr"],
                      "train/skipped_nonfinite": self.state.skipped_nonfinite})
         self.state.history["train/loss"].append(float(loss))
+        for k, v in logs.items():
+            self.state.trace.setdefault(k, []).append((t, v))
         self.state.step += 1
         return logs
 

@@ -109,6 +109,29 @@ def test_bad_values_fail_before_any_model_is_loaded(override, needle):
     assert "Loading weights" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.parametrize("d_prior", ["source", "init", "ema"])
+def test_structured_guidance_with_each_d_prior_and_a_mapped_source_task(cfg_factory, d_prior):
+    label_map = "{entailment:entailment,contradiction:not_entailment,neutral:not_entailment}"
+    r = run(cfg_factory("method=ours", "task=rte", *QUICK, "trainer.steps=3", f"guidance.d_prior={d_prior}",
+                        "guidance.lambda3=0.1", "guidance.source_task=cb", "guidance.source_refresh=2",
+                        f"guidance.source_label_map={label_map}"))
+    stats = r["guidance_stats"]
+    assert stats["guided_steps"] == 3 and "r_grad_mean" in stats and "r_mag_mean" in stats
+    assert [s for s, _ in r["trace"]["guide/cos_source"]] == [0, 1, 2]
+    if d_prior != "ema":  # ema has no direction before the first step
+        assert len(r["trace"]["guide/r_dir"]) == 3
+
+
+def test_source_task_with_other_labels_needs_a_label_map(cfg_factory):
+    with pytest.raises(ValueError, match="source_label_map"):
+        run(cfg_factory("method=ours", "task=rte", *QUICK, "guidance.lambda3=0.1", "guidance.source_task=cb"))
+
+
+def test_guidance_every_4_guides_one_step_in_four(cfg_factory):
+    r = run(cfg_factory("method=ours", *QUICK, "trainer.steps=8", "guidance.every=4"))
+    assert r["guidance_stats"]["guided_steps"] == 2
+
+
 @pytest.mark.slow
 def test_default_model_full_finetuning_beats_majority_on_cb(cfg_factory):
     r = run(cfg_factory("task=cb", "method=full", "trainer.steps=40", "metrics.every=8", "logger.mode=disabled"))
