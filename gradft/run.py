@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,8 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None,
     backbone = backbone_parameters(model)  # captured before a method wraps the model
     model = apply_method(model, cfg.method).to(device)
     space = ParamSpace(trainable_parameters(model))
+    log.info("method %s: %d trainable parameters; %d shots drawn with data_seed=%d (labels %s)", cfg.method.name,
+             space.numel, len(shots), cfg.data_seed, sorted(Counter(e.label for e in shots).items()))
     collate = gdata.Collator(tok, cfg.model.max_length, task.multiple_choice)
     bs = min(cfg.trainer.batch_size, len(shots))
     shot_batches = [collate(shots[i : i + bs]) for i in range(0, len(shots), bs)]
@@ -183,6 +186,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None,
             "method": cfg.method.name, "task": task.name, "shots": cfg.shots, "seed": cfg.seed,
             "data_seed": cfg.data_seed, "model": cfg.model.name, "guidance": cfg.guidance.name,
             "config_key": config_key(cfg), "metrics": metrics, "eval_examples": len(eval_set),
+            "shot_ids": [e.idx for e in shots],
             "trainable_params": space.numel, "metric_space_params": metric_space.numel,
             "steps": steps, "skipped_nonfinite": trainer.state.skipped_nonfinite,
             "train_time_s": train_time, "wall_time_s": None, "history": trainer.state.history,
@@ -193,7 +197,8 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None,
                                          "skipped_small_grad": guidance.skipped_small_grad}
             for key, values in trainer.state.trace.items():  # means of R_dir, R_mag, R_grad, cosines, ‖Hv‖/‖g‖
                 if key.startswith("guide/"):
-                    results["guidance_stats"][key.removeprefix("guide/") + "_mean"] = sum(v for _, v in values) / len(values)
+                    mean = sum(v for _, v in values) / len(values)
+                    results["guidance_stats"][key.removeprefix("guide/") + "_mean"] = mean
         if "select" in cfg.eval.splits:
             results["select_metrics"] = evaluate(model, task.select, collate, cfg.eval.batch_size, device,
                                                  metric_names, n_cls, "select")
