@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> float | None:
         log.error("%s: %s", type(e).__name__, e)  # into the run's log file
         print(f"gradft: error: {e}", file=sys.stderr)
         sys.exit(2)
-    return results["metrics"]["accuracy"]
+    return results["metrics"].get("accuracy")
 
 
 if __name__ == "__main__":

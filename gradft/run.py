@@ -179,7 +179,9 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None,
 
         metric_names = list(cfg.task.get("metrics", []))
         n_cls = len(task.labels)
-        metrics = evaluate(model, eval_set, collate, cfg.eval.batch_size, device, metric_names, n_cls)
+        metrics: dict[str, float] = {}
+        if "eval" in cfg.eval.splits:  # sweeps score only the selection split: never select on the reported one
+            metrics = evaluate(model, eval_set, collate, cfg.eval.batch_size, device, metric_names, n_cls)
         metrics.update(monitor.summary())
         metrics["majority_baseline"] = majority_baseline([e.label for e in shots], [e.label for e in eval_set])
         results: dict[str, Any] = {
@@ -206,7 +208,8 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None,
         write_results(out, results, cfg)
         tracker.summary(summary_keys(metrics))
         log.info("%s %s k=%d seed=%d: accuracy %.4f, stability %.3f, alignment %.3f (%.1fs) -> %s",
-                 cfg.method.name, task.name, cfg.shots, cfg.seed, metrics["accuracy"],
+                 cfg.method.name, task.name, cfg.shots, cfg.seed,
+                 metrics.get("accuracy", results.get("select_metrics", {}).get("accuracy", float("nan"))),
                  metrics["gradient_stability"], metrics["directional_alignment"], results["wall_time_s"], out)
         failed = False
         return results

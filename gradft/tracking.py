@@ -33,6 +33,7 @@ def atomic_write(path: str | Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -58,10 +59,12 @@ def write_results(out_dir: str | Path, results: dict[str, Any], cfg: DictConfig)
 
 
 def config_key(cfg: DictConfig, drop: tuple[str, ...] = SEED_KEYS) -> str:
-    """A short hash of the resolved config without ``drop`` (and logger/paths/eval display settings)."""
+    """A short hash of the resolved config without ``drop``, logger, paths and trainer.threads/device."""
     c = OmegaConf.to_container(cfg, resolve=True)
     for k in (*drop, "logger", "paths", "hydra"):
         c.pop(k, None)
+    for k in ("threads", "device"):  # where a run executes does not change what it computes
+        c.get("trainer", {}).pop(k, None)
     return hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 

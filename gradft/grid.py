@@ -1,0 +1,299 @@
+"""Experiment grids: ``python -m gradft.grid table1|figure2 [--workers N] [--dry-run] [axis=a,b] [overrides...]``.
+
+Owns: the grid specs (node ``grid`` of ``conf/experiment/<grid>.yaml``) expanded into cells (task × method × shots ×
+seed), each a normal ``run()`` in ``<out>/<grid>/<task>/<method>/k<shots>/s<seed>/``; cells whose pool cannot supply
+k shots (skipped, listed in ``skipped.json``); finished cells (results.json with matching config_key, seed, data_seed:
+skipped); one lock file per cell (O_CREAT|O_EXCL, broken when its PID is dead) so that workers and concurrent grid
+processes never run a cell twice at once; the runs log ``runs.jsonl``; the exit code (non-zero if a cell failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from gradft import data as gdata
+from gradft.run import CONF_DIR, run
+from gradft.tracking import atomic_write, config_key
+
+log = logging.getLogger("gradft.grid")
+AXES = ("task", "method", "shots", "seed")
+HOST = socket.gethostname()
+POLL_S = 2.0
+
+
+def compose_run(overrides: list[str]) -> DictConfig:
+    """One run's config, composed exactly as ``python -m gradft <overrides>`` does."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def set_worker_threads(n_workers: int) -> None:
+    """cores // n_workers torch threads; set here, not by trainer.threads, so config_key ignores the worker count."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, cores // n_workers))
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    method: str
+    shots: int
+    seed: int
+    data_seed: int
+
+    @property
+    def rel(self) -> str:
+        return f"{self.task}/{self.method}/k{self.shots}/s{self.seed}"
+
+    def overrides(self) -> list[str]:
+        return [f"{k}={v}" for k, v in self.__dict__.items()]
+
+
+@dataclass
+class Plan:
+    name: str
+    root: Path                      # <out>/<grid>
+    common: list[str]               # overrides applied to every cell, after the cell's own
+    cells: list[Cell]               # feasible cells, in run order
+    keys: dict[Cell, str]           # the config_key each cell's results.json must carry
+    skipped: list[dict[str, Any]] = field(default_factory=list)   # infeasible cells and why
+    est_seconds: float | None = None
+
+    def cell_dir(self, cell: Cell) -> Path:
+        return self.root / cell.rel
+
+    def is_done(self, cell: Cell) -> bool:
+        """A complete, matching results.json (anything unreadable counts as not done)."""
+        try:
+            r = json.loads((self.cell_dir(cell) / "results.json").read_text())
+            return (r["config_key"], r["seed"], r["data_seed"]) == (self.keys[cell], cell.seed, cell.data_seed)
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
+    def failed_since(self, cell: Cell, t0: float) -> bool:
+        try:
+            return json.loads((self.cell_dir(cell) / "error.json").read_text())["time"] >= t0
+        except (OSError, ValueError, KeyError):
+            return False
+
+    def event(self, kind: str, cell: Cell, **extra: Any) -> None:
+        """One line appended to runs.jsonl (one O_APPEND write: concurrent processes' lines do not interleave)."""
+        line = {"time": time.time(), "event": kind, "cell": cell.rel, "pid": os.getpid(), "host": HOST, **extra}
+        with open(self.root / "runs.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+def grid_spec(grid: str) -> dict[str, Any]:
+    path = Path(grid) if grid.endswith((".yaml", ".yml")) else CONF_DIR / "experiment" / f"{grid}.yaml"
+    if not path.exists():
+        raise SystemExit(f"no grid {grid!r}: expected {path} (table1, figure2, smoke or a path)")
+    spec = OmegaConf.to_container(OmegaConf.load(path).get("grid") or {}, resolve=True)
+    if set(spec.get("axes", {})) != set(AXES):
+        raise SystemExit(f"{path}: grid.axes must list exactly {', '.join(AXES)}")
+    return {"name": spec.get("name", path.stem), "data_seed": "seed", "overrides": [], **spec}
+
+
+def plan(grid: str, extra: list[str] = (), out: str | Path = "outputs/grid") -> Plan:
+    """Expand the grid: narrow axes with ``axis=a,b`` overrides, pass the rest to every cell, drop infeasible cells."""
+    spec = grid_spec(grid)
+    axes = {k: list(v) for k, v in spec["axes"].items()}
+    common = [str(o) for o in spec["overrides"]]
+    for o in extra:
+        key = o.split("=", 1)[0]
+        if key in AXES:
+            axes[key] = [int(v) if key in ("shots", "seed") else v for v in o.split("=", 1)[1].split(",") if v]
+        else:
+            common.append(o)
+    ds = spec["data_seed"]  # "seed": data_seed = seed, or one fixed int
+    p = Plan(spec["name"], Path(out) / spec["name"], common, [], {}, est_seconds=spec.get("est_seconds_per_cell"))
+    pools: dict[str, list] = {}
+    for task, method in product(axes["task"], axes["method"]):
+        base = compose_run([f"task={task}", f"method={method}", *common, "paths.output_dir=."])
+        if task not in pools:
+            pools[task] = gdata.load_task(base.task, base.data).train_pool
+        for shots, seed in product(axes["shots"], axes["seed"]):
+            cell = Cell(task, method, int(shots), int(seed), int(seed) if ds == "seed" else int(ds))
+            try:
+                gdata.sample_shots(pools[task], cell.shots, cell.data_seed, base.data.balance)
+            except gdata.DataError as e:
+                p.skipped.append({**cell.__dict__, "reason": str(e)})
+                continue
+            p.cells.append(cell)  # shots is a plain value (= the override); the key ignores seed and data_seed
+            p.keys[cell] = config_key(OmegaConf.merge(base, {"shots": cell.shots}))
+    return p
+
+
+def _pid_alive(pid: int) -> bool:
+    """Alive and not a zombie (a killed process that its parent has not reaped yet)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    except (OSError, IndexError):  # PermissionError: alive, someone else's; no /proc: trust kill(0)
+        return True
+
+
+def _is_stale(lock: Path) -> bool:
+    """Stale: written on this host by a process that is gone. Locks from other hosts are never broken here."""
+    try:
+        info = json.loads(lock.read_text())
+        return info.get("host") == HOST and not _pid_alive(int(info.get("pid", -1)))
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):  # being written right now (O_EXCL, then the pid), or garbage left by a crash
+        return time.time() - lock.stat().st_mtime > 60 if lock.exists() else True
+
+
+def _break_stale(lock: Path) -> None:
+    """Remove a stale lock, one breaker at a time (a guard file), so that a lock taken meanwhile is never removed."""
+    guard = lock.with_name(lock.name + ".break")
+    try:
+        fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:  # another process is breaking it; a guard left by a crash expires after a minute
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - guard.stat().st_mtime > 60:
+                guard.unlink()
+        return
+    try:
+        if _is_stale(lock):
+            log.warning("breaking stale lock %s", lock)
+            lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+        guard.unlink(missing_ok=True)
+
+
+def acquire(lock: Path) -> bool:
+    """Take the cell's lock (O_CREAT|O_EXCL), breaking a stale one; False when a live process holds it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if not _is_stale(lock):
+                return False
+            _break_stale(lock)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"pid": os.getpid(), "host": HOST, "time": time.time()}))
+        return True
+    return False
+
+
+def run_cell(p: Plan, cell: Cell) -> None:
+    d = p.cell_dir(cell)
+    p.event("start", cell)
+    t = time.perf_counter()
+    try:
+        cfg = compose_run([*cell.overrides(), *p.common, f"paths.output_dir={d}"])
+        res = run(cfg, d)
+    except Exception as e:  # noqa: BLE001 — a failing cell is logged and the grid goes on
+        log.exception("cell %s failed", cell.rel)
+        atomic_write(d / "error.json", json.dumps({"time": time.time(), "error": repr(e), "pid": os.getpid()}))
+        p.event("fail", cell, error=repr(e)[:500])
+        return
+    (d / "error.json").unlink(missing_ok=True)
+    p.event("done", cell, seconds=round(time.perf_counter() - t, 2), accuracy=res["metrics"].get("accuracy"))
+
+
+def work(p: Plan, t0: float, worker: int = 0, n_workers: int = 1) -> None:
+    """Run every cell that is not done, not failed in this round, and not locked by a live process; cells locked by
+    others are retried until they are done (or their holder dies and the lock goes stale)."""
+    if n_workers > 1:  # a spawned worker process
+        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [grid w{worker}] %(levelname)s %(message)s")
+        set_worker_threads(n_workers)
+    k = len(p.cells) * worker // n_workers
+    pending = p.cells[k:] + p.cells[:k]  # workers start at different places: fewer lock collisions
+    while pending:
+        waiting = []
+        for cell in pending:
+            if p.is_done(cell) or p.failed_since(cell, t0):
+                continue
+            lock = p.cell_dir(cell) / ".lock"
+            if not acquire(lock):
+                waiting.append(cell)
+                continue
+            try:
+                if not (p.is_done(cell) or p.failed_since(cell, t0)):  # finished while we were taking the lock
+                    run_cell(p, cell)
+            finally:
+                lock.unlink(missing_ok=True)
+        pending = waiting
+        if pending:
+            time.sleep(POLL_S)
+
+
+def execute(p: Plan, workers: int = 1) -> int:
+    """Run the plan with ``workers`` processes (in this process when 1); 0 when every feasible cell is done."""
+    t0 = time.time()
+    p.root.mkdir(parents=True, exist_ok=True)
+    atomic_write(p.root / "skipped.json", json.dumps(p.skipped, indent=1))
+    todo = [c for c in p.cells if not p.is_done(c)]
+    log.info("grid %s: %d cells, %d done, %d to run, %d skipped (pool too small) -> %s", p.name, len(p.cells),
+             len(p.cells) - len(todo), len(todo), len(p.skipped), p.root)
+    if todo and workers <= 1:
+        work(p, t0)
+    elif todo:
+        procs = [mp.get_context("spawn").Process(target=work, args=(p, t0, i, workers)) for i in range(workers)]
+        for pr in procs:
+            pr.start()
+        for pr in procs:
+            pr.join()  # a worker that dies leaves its cell's lock stale: the others (or a rerun) take it over
+    left = [c.rel for c in p.cells if not p.is_done(c)]
+    failed = [c.rel for c in p.cells if c.rel in left and p.failed_since(c, t0)]
+    log.info("grid %s: %d/%d cells done; failed (see <cell>/error.json): %s; not run: %d", p.name,
+             len(p.cells) - len(left), len(p.cells), ", ".join(failed) or "none", len(left) - len(failed))
+    return 1 if left else 0
+
+
+def dry_run(p: Plan, workers: int) -> None:
+    done = [c for c in p.cells if p.is_done(c)]
+    for c in p.cells:
+        state = "done" if c in done else "LOCKED" if (p.cell_dir(c) / ".lock").exists() else "todo"
+        print(f"  {state:6s} {c.rel}  data_seed={c.data_seed}")
+    for s in p.skipped:
+        print(f"  skip   {s['task']}/{s['method']}/k{s['shots']}/s{s['seed']}: {s['reason']}")
+    n = len(p.cells) - len(done)
+    eta = f", ~{n * p.est_seconds / 3600:.1f} h on 2 cores (more workers help on more cores)" if p.est_seconds else ""
+    print(f"grid {p.name}: {len(p.cells)} cells ({len(done)} done, {n} to run{eta}), {len(p.skipped)} skipped; "
+          f"every cell: {' '.join(p.common) or '(no extra overrides)'} -> {p.root}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gradft.grid", description=__doc__.split("\n\n")[0])
+    ap.add_argument("grid", help="table1 | figure2 | smoke | <path to a grid yaml>")
+    ap.add_argument("overrides", nargs="*", help="axis=a,b narrows an axis; anything else applies to every cell")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--out", default="outputs/grid", help="output root (default outputs/grid)")
+    ap.add_argument("--dry-run", action="store_true", help="list the cells and what is done; run nothing")
+    args = ap.parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [grid] %(levelname)s %(message)s")
+    p = plan(args.grid, args.overrides, args.out)
+    if args.dry_run:
+        dry_run(p, args.workers)
+        return 0
+    return execute(p, args.workers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

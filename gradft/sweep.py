@@ -1,0 +1,335 @@
+"""Optuna sweeps over ``run()``: ``python -m gradft.sweep sweeps/ours_rte.yaml [--n-trials N] [--workers W] [...]``.
+
+Owns: the sweep spec (``sweeps/*.yaml``), the study (created once, then resumed with ``load_if_exists``), the TOTAL
+trial budget (COMPLETE + PRUNED trials across invocations and workers; failures do not use it up but at most
+``max_failures`` are tolerated), worker processes on one storage, per-trial sampler seeds (a resumed or parallel sweep
+never re-proposes a point), the objective (mean FewGLUE dev32 accuracy over tasks × seeds — never the official val
+split), pruning through ``run()``'s ``report`` callback, heartbeats that fail the trials of killed workers, the
+best-params experiment file ``conf/experiment/best_<name>.yaml`` and the summary. Why Optuna directly: docs/sweeps.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import math
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from gradft.grid import compose_run, set_worker_threads
+from gradft.run import CONF_DIR, run
+from gradft.tracking import atomic_write
+
+log = logging.getLogger("gradft.sweep")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler", "qmc": "QMCSampler",
+            "gp": "GPSampler"}
+PRUNERS = {"none": "NopPruner", "median": "MedianPruner", "percentile": "PercentilePruner",
+           "hyperband": "HyperbandPruner", "halving": "SuccessiveHalvingPruner", "threshold": "ThresholdPruner"}
+WAIT_S = 2.0
+
+
+@dataclass
+class Spec:
+    """A sweep yaml. Keys are documented in sweeps/ours_rte.yaml."""
+    study_name: str
+    space: dict[str, dict[str, Any]]
+    n_trials: int = 20
+    base: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=lambda: ["rte"])
+    n_seeds: int = 3
+    data_seed: str | int = "seed"
+    seed: int = 0
+    sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe"})
+    pruner: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
+    storage: str | None = None
+    max_failures: int | None = None
+    enqueue: list[dict[str, Any]] = field(default_factory=list)
+    heartbeat: dict[str, Any] = field(default_factory=lambda: {"interval": 30, "grace_period": 120})
+    out_dir: str = "outputs/sweeps"
+
+    def __post_init__(self) -> None:
+        self.storage = self.storage or f"sqlite:///{self.out_dir}/{self.study_name}.db"
+        self.max_failures = self.n_trials if self.max_failures is None else self.max_failures
+        for name, d in self.space.items():
+            if d.get("type") not in ("float", "int", "categorical"):
+                raise ValueError(f"space.{name}.type={d.get('type')!r}: must be float, int or categorical")
+        if self.sampler.get("name", "tpe") not in SAMPLERS or self.pruner.get("name", "none") not in PRUNERS:
+            raise ValueError(f"sampler must be one of {list(SAMPLERS)}, pruner one of {list(PRUNERS)}")
+        every = [o.split("=", 1)[1] for o in self.base if o.startswith("eval.select_every=")]
+        if self.pruner.get("name", "none") != "none" and not (every and int(every[-1]) > 0):
+            raise ValueError("a pruner needs intermediate values: add eval.select_every=N (N>0) to base")
+        if not (self.heartbeat or {}).get("interval"):
+            raise ValueError("heartbeat.interval is required: it is how the trials of killed workers are failed")
+
+
+def load_spec(path: str | Path, **updates: Any) -> Spec:
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    raw.update({k: v for k, v in updates.items() if v is not None})
+    try:
+        return Spec(**raw)
+    except TypeError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def derive_seed(seed: int, number: int) -> int:
+    """A sampler seed per trial number: reproducible for one worker, distinct across resumes and workers."""
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+def make_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
+    kw = {k: v for k, v in spec.sampler.items() if k != "name"}
+    cls = getattr(optuna.samplers, SAMPLERS[spec.sampler.get("name", "tpe")])
+    if cls is optuna.samplers.GridSampler:
+        grid = {k: d["choices"] if d["type"] == "categorical" else list(range(d["low"], d["high"] + 1,
+                                                                              d.get("step", 1)))
+                for k, d in spec.space.items()}
+        return cls(grid, seed=seed)
+    return cls(seed=seed, **kw)
+
+
+def make_pruner(spec: Spec) -> optuna.pruners.BasePruner:
+    kw = {k: v for k, v in spec.pruner.items() if k != "name"}
+    return getattr(optuna.pruners, PRUNERS[spec.pruner.get("name", "none")])(**kw)
+
+
+def make_storage(spec: Spec) -> optuna.storages.RDBStorage:
+    url = spec.storage
+    kw: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        kw = {"connect_args": {"timeout": 120}}  # workers wait for SQLite's write lock instead of failing
+    hb = spec.heartbeat or {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kw, heartbeat_interval=hb.get("interval"),
+                                      grace_period=hb.get("grace_period"))
+
+
+def _fmt(v: Any) -> str:
+    if v is None or isinstance(v, bool):
+        return str(v).lower().replace("none", "null")
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def _suggest(trial: optuna.Trial, name: str, d: dict[str, Any]) -> Any:
+    if d["type"] == "float":
+        return trial.suggest_float(name, d["low"], d["high"], log=d.get("log", False), step=d.get("step"))
+    if d["type"] == "int":
+        return trial.suggest_int(name, d["low"], d["high"], log=d.get("log", False), step=d.get("step", 1))
+    return trial.suggest_categorical(name, list(d["choices"]))
+
+
+class BudgetLock:
+    """flock on a file next to the study: "count the trials, then create one" is atomic for every worker on this
+    machine, so the budget is never overshot locally (workers on other machines can overshoot by one each)."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        self.held = False
+
+    def acquire(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            self.held = False
+
+
+class Objective:
+    def __init__(self, spec: Spec, extra: list[str], lock: BudgetLock, worker: str):
+        self.spec, self.extra, self.lock, self.worker = spec, extra, lock, worker
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.lock.release()  # the trial exists (RUNNING): other workers now count it
+        spec = self.spec
+        trial.study.sampler = make_sampler(spec, derive_seed(spec.seed, trial.number))
+        params = {k: _suggest(trial, k, d) for k, d in spec.space.items()}
+        overrides = ["eval.splits=[select]", f"logger.group={spec.study_name}", *spec.base, *self.extra,
+                     *(f"{k}={_fmt(v)}" for k, v in params.items())]
+        trial.set_user_attr("overrides", overrides)
+        trial.set_user_attr("worker", self.worker)
+        accs: dict[str, float] = {}
+        offset = 0  # intermediate values of run i are reported at steps offset+1.. (same order in every trial)
+        for task, seed in product(spec.tasks, range(spec.n_seeds)):
+            data_seed = seed if spec.data_seed == "seed" else int(spec.data_seed)
+            out = Path(spec.out_dir) / spec.study_name / f"trial_{trial.number}" / task / f"s{seed}"
+            cfg = compose_run([*overrides, f"task={task}", f"seed={seed}", f"data_seed={data_seed}",
+                               f"paths.output_dir={out}"])
+
+            def report(step: int, acc: float, base: int = offset) -> None:
+                trial.report(acc, base + step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"select accuracy {acc:.4f} at step {base + step}")
+
+            res = run(cfg, out, report)
+            offset += int(res["steps"])
+            acc = (res.get("select_metrics") or {}).get("accuracy")
+            accs[f"{task}/s{seed}"] = float("nan") if acc is None else float(acc)
+            trial.set_user_attr("select_accuracy_runs", accs)
+        values = list(accs.values())
+        trial.set_user_attr("select_accuracy_std", statistics.stdev(values) if len(values) > 1 else 0.0)
+        return statistics.fmean(values) if all(map(math.isfinite, values)) else float("nan")  # NaN: Optuna fails it
+
+
+def work(spec: Spec, extra: list[str], worker: int = 0, n_workers: int = 1) -> int:
+    """One worker: run trials until the budget is met; 0 on success, 1 when max_failures is reached."""
+    if n_workers > 1:
+        set_worker_threads(n_workers)
+    storage = make_storage(spec)
+    study = optuna.load_study(study_name=spec.study_name, storage=storage, pruner=make_pruner(spec),
+                              sampler=make_sampler(spec, derive_seed(spec.seed, 2**31 + worker)))
+    lock = BudgetLock(Path(spec.out_dir) / f".{spec.study_name}.budget.lock")
+    objective = Objective(spec, extra, lock, f"{socket.gethostname()}:{os.getpid()}:w{worker}")
+    while True:
+        lock.acquire()
+        try:
+            optuna.storages.fail_stale_trials(study)  # RUNNING trials of killed workers (no heartbeat) -> FAIL
+            states = [t.state for t in study.get_trials(deepcopy=False)]
+            done = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
+            if done >= spec.n_trials or (isinstance(study.sampler, optuna.samplers.GridSampler)
+                                         and study.sampler.is_exhausted(study)):
+                return 0
+            if states.count(TrialState.FAIL) >= spec.max_failures:
+                log.error("%d failed trials (max_failures=%d): stopping", states.count(TrialState.FAIL),
+                          spec.max_failures)
+                return 1
+            if done + states.count(TrialState.RUNNING) >= spec.n_trials:
+                lock.release()  # the last trials are running elsewhere: wait in case one fails
+                time.sleep(WAIT_S)
+                continue
+            study.optimize(objective, n_trials=1, catch=(Exception,))
+        finally:
+            lock.release()
+
+
+def _worker_main(spec_dict: dict[str, Any], extra: list[str], worker: int, n_workers: int) -> None:
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [sweep w{worker}] %(levelname)s %(message)s")
+    sys.exit(work(Spec(**spec_dict), extra, worker, n_workers))
+
+
+def experiment_override(name: str) -> str:
+    """``experiment=name`` while config.yaml lists ``experiment: null`` in its defaults, else ``+experiment=name``."""
+    defaults = OmegaConf.load(CONF_DIR / "config.yaml").get("defaults", [])
+    listed = any(OmegaConf.is_dict(d) and "experiment" in d for d in defaults)
+    return f"{'' if listed else '+'}experiment={name}"
+
+
+def write_best(study: optuna.Study, spec: Spec, extra: list[str], conf_dir: Path = CONF_DIR) -> Path | None:
+    """The best trial's base overrides + params as ``conf/experiment/best_<name>.yaml`` (``# @package _global_``):
+    config-group choices go to its defaults list, every other key to its body."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None
+    overrides = [*spec.base, *extra, *(f"{k}={_fmt(v)}" for k, v in best.params.items())]
+    defaults, body = [], OmegaConf.create({})
+    for ov in OverridesParser.create().parse_overrides(overrides):
+        key, value = ov.key_or_group, ov.value()
+        if ov.is_delete():
+            continue
+        if "." not in key and (CONF_DIR / key).is_dir():
+            defaults.append({f"override /{key}": value})
+        else:
+            OmegaConf.update(body, key, value, force_add=True)
+    doc = OmegaConf.create({"defaults": defaults, **OmegaConf.to_container(body)} if defaults else body)
+    std = best.user_attrs.get("select_accuracy_std", float("nan"))
+    path = conf_dir / "experiment" / f"best_{spec.study_name}.yaml"
+    header = (f"# @package _global_\n# Best of sweep {spec.study_name}: trial {best.number}, mean FewGLUE dev32 "
+              f"accuracy {best.value:.4f} ± {std:.4f} over tasks {spec.tasks} × {spec.n_seeds} seed(s).\n"
+              f"# Written by gradft.sweep on {datetime.now():%Y-%m-%d %H:%M}. Run it with:\n"
+              f"# python -m gradft {experiment_override(path.stem)} task={spec.tasks[0]}\n")
+    atomic_write(path, header + OmegaConf.to_yaml(doc))
+    return path
+
+
+def summary(study: optuna.Study, spec: Spec, best_path: Path | None) -> str:
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
+    lines = [f"sweep {spec.study_name}: {len(trials)} trials {counts}; budget {spec.n_trials} (COMPLETE+PRUNED)"]
+    ranked = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
+    for t in ranked[:10]:
+        p = " ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
+        lines.append(f"  #{t.number:<4d} {t.value:.4f} ± {t.user_attrs.get('select_accuracy_std', 0):.4f}  {p}")
+    if best_path:
+        lines.append(f"best: trial {ranked[0].number} -> {best_path} "
+                     f"(python -m gradft {experiment_override(best_path.stem)})")
+    else:
+        lines.append("no COMPLETE trial: no best-params file written")
+    return "\n".join(lines)
+
+
+def sweep(spec: Spec, extra: list[str] = (), workers: int = 1, conf_dir: Path = CONF_DIR) -> int:
+    """Create (or load) the study once, run ``workers`` workers on it, write the best params, print the summary."""
+    extra = list(extra)
+    study = optuna.create_study(study_name=spec.study_name, storage=make_storage(spec), direction="maximize",
+                                load_if_exists=True, sampler=make_sampler(spec, spec.seed), pruner=make_pruner(spec))
+    kept = {k: v for k, v in asdict(spec).items() if k not in ("n_trials", "storage", "out_dir")}  # no password
+    if study.user_attrs.get("spec") not in (None, kept):
+        log.warning("the spec differs from the one this study was created with (see its user attr `spec`)")
+    study.set_user_attr("spec", kept)
+    for params in spec.enqueue:
+        study.enqueue_trial(params, skip_if_exists=True)
+    if workers <= 1:
+        code = work(spec, extra)
+    else:
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=_worker_main, args=(asdict(spec), extra, i, workers), name=f"sweep-w{i}")
+                 for i in range(workers)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        code = max(p.exitcode != 0 for p in procs)
+    best_path = write_best(study, spec, extra, conf_dir)
+    print(summary(study, spec, best_path))
+    return int(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gradft.sweep", description=__doc__.split("\n\n")[0])
+    ap.add_argument("spec", help="a sweep yaml, e.g. sweeps/ours_rte.yaml")
+    ap.add_argument("overrides", nargs="*", help="extra run overrides, appended to the spec's base")
+    ap.add_argument("--n-trials", type=int, help="TOTAL budget (overrides the spec's n_trials)")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes on the same storage")
+    ap.add_argument("--storage", help="any SQLAlchemy URL (default sqlite:///outputs/sweeps/<name>.db)")
+    ap.add_argument("--study-name")
+    ap.add_argument("--out", dest="out_dir", help="root of the trials' run folders (default outputs/sweeps)")
+    ap.add_argument("--conf-dir", type=Path, default=CONF_DIR, help="where experiment/best_<name>.yaml goes")
+    ap.add_argument("--dashboard", action="store_true", help="serve the study in optuna-dashboard")
+    args = ap.parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [sweep] %(levelname)s %(message)s")
+    spec = load_spec(args.spec, n_trials=args.n_trials, storage=args.storage, study_name=args.study_name,
+                     out_dir=args.out_dir)
+    if args.dashboard:
+        if spec.storage.startswith("sqlite:///") and not Path(spec.storage[len("sqlite:///"):]).exists():
+            raise SystemExit(f"no study yet at {spec.storage}: run `make sweep SWEEP={Path(args.spec).stem}` first")
+        exe = Path(sys.executable).with_name("optuna-dashboard")
+        cmd = [str(exe) if exe.exists() else "optuna-dashboard", spec.storage]
+        print("$", " ".join(cmd), flush=True)
+        os.execvp(cmd[0], cmd)
+    return sweep(spec, args.overrides, args.workers, args.conf_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

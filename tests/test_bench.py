@@ -1,0 +1,69 @@
+"""``gradft.bench`` end to end on the tiny model: the json has every key as a finite positive number, and the
+counted passes are what each step really does (LoRA 1 fwd/1 bwd, ours 2/2, exact 1/2, every=4 1.25/1.25)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from gradft.bench import RATIOS, TARGETS, VARIANTS, main
+
+POSITIVE = ("median_s", "min_s", "max_s", "cpu_median_s", "flops_per_step", "gflop_per_step", "gflops", "gemm_fraction",
+            "trainable_params", "state_mb", "peak_mb", "fwd_per_step", "bwd_per_step")
+# measured passes per optimisation step: (forward, backward)
+PASSES = {"full": (1, 1), "adapter": (1, 1), "lora": (1, 1), "prompt": (1, 1), "plain_lora": (1, 1),
+          "ours": (2, 2), "ours_exact": (1, 2), "ours_every4": (1.25, 1.25)}
+
+
+def positive(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    # 1 thread: 2 OpenMP threads on a shared 2-core machine can stall for seconds per step
+    returned = main(["--model", "tiny_bert", "--steps", "2", "--warmup", "2", "--seq", "32", "--gemm", "128",
+                     "--threads", "1", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data == returned
+    return data
+
+
+def test_every_key_is_finite_positive(report):
+    for key in RATIOS:  # ratio of medians, median of per-round ratios, ratio of CPU-time medians
+        assert all(positive(x) for x in (report[key], report["ratios_paired"][key], report["ratios_cpu"][key])), key
+    assert positive(report["threads"]) and report["rounds"] == 2
+    assert positive(report["gemm"]["gflops"])
+    assert report["model"] == "tiny_bert" and report["batch"]["size"] == 8 and report["batch"]["seq_len"] == 32
+    assert report["torch"] and report["memory_measure"] and report["flops_measure"]
+    assert set(report["variants"]) == set(VARIANTS)
+    for name, row in report["variants"].items():
+        for key in POSITIVE:
+            assert positive(row[key]), (name, key, row[key])
+        assert row["step_mb"] >= 0 and len(row["times_s"]) == 2
+        assert report["median_s"][name] == row["median_s"]
+    for key, limit in TARGETS.items():
+        t = report["targets"][key]
+        assert t["max"] == limit and t["value"] == report[key] and t["pass"] == (report[key] <= limit)
+
+
+def test_counted_passes(report):
+    for name, (fwd, bwd) in PASSES.items():
+        row = report["variants"][name]
+        assert (row["fwd_per_step"], row["bwd_per_step"]) == (fwd, bwd), name
+
+
+def test_guided_step_counts_more_flops_than_plain(report):
+    v = report["variants"]
+    # a finite-difference guided step is two plain LoRA steps' passes: FLOPs double (up to the optimizer's few)
+    assert v["ours"]["flops_per_step"] == pytest.approx(2 * v["lora"]["flops_per_step"], rel=0.02)
+    assert v["full"]["flops_per_step"] > v["lora"]["flops_per_step"]
+    assert v["ours_exact"]["flops_per_step"] > v["ours"]["flops_per_step"]
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(SystemExit):
+        main(["--variants", "lora,nope"])

@@ -1,0 +1,165 @@
+"""Grids on real tiny runs: every cell once, finished cells skipped on rerun (and only those), unreadable or
+other-config results rerun, failing cells logged with a non-zero exit, infeasible cells skipped and recorded,
+per-cell locks (stale ones broken), concurrent grid processes and a SIGKILL mid-grid."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradft import grid
+
+ROOT = Path(__file__).resolve().parent.parent
+CELLS = {"cb/prompt/k32/s0", "cb/ours/k32/s0", "rte/prompt/k32/s0", "rte/ours/k32/s0"}
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Smoke configs set trainer.threads=1, which run() applies process-wide: give later tests their threads back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def events(tree: Path, kind: str = "start") -> Counter:
+    log = tree / "smoke" / "runs.jsonl"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return Counter(e["cell"] for e in map(json.loads, lines) if e["event"] == kind)
+
+
+def cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    return subprocess.Popen([sys.executable, "-m", "gradft.grid", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """The smoke grid (2 tasks × 2 methods × 1 seed), run once; tests work on copies of it."""
+    out = tmp_path_factory.mktemp("grid")
+    assert grid.main(["smoke", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def tree(finished, tmp_path) -> Path:
+    shutil.copytree(finished, tmp_path / "g")
+    return tmp_path / "g"
+
+
+def test_smoke_grid_runs_every_cell_exactly_once(finished):
+    assert events(finished) == Counter(dict.fromkeys(CELLS, 1))
+    assert events(finished, "done") == Counter(dict.fromkeys(CELLS, 1))
+    for cell in CELLS:
+        r = json.loads((finished / "smoke" / cell / "results.json").read_text())
+        assert f"{r['task']}/{r['method']}/k{r['shots']}/s{r['seed']}" == cell
+        assert not (finished / "smoke" / cell / ".lock").exists()
+
+
+def test_rerun_skips_every_finished_cell(tree):
+    assert grid.main(["smoke", "--out", str(tree)]) == 0
+    assert events(tree) == Counter(dict.fromkeys(CELLS, 1))
+
+
+def test_deleting_one_results_json_reruns_only_that_cell(tree):
+    (tree / "smoke" / "rte/ours/k32/s0" / "results.json").unlink()
+    assert grid.main(["smoke", "--out", str(tree)]) == 0
+    assert events(tree) == Counter({**dict.fromkeys(CELLS, 1), "rte/ours/k32/s0": 2})
+
+
+def test_unreadable_results_json_counts_as_not_done(tree):
+    path = tree / "smoke" / "cb/prompt/k32/s0" / "results.json"
+    path.write_text(path.read_text()[:100])  # what a non-atomic writer could leave behind
+    assert grid.main(["smoke", "--out", str(tree)]) == 0
+    assert events(tree)["cb/prompt/k32/s0"] == 2
+    json.loads(path.read_text())
+
+
+def test_results_of_another_config_are_rerun_not_skipped(tree):
+    assert grid.main(["smoke", "--out", str(tree), "task=cb", "method=prompt", "trainer.steps=1"]) == 0
+    assert events(tree) == Counter({**dict.fromkeys(CELLS, 1), "cb/prompt/k32/s0": 2})
+    assert json.loads((tree / "smoke" / "cb/prompt/k32/s0" / "results.json").read_text())["steps"] == 1
+
+
+def test_failing_cells_are_logged_and_the_grid_goes_on_with_nonzero_exit(tmp_path):
+    assert grid.main(["smoke", "--out", str(tmp_path), "method.lr=-1"]) == 1
+    assert events(tmp_path, "fail") == Counter(dict.fromkeys(CELLS, 1))
+    for cell in CELLS:
+        assert "method.lr=-1" in json.loads((tmp_path / "smoke" / cell / "error.json").read_text())["error"]
+        assert not (tmp_path / "smoke" / cell / "results.json").exists()
+
+
+def test_figure2_skips_and_records_cells_whose_pool_is_too_small(tmp_path):
+    p = grid.plan("figure2", ["method=lora", "seed=0"], tmp_path)
+    skipped = {(s["task"], s["shots"]) for s in p.skipped}
+    assert skipped == {("boolq", k) for k in (64, 128, 256, 512)} | {("multirc", 256), ("multirc", 512),
+                                                                      ("cb", 256), ("cb", 512), ("copa", 512)}
+    assert all("pool has only" in s["reason"] for s in p.skipped)
+    assert len(p.cells) == 6 * 6 - len(skipped)
+    assert grid.main(["figure2", "--out", str(tmp_path), "--dry-run", "method=lora", "seed=0"]) == 0
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_table1_grid_has_90_cells_with_seeded_data_draws(tmp_path):
+    p = grid.plan("table1", [], tmp_path)
+    assert len(p.cells) == 90 and not p.skipped
+    assert {c.method for c in p.cells} == {"full", "adapter", "lora", "prompt", "ours"}
+    assert all(c.data_seed == c.seed and c.shots == 32 for c in p.cells)
+    assert p.cell_dir(p.cells[0]) == tmp_path / "table1" / "boolq" / "full" / "k32" / "s0"
+
+
+def test_a_lock_held_by_a_live_process_is_respected_and_a_dead_ones_is_broken(tmp_path):
+    lock = tmp_path / "cell" / ".lock"
+    assert grid.acquire(lock) and not grid.acquire(lock)  # held by this (live) process
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(json.dumps({"pid": dead.pid, "host": grid.HOST, "time": time.time()}))
+    assert grid.acquire(lock)
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    lock.write_text(json.dumps({"pid": dead.pid, "host": "another-host", "time": time.time()}))
+    assert not grid.acquire(lock)  # another machine's lock: never broken from here
+
+
+@pytest.mark.slow
+def test_two_grid_processes_on_one_tree_run_each_cell_once(tmp_path):
+    procs = [cli("smoke", "--out", str(tmp_path), "--workers", "2"), cli("smoke", "--out", str(tmp_path))]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    assert events(tmp_path) == Counter(dict.fromkeys(CELLS, 1))
+    assert events(tmp_path, "done") == Counter(dict.fromkeys(CELLS, 1))
+
+
+@pytest.mark.slow
+def test_sigkill_mid_grid_then_rerun_redoes_only_the_interrupted_cell(tmp_path):
+    slow = "trainer.steps=60"  # a cell lasts a few seconds: long enough to be killed in the middle
+    proc = cli("smoke", "--out", str(tmp_path), slow)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (events(tmp_path, "done") and len(events(tmp_path)) >= 2):
+        time.sleep(0.05)
+    done, started = set(events(tmp_path, "done")), set(events(tmp_path))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted = started - done - set(events(tmp_path, "done"))
+    assert len(interrupted) == 1, (started, done)
+    cell = tmp_path / "smoke" / interrupted.pop()
+    assert not (cell / "results.json").exists() and (cell / ".lock").exists()  # a dead process's lock
+    finished = set(events(tmp_path, "done"))
+
+    assert grid.main(["smoke", "--out", str(tmp_path), slow]) == 0
+    starts = events(tmp_path)
+    assert all(starts[c] == 1 for c in finished)
+    assert starts[str(cell.relative_to(tmp_path / "smoke"))] == 2
+    assert set(starts) == CELLS
+    for c in CELLS:
+        json.loads((tmp_path / "smoke" / c / "results.json").read_text())

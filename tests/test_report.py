@@ -1,0 +1,96 @@
+"""The report from the smoke grid's real results.json files: Table 1 (md + csv) with every method row, the majority
+baseline and finite numbers; paired tests with p-values in [0, 1]; the figures; W&B logging; no model code."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradft import grid, report
+
+ROOT = Path(__file__).resolve().parent.parent
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Smoke configs set trainer.threads=1, which run() applies process-wide: give later tests their threads back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory) -> tuple[Path, Path]:
+    """The smoke grid (cb, rte × prompt, ours × seed 0), then the report of it."""
+    root = tmp_path_factory.mktemp("grid")
+    assert grid.main(["smoke", "--out", str(root)]) == 0
+    out = root.parent / (root.name + "-reports")
+    report.main(["--root", str(root), "--out", str(out)])
+    return root, out
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_table_has_a_row_per_method_and_the_majority_baseline_with_finite_numbers(reported):
+    _, out = reported
+    table = {r["method"]: r for r in rows(out / "table1.csv")}
+    assert list(table) == ["prompt", "ours", "majority_class"]
+    for method, r in table.items():
+        keys = ["avg_acc_mean", "cb_acc_mean", "rte_acc_mean"]
+        if method != "majority_class":
+            keys += ["stability_mean", "alignment_mean"]
+        assert all(math.isfinite(float(r[k])) for k in keys), r
+        assert 0 <= float(r["avg_acc_mean"]) <= 1
+    md = (out / "table1.md").read_text()
+    assert "Model **tiny_bert**, **32** shots, seeds 0" in md and "2 training steps" in md
+    for name in ("| prompt |", "| ours |", "| majority class |", "## ours vs each baseline"):
+        assert name in md
+
+
+def test_paired_test_p_values_are_probabilities(reported):
+    _, out = reported
+    (r,) = rows(out / "table1_paired.csv")
+    assert (r["method"], r["baseline"], r["n_pairs"]) == ("ours", "prompt", "2")
+    for k in ("p_ttest", "p_wilcoxon"):
+        assert 0.0 <= float(r[k]) <= 1.0
+    assert math.isfinite(float(r["mean_diff"]))
+
+
+def test_paired_test_with_no_difference_gives_p_one_and_too_few_pairs_give_nan():
+    same = {("cb", 0): 0.5, ("rte", 0): 0.6}
+    assert report.paired(same, dict(same)) == {"n_pairs": 2, "mean_diff": 0.0, "p_ttest": 1.0, "p_wilcoxon": 1.0}
+    one = report.paired({("cb", 0): 0.5}, {("cb", 0): 0.4, ("rte", 0): 0.1})
+    assert one["n_pairs"] == 1 and math.isnan(one["p_ttest"]) and math.isnan(one["p_wilcoxon"])
+
+
+def test_figures_are_written_and_non_empty(reported):
+    _, out = reported
+    for name in ("figure2.png", "loss_curves.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000
+
+
+def test_report_logs_table_and_figures_to_wandb_offline(reported, tmp_path):
+    root, _ = reported
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.run([sys.executable, "-m", "gradft.report", "--root", str(root), "--out", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
+
+
+def test_report_reads_results_only_and_never_imports_model_code():
+    code = "import sys, gradft.report; assert not {'torch', 'transformers', 'gradft.run'} & set(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
