@@ -15,6 +15,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import signal
 import socket
 import sys
 import time
@@ -257,6 +258,13 @@ def execute(p: Plan, workers: int = 1) -> int:
         procs = [mp.get_context("spawn").Process(target=work, args=(p, t0, i, workers)) for i in range(workers)]
         for pr in procs:
             pr.start()
+        # SIGTERM to the parent (kill, a scheduler) must not leave workers running on: pass it on to them
+        def stop(*_: Any) -> None:
+            for pr in procs:
+                pr.terminate()
+            sys.exit(143)
+
+        signal.signal(signal.SIGTERM, stop)
         for pr in procs:
             pr.join()  # a worker that dies leaves its cell's lock stale: the others (or a rerun) take it over
     left = [c.rel for c in p.cells if not p.is_done(c)]
