@@ -114,11 +114,18 @@ def make_storage(spec: Spec) -> optuna.storages.RDBStorage:
     url = spec.storage
     kw: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"storage={url!r} cannot be opened: {e}") from e
         kw = {"connect_args": {"timeout": 120}}  # workers wait for SQLite's write lock instead of failing
     hb = spec.heartbeat or {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kw, heartbeat_interval=hb.get("interval"),
-                                      grace_period=hb.get("grace_period"))
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kw, heartbeat_interval=hb.get("interval"),
+                                          grace_period=hb.get("grace_period"))
+    except Exception as e:  # a driver missing, a server down, a path that cannot be created: one clear line
+        hint = " (PostgreSQL needs a driver: pip install psycopg2-binary)" if url.startswith("postgres") else ""
+        raise ValueError(f"storage={url!r} cannot be opened{hint}: {str(e).splitlines()[0]}") from e
 
 
 def _fmt(v: Any) -> str:
@@ -328,7 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [str(exe) if exe.exists() else "optuna-dashboard", spec.storage]
         print("$", " ".join(cmd), flush=True)
         os.execvp(cmd[0], cmd)
-    return sweep(spec, args.overrides, args.workers, args.conf_dir)
+    try:
+        return sweep(spec, args.overrides, args.workers, args.conf_dir)
+    except ValueError as e:  # a bad spec or storage: one line, exit 2
+        print(f"gradft.sweep: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

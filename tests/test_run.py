@@ -88,6 +88,7 @@ def test_results_json_is_written_with_nan_as_null(cfg_factory, tmp_path):
     ("method=sgd", "Could not find 'method/sgd'"),
     ("task=squad", "Could not find 'task/squad'"),
     ("model=gpt5", "Could not find 'model/gpt5'"),
+    ("guidance=magic", "Could not find 'guidance/magic'"),
 ])
 def test_unknown_group_option_lists_the_valid_ones(override, needle):
     proc = cli(override, "logger.mode=disabled", timeout=120)
@@ -100,6 +101,8 @@ def test_unknown_group_option_lists_the_valid_ones(override, needle):
     ("shots=0", "shots=0"),
     ("task=boolq shots=64", "64"),
     ("metrics.every=0", "metrics.every=0"),
+    ("method=ours guidance.tau=-1", "guidance.tau=-1"),
+    ("method=ours guidance.lambda1=strong", "guidance.lambda1='strong'"),
     ("data.superglue_root=/nonexistent/sg", "/nonexistent/sg"),
 ])
 def test_bad_values_fail_before_any_model_is_loaded(override, needle):
