@@ -48,6 +48,7 @@ def test_every_key_is_finite_positive(report):
     for key, limit in TARGETS.items():
         t = report["targets"][key]
         assert t["max"] == limit and t["value"] == report[key] and t["pass"] == (report[key] <= limit)
+        assert isinstance(t["consistent"], bool)
 
 
 def test_counted_passes(report):
