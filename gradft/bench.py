@@ -59,8 +59,8 @@ VARIANTS: dict[str, list[str]] = {
 }
 RATIOS = {"ratio_ours_lora": ("ours", "lora"), "ratio_ours_every4_lora": ("ours_every4", "lora"),
           "ratio_ours_exact_lora": ("ours_exact", "lora"), "ratio_lora_plain": ("lora", "plain_lora")}
-# each must be ≤. From the passes, with F, B = forward, backward and O = clip + AdamW (tiny for LoRA): lora = F+B+O,
-# ours = 2F+2B+O (+ a few vector ops over the 74k trainable) → just under 2; every4 = (5F+5B+4O)/4 → 1.25
+# each must be ≤. From the passes, with F, B = forward, backward, O = clip + AdamW, G = guidance's vector ops (O ≈ G
+# ≈ 1 ms for LoRA's 74k): lora = F+B+O, ours = 2F+2B+O+G → 2 − (O−G)/(F+B+O) ≈ 2.00; every4 = (5F+5B+4O+G)/4 → 1.25
 TARGETS = {"ratio_ours_lora": 2.0, "ratio_ours_every4_lora": 1.3, "ratio_lora_plain": 1.05}
 MB = 2**20
 # torch's FLOP counter knows the CUDA SDPA kernels but not the CPU flash kernel: same formulas (4·B·H·L²·d fwd)
