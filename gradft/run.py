@@ -207,8 +207,9 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None,
         results["wall_time_s"] = time.perf_counter() - t0
         write_results(out, results, cfg)
         tracker.summary(summary_keys(metrics))
-        log.info("%s %s k=%d seed=%d: accuracy %.4f, stability %.3f, alignment %.3f (%.1fs) -> %s",
-                 cfg.method.name, task.name, cfg.shots, cfg.seed,
+        split = "accuracy" if "accuracy" in metrics else "select accuracy"
+        log.info("%s %s k=%d seed=%d: %s %.4f, stability %.3f, alignment %.3f (%.1fs) -> %s",
+                 cfg.method.name, task.name, cfg.shots, cfg.seed, split,
                  metrics.get("accuracy", results.get("select_metrics", {}).get("accuracy", float("nan"))),
                  metrics["gradient_stability"], metrics["directional_alignment"], results["wall_time_s"], out)
         failed = False
