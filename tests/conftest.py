@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -36,3 +38,13 @@ def cfg_factory(tmp_path):
         return make_cfg(*overrides, out=tmp_path / "run")
 
     return factory
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def spawn(module: str, *args: str, stdout: int = subprocess.DEVNULL) -> subprocess.Popen:
+    """``python -m <module> <args>`` as a child process of the repo, offline, W&B disabled."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env, stdout=stdout,
+                            stderr=subprocess.PIPE, text=True)

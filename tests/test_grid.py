@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import spawn
 
 from gradft import grid
 
@@ -38,9 +39,7 @@ def events(tree: Path, kind: str = "start") -> Counter:
 
 
 def cli(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    return subprocess.Popen([sys.executable, "-m", "gradft.grid", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return spawn("gradft.grid", *args)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ storage, a SIGKILLed worker, and the best-params experiment file."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import optuna
 import pytest
 import torch
 import yaml
+from conftest import spawn
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
@@ -59,9 +59,7 @@ def points(ts) -> list[tuple]:
 
 
 def cli(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    return subprocess.Popen([sys.executable, "-m", "gradft.sweep", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return spawn("gradft.sweep", *args, stdout=subprocess.PIPE)
 
 
 @pytest.fixture(scope="module")
