@@ -76,11 +76,6 @@ class ParamSpace:
     def values(self) -> Tensor:
         return self.flatten(p.detach() for p in self.params)
 
-    @torch.no_grad()
-    def load_values(self, vec: Tensor) -> None:
-        for p, v in zip(self.params, self.split(vec), strict=True):
-            p.copy_(v)
-
     @contextmanager
     def shifted(self, direction: Tensor, r: float) -> Iterator[None]:
         """Temporarily move θ to θ + r·direction; restores the exact original values (a saved copy, not θ − r·d)."""

@@ -114,8 +114,7 @@ def _source_gradient_fn(cfg: DictConfig, task: gdata.TaskData, model, space, col
         gdata.Example(e.texts, index.get(source.labels[e.label].lower(), e.label), e.choices, e.group, e.idx)
         for e in gdata.sample_shots(source.train_pool, min(cfg.shots, len(source.train_pool)), cfg.data_seed)
     ]
-    bs = cfg.trainer.batch_size
-    batches = [collate(examples[i : i + bs]) for i in range(0, len(examples), bs)]
+    batches = list(gdata.iterate_batches(examples, cfg.trainer.batch_size, collate, shuffle=False))
     return lambda: set_gradient(model, space, batches, device)
 
 
@@ -143,7 +142,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None,
              space.numel, len(shots), cfg.data_seed, sorted(Counter(e.label for e in shots).items()))
     collate = gdata.Collator(tok, cfg.model.max_length, task.multiple_choice)
     bs = min(cfg.trainer.batch_size, len(shots))
-    shot_batches = [collate(shots[i : i + bs]) for i in range(0, len(shots), bs)]
+    shot_batches = list(gdata.iterate_batches(shots, bs, collate, shuffle=False))  # tokenized once, reused
 
     tracker = Tracker(cfg, out)
     failed = True

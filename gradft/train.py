@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from gradft.data import iterate_batches
 from gradft.forward import task_loss, to_device
 from gradft.gradients import ParamSpace
 from gradft.guidance import StructuredGuidance
@@ -42,10 +42,7 @@ def epoch_batches(examples: list, batch_size: int, collate: Callable, seed: int)
     """Endless stream of shuffled batches: epoch e is shuffled by ``Random(seed * 100003 + e)``."""
     epoch = 0
     while True:
-        order = list(range(len(examples)))
-        random.Random(seed * 100003 + epoch).shuffle(order)
-        for s in range(0, len(order), batch_size):
-            yield collate([examples[i] for i in order[s : s + batch_size]])
+        yield from iterate_batches(examples, batch_size, collate, shuffle=True, seed=seed * 100003 + epoch)
         epoch += 1
 
 
