@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export OMP_WAIT_POLICY ?= PASSIVE   # spinning OpenMP threads ran 3-6x slower when another process held a core (docs/bench.md)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast test-all lint bench sweep dashboard table1 figure2 report clean
+.PHONY: help install run test test-fast test-all lint bench sweep dashboard table1 figure2 heads zeroshot report clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -43,8 +43,9 @@ test-fast: install  ## the fast suite only (no `slow` marker)
 lint: install  ## ruff
 	$(BIN)/ruff check gradft tests
 
-bench: install  ## step time / memory / FLOP rate of every method and of ours (-> reports/bench.json)
+bench: install  ## step time / memory / FLOP rate per method (reports/bench.json); COPA prefix reuse (reports/bench_scoring.json)
 	$(BIN)/python -m gradft.bench $(ARGS)
+	$(BIN)/python -m gradft.bench_scoring $(SCORING_ARGS)
 
 sweep: install  ## Optuna sweep sweeps/$(SWEEP).yaml (resumable); N_TRIALS=… WORKERS=…
 	$(BIN)/python -m gradft.sweep sweeps/$(SWEEP).yaml $(if $(N_TRIALS),--n-trials $(N_TRIALS)) --workers $(WORKERS) $(ARGS)
@@ -57,6 +58,14 @@ table1: install  ## run the Table 1 grid (5 methods x 6 tasks x seeds); finished
 
 figure2: install  ## run the Figure 2 grid (methods x shots x seeds); finished runs are skipped
 	$(BIN)/python -m gradft.grid figure2 $(ARGS)
+
+heads: install  ## SmolLM2: new classifier head vs prompt + LM head (and zero-shot) on BoolQ/CB/COPA, 3 seeds
+	$(BIN)/python -m gradft.grid heads $(ARGS)
+	$(BIN)/python -m gradft.report --root outputs/grid/heads --out reports/heads
+
+zeroshot: install  ## SmolLM2 zero-shot prompts on all six tasks (head=lm shots=0) -> reports/zeroshot
+	$(BIN)/python -m gradft.grid table1 model=smollm2 head=lm shots=0 method=lora eval.max_examples=1000 --out outputs/zeroshot $(ARGS)
+	$(BIN)/python -m gradft.report --root outputs/zeroshot --out reports/zeroshot --shots 0
 
 report: install  ## aggregate results.json files -> reports/table1.{md,csv}, figure2.png, loss_curves.png
 	$(BIN)/python -m gradft.report $(ARGS)

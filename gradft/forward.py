@@ -1,7 +1,12 @@
 """How a collated batch becomes logits and a task loss, for classification and multiple-choice tasks alike.
 
-Multiple choice (COPA): the collator flattens B examples × C choices into B·C rows and the model (``num_labels=1``)
-scores each row; the scores are reshaped to (B, C) and the loss is cross-entropy over the choices.
+``head=classifier``: the model's new head gives the class logits. Multiple choice (COPA): the collator flattens
+B examples × C choices into B·C rows and the model (``num_labels=1``) scores each row; the scores are reshaped to
+(B, C) and the loss is cross-entropy over the choices.
+
+``head=lm`` (batches from ``gradft.prompting.PromptCollator``): the pretrained LM head gives them. Verbalizer
+batches: the logits of the label words at the answer position. Candidate batches: each candidate's mean token
+log-probability given the prompt, (B, C). Methods, guidance and the gradient metrics only ever see ``task_loss``.
 """
 
 from __future__ import annotations
@@ -10,7 +15,59 @@ import torch
 from torch import Tensor, nn
 
 
+def _lm_logits(model: nn.Module, **inputs: Tensor) -> tuple[Tensor, int]:
+    """LM logits and the offset of the first input token in them (prompt tuning prepends virtual tokens)."""
+    logits = model(**inputs).logits
+    return logits, logits.shape[1] - inputs["input_ids"].shape[1]
+
+
+def _mean_logprob(pred: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+    """Per row: mean over masked t of log softmax(pred[t])[targets[t]]. Only the masked positions are normalised
+    (a log-softmax over the whole vocabulary at every position would cost B·C·L·V)."""
+    sel = mask.bool()
+    lp = pred[sel].float().log_softmax(-1).gather(-1, targets[sel][:, None]).squeeze(-1)
+    rows = sel.nonzero()[:, 0]
+    total = torch.zeros(mask.shape[0], dtype=lp.dtype, device=lp.device).index_add(0, rows, lp)
+    return total / mask.sum(1).clamp(min=1)
+
+
+def _verbalizer_logits(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    logits, off = _lm_logits(model, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    return logits[rows, off + batch["answer_index"]][:, batch["label_token_ids"]]
+
+
+def _candidate_scores(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """Prompt + candidate rows: logits at t predict token t+1; scored where ``target_mask`` marks the candidate."""
+    ids = batch["input_ids"]
+    logits, off = _lm_logits(model, input_ids=ids, attention_mask=batch["attention_mask"])
+    return _mean_logprob(logits[:, off : off + ids.shape[1] - 1], ids[:, 1:], batch["target_mask"][:, 1:])
+
+
+def _candidate_scores_reuse(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """The prompt runs once per example; its KV cache is repeated for the C candidates (prefix reuse)."""
+    c = int(batch["n_choices"])
+    pmask, cand, cmask = batch["prefix_mask"], batch["input_ids"], batch["attention_mask"]
+    out = model(input_ids=batch["prefix_ids"], attention_mask=pmask, use_cache=True)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(c)
+    plen = pmask.sum(1)
+    first = out.logits[torch.arange(len(plen), device=plen.device), plen - 1]  # predicts each candidate's 1st token
+    positions = plen.repeat_interleave(c)[:, None] + torch.arange(cand.shape[1], device=cand.device)
+    nxt = model(input_ids=cand, attention_mask=torch.cat([pmask.repeat_interleave(c, 0), cmask], 1),
+                position_ids=positions, past_key_values=cache).logits
+    pred = torch.cat([first.repeat_interleave(c, 0)[:, None], nxt[:, :-1]], 1)
+    return _mean_logprob(pred, cand, cmask)
+
+
 def logits_of(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """(B, C) class logits or candidate scores of a collated batch."""
+    if "label_token_ids" in batch:
+        return _verbalizer_logits(model, batch).float()
+    if "prefix_ids" in batch:
+        return _candidate_scores_reuse(model, batch).view(-1, int(batch["n_choices"]))
+    if "target_mask" in batch:
+        return _candidate_scores(model, batch).view(-1, int(batch["n_choices"]))
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "n_choices")}
     logits = model(**inputs).logits
     if "n_choices" in batch:

@@ -33,6 +33,7 @@ from gradft.tracking import atomic_write, config_key
 
 log = logging.getLogger("gradft.grid")
 AXES = ("task", "method", "shots", "seed")
+OPTIONAL_AXES = ("head",)  # head: classifier | lm (absent: the composed config's)
 HOST = socket.gethostname()
 POLL_S = 2.0
 
@@ -58,13 +59,15 @@ class Cell:
     shots: int
     seed: int
     data_seed: int
+    head: str | None = None
 
     @property
     def rel(self) -> str:
-        return f"{self.task}/{self.method}/k{self.shots}/s{self.seed}"
+        method = f"{self.method}-lm" if self.head == "lm" else self.method
+        return f"{self.task}/{method}/k{self.shots}/s{self.seed}"
 
     def overrides(self) -> list[str]:
-        return [f"{k}={v}" for k, v in self.__dict__.items()]
+        return [f"{k}={v}" for k, v in self.__dict__.items() if v is not None]
 
 
 @dataclass
@@ -106,38 +109,46 @@ def grid_spec(grid: str) -> dict[str, Any]:
     if not path.exists():
         raise SystemExit(f"no grid {grid!r}: expected {path} (table1, figure2, smoke or a path)")
     spec = OmegaConf.to_container(OmegaConf.load(path).get("grid") or {}, resolve=True)
-    if set(spec.get("axes", {})) != set(AXES):
-        raise SystemExit(f"{path}: grid.axes must list exactly {', '.join(AXES)}")
+    if set(spec.get("axes", {})) - set(OPTIONAL_AXES) != set(AXES):
+        raise SystemExit(f"{path}: grid.axes must list {', '.join(AXES)} (and may list {', '.join(OPTIONAL_AXES)})")
     return {"name": spec.get("name", path.stem), "data_seed": "seed", "overrides": [], **spec}
 
 
 def plan(grid: str, extra: list[str] = (), out: str | Path = "outputs/grid") -> Plan:
-    """Expand the grid: narrow axes with ``axis=a,b`` overrides, pass the rest to every cell, drop infeasible cells."""
+    """Expand the grid: narrow axes with ``axis=a,b`` overrides, pass the rest to every cell, drop infeasible cells.
+    Zero-shot (shots=0, head=lm) is deterministic and applies no method: one cell per task and head (the first
+    method and seed of the axes); the report shows it as the row ``zero-shot``."""
     spec = grid_spec(grid)
-    axes = {k: list(v) for k, v in spec["axes"].items()}
+    axes = {"head": [None], **{k: list(v) for k, v in spec["axes"].items()}}
     common = [str(o) for o in spec["overrides"]]
     for o in extra:
         key = o.split("=", 1)[0]
-        if key in AXES:
+        if key in AXES + OPTIONAL_AXES:
             axes[key] = [int(v) if key in ("shots", "seed") else v for v in o.split("=", 1)[1].split(",") if v]
         else:
             common.append(o)
     ds = spec["data_seed"]  # "seed": data_seed = seed, or one fixed int
     p = Plan(spec["name"], Path(out) / spec["name"], common, [], {}, est_seconds=spec.get("est_seconds_per_cell"))
     pools: dict[str, list] = {}
-    for task, method in product(axes["task"], axes["method"]):
-        base = compose_run([f"task={task}", f"method={method}", *common, "paths.output_dir=."])
+    for task, method, head in product(axes["task"], axes["method"], axes["head"]):
+        base = compose_run([f"task={task}", f"method={method}", *([f"head={head}"] if head else []), *common,
+                            "paths.output_dir=."])
         if task not in pools:
             pools[task] = gdata.load_task(base.task, base.data).train_pool
         for shots, seed in product(axes["shots"], axes["seed"]):
-            cell = Cell(task, method, int(shots), int(seed), int(seed) if ds == "seed" else int(ds))
+            cell = Cell(task, method, int(shots), int(seed), int(seed) if ds == "seed" else int(ds), head)
+            if shots == 0 and (method, seed) != (axes["method"][0], axes["seed"][0]):
+                continue  # zero-shot: the same model and numbers for every method and seed
             try:
-                gdata.sample_shots(pools[task], cell.shots, cell.data_seed, base.data.balance)
+                if shots == 0 and base.head != "lm":
+                    raise gdata.DataError("shots=0 (zero-shot) needs head=lm: a new classifier head is untrained")
+                if shots:
+                    gdata.sample_shots(pools[task], cell.shots, cell.data_seed, base.data.balance)
             except gdata.DataError as e:
                 p.skipped.append({**cell.__dict__, "reason": str(e)})
                 continue
             p.cells.append(cell)  # shots is a plain value (= the override); the key ignores seed and data_seed
-            p.keys[cell] = config_key(OmegaConf.merge(base, {"shots": cell.shots}))
+            p.keys[cell] = config_key(OmegaConf.merge(base, {"shots": cell.shots}))  # head is in base
     return p
 
 
@@ -250,7 +261,7 @@ def execute(p: Plan, workers: int = 1) -> int:
     p.root.mkdir(parents=True, exist_ok=True)
     atomic_write(p.root / "skipped.json", json.dumps(p.skipped, indent=1))
     todo = [c for c in p.cells if not p.is_done(c)]
-    log.info("grid %s: %d cells, %d done, %d to run, %d skipped (pool too small) -> %s", p.name, len(p.cells),
+    log.info("grid %s: %d cells, %d done, %d to run, %d skipped (skipped.json says why) -> %s", p.name, len(p.cells),
              len(p.cells) - len(todo), len(todo), len(p.skipped), p.root)
     if todo and workers <= 1:
         work(p, t0)

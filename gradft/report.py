@@ -29,8 +29,9 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 log = logging.getLogger("gradft.report")
-ORDER = ["full", "adapter", "lora", "prompt", "ours"]
+ORDER = ["zero-shot", "full", "adapter", "lora", "prompt", "ours"]
 OURS = "ours"
+ZERO = "zero-shot"  # head=lm at shots=0: the pretrained LM with the task's prompt, no method applied
 TASK_METRICS = ("f1_macro", "f1a", "exact_match")
 
 
@@ -40,6 +41,8 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
     for path in sorted(Path(root).rglob("results.json")):
         try:
             r = json.loads(path.read_text())
+            if r.get("head") == "lm":  # prompt-based runs are rows of their own: "zero-shot", "lora-lm", ...
+                r["method"] = ZERO if int(r["shots"]) == 0 else f"{r['method']}-lm"
             key = (r["model"], r["method"], r["task"], int(r["shots"]), int(r["seed"]), int(r["data_seed"]))
             r["metrics"]["accuracy"]  # noqa: B018 — a results.json without it is not a finished run
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -118,7 +121,8 @@ def table1(recs: list[dict], out: Path, root: Path) -> dict[str, Any]:
         rows.append([m, cols[0][2], *[x for c in cols + per_task for x in c[:2]]])
         md_rows.append([m, fmt(*cols[0], 100), fmt(*cols[1], digits=3), fmt(*cols[2], digits=3),
                         *[fmt(*c, 100) for c in per_task]])
-    first = {(r["task"], r["seed"]): _num(r["metrics"].get("majority_baseline")) for r in recs}
+    trained = [r for r in recs if r["shots"] > 0] or recs  # the zero-shot baseline uses the whole pool's majority
+    first = {(r["task"], r["seed"]): _num(r["metrics"].get("majority_baseline")) for r in trained}
     maj = [{"task": t, "seed": s, "metrics": {"accuracy": v}} for (t, s), v in first.items()]
     avg = mean_std(seed_means(maj, tasks, "accuracy"))
     per_task = [mean_std([v for (t, _), v in first.items() if t == task]) for task in tasks]
@@ -136,11 +140,11 @@ def table1(recs: list[dict], out: Path, root: Path) -> dict[str, Any]:
         w.writerow(["method", "baseline", "n_pairs", "mean_diff", "p_ttest", "p_wilcoxon"])
         w.writerows([[OURS, b, t["n_pairs"], t["mean_diff"], t["p_ttest"], t["p_wilcoxon"]] for b, t in tests.items()])
 
-    steps = sorted({r["steps"] for r in recs})
+    steps = sorted({r["steps"] for r in trained})
     n_eval = {t: sorted({r.get("eval_examples") for r in recs if r["task"] == t}) for t in tasks}
     lines = [
         "# Table 1: comparison of fine-tuning methods", "",
-        f"Model **{recs[0]['model']}**, **{recs[0]['shots']}** shots, seeds {', '.join(map(str, seeds))} "
+        f"Model **{recs[0]['model']}**, **{trained[0]['shots']}** shots, seeds {', '.join(map(str, seeds))} "
         f"(data_seed {'= seed' if all(r['seed'] == r['data_seed'] for r in recs) else 'varies'}), "
         f"{'/'.join(map(str, steps))} training steps. Accuracy (%) on the official SuperGLUE val split "
         f"({', '.join(f'{t} {n_eval[t][0] if len(n_eval[t]) == 1 else n_eval[t]}' for t in tasks)} examples); "
@@ -183,23 +187,35 @@ def skipped_cells(root: Path) -> dict[str, set[int]]:
 
 
 def figure2(recs: list[dict], out: Path, root: Path) -> Path:
-    shots = sorted({r["shots"] for r in recs})
-    tasks = sorted({r["task"] for r in recs})
-    methods = _methods(recs)
-    common = [t for t in tasks if all(any(r["task"] == t and r["shots"] == k for r in recs) for k in shots)]
+    """Accuracy vs shots on a log2 axis; zero-shot (k=0) sits one step left of the smallest k, and the curves of
+    the prompt-based methods (``*-lm``) start from it."""
+    trained = [r for r in recs if r["shots"] > 0]
+    shots = sorted({r["shots"] for r in trained})
+    tasks = sorted({r["task"] for r in trained})
+    methods = _methods(trained)
+    common = [t for t in tasks if all(any(r["task"] == t and r["shots"] == k for r in trained) for k in shots)]
+    zero = [r for r in recs if r["method"] == ZERO]
+    zero_pt = mean_std(seed_means(zero, common, "accuracy")) if zero and common else (0.0, 0.0, 0)
+    x0 = math.log2(shots[0]) - 1 if shots else 0.0
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for m in methods:
-        pts = [(k, *mean_std(seed_means([r for r in recs if r["method"] == m and r["shots"] == k], common,
-                                        "accuracy"))) for k in shots]
+        pts = [(math.log2(k), *mean_std(seed_means([r for r in trained if r["method"] == m and r["shots"] == k],
+                                                   common, "accuracy"))) for k in shots]
+        if m.endswith("-lm") and zero_pt[2]:
+            pts = [(x0, *zero_pt), *pts]
         pts = [(k, mu, 0.0 if not math.isfinite(sd) else sd) for k, mu, sd, n in pts if n]
         if not pts:
             continue
         x, mu, sd = (np.array(v, dtype=float) for v in zip(*pts, strict=True))
-        ax.plot(x, mu * 100, marker="o", label=m)
+        ax.plot(x, mu * 100, marker="o", label=m, linestyle="--" if m.endswith("-lm") else "-")
         ax.fill_between(x, (mu - sd) * 100, (mu + sd) * 100, alpha=0.2)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(shots, [str(k) for k in shots])
-    ax.set_xlabel("training examples per task (k shots, log2 scale)")
+    ticks = [math.log2(k) for k in shots]
+    labels = [str(k) for k in shots]
+    if zero_pt[2]:
+        ax.plot([x0], [zero_pt[0] * 100], marker="*", markersize=14, color="black", linestyle="", label=ZERO)
+        ticks, labels = [x0, *ticks], ["0", *labels]
+    ax.set_xticks(ticks, labels)
+    ax.set_xlabel("training examples per task (k shots, log2 scale; 0 = zero-shot prompt)")
     ax.set_ylabel(f"accuracy (%), mean over {len(common)} task(s)")
     seeds = sorted({r["seed"] for r in recs})
     ax.set_title(f"Accuracy vs shots: {recs[0]['model']}, seeds {','.join(map(str, seeds))} (band: ± std)")
@@ -269,13 +285,18 @@ def report(root: str | Path = "outputs/grid", out: str | Path = "reports", shots
     model = model or Counter(r["model"] for r in recs).most_common(1)[0][0]
     recs = [r for r in recs if r["model"] == model]
     shot_counts = Counter(r["shots"] for r in recs)
-    shots = shots or (32 if 32 in shot_counts else shot_counts.most_common(1)[0][0])
-    at_k = [r for r in recs if r["shots"] == shots]
-    if not at_k:
+    if shots is None:
+        shots = 32 if 32 in shot_counts else shot_counts.most_common(1)[0][0]
+    at_k = [r for r in recs if r["shots"] == shots] + [r for r in recs if r["method"] == ZERO and shots]
+    if not any(r["shots"] == shots for r in at_k):
         raise SystemExit(f"no {model} results at shots={shots} under {root} (have {sorted(shot_counts)})")
     out.mkdir(parents=True, exist_ok=True)
     table = table1(at_k, out, root)
-    images = [figure2(recs, out, root), loss_curves(at_k, out)]
+    images = []
+    if any(r["shots"] for r in recs):  # zero-shot results alone: a table, no curve
+        images = [figure2(recs, out, root)]
+    if any(r["shots"] for r in at_k):
+        images.append(loss_curves([r for r in at_k if r["shots"]], out))
     log_wandb(out, table, images, project)
     print(table["markdown"])
     print(f"wrote {out}/table1.md, table1.csv, table1_paired.csv, {', '.join(p.name for p in images)}")

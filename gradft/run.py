@@ -3,6 +3,10 @@
     validate config -> load task + sample k shots -> load backbone -> apply method (+ guidance)
     -> d_task, train (plain or guided steps, gradient metrics) -> evaluate -> results.json + W&B
 
+``head=classifier`` trains a new classification head; ``head=lm`` phrases each example as the task's prompt and
+scores label words or candidates with the pretrained LM head (``gradft.prompting``). ``shots=0`` (head=lm only)
+evaluates the pretrained model as it is: no method is applied, no step is taken, the gradient metrics are null.
+
 A run is a pure function of its composed config: ``seed`` fixes initialisation and batch order, ``data_seed``
 fixes which k examples are drawn. All config errors are raised before any model is loaded.
 """
@@ -14,6 +18,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +33,8 @@ from gradft.gradients import ParamSpace
 from gradft.guidance import StructuredGuidance, guidance_config
 from gradft.methods import apply_method, method_config, trainable_parameters
 from gradft.metrics import GradientMonitor, majority_baseline
-from gradft.models import backbone_parameters, load_backbone
+from gradft.models import HEADS, backbone_parameters, lm_kind, load_backbone
+from gradft.prompting import PromptCollator, prompt_spec
 from gradft.tracking import MODES, Tracker, config_key, write_results
 from gradft.train import Trainer, epoch_batches
 
@@ -48,7 +54,12 @@ def validate(cfg: DictConfig) -> None:
     method_config(cfg.method)
     if cfg.guidance.name != "none":
         guidance_config(cfg.guidance)
-    _number("shots", cfg.shots, integer=True)
+    head = cfg.get("head", "classifier")
+    if head not in HEADS:
+        raise ValueError(f"head={head!r}: must be one of {', '.join(HEADS)}")
+    _number("shots", cfg.shots, integer=True, strict=head == "classifier")  # lm: shots=0 is zero-shot
+    if head == "lm":
+        prompt_spec(cfg.task, len(cfg.task.labels), cfg.task.format == "copa")
     if cfg.trainer.steps is not None:
         _number("trainer.steps", cfg.trainer.steps, integer=True, strict=False)
     _number("trainer.epochs", cfg.trainer.epochs, strict=False)
@@ -111,11 +122,55 @@ def _source_gradient_fn(cfg: DictConfig, task: gdata.TaskData, model, space, col
                          f"{task.labels}: set guidance.source_label_map")
     index = {str(k).lower(): task.labels.index(str(v)) for k, v in mapping.items()}
     examples = [
-        gdata.Example(e.texts, index.get(source.labels[e.label].lower(), e.label), e.choices, e.group, e.idx)
+        replace(e, label=index.get(source.labels[e.label].lower(), e.label))
         for e in gdata.sample_shots(source.train_pool, min(cfg.shots, len(source.train_pool)), cfg.data_seed)
     ]
     batches = list(gdata.iterate_batches(examples, cfg.trainer.batch_size, collate, shuffle=False))
     return lambda: set_gradient(model, space, batches, device)
+
+
+def make_collator(cfg: DictConfig, task: gdata.TaskData, tok, model) -> gdata.Collator | PromptCollator:
+    """The batch builder for ``head``: text pairs for a classifier, prompts for the LM head. Prefix reuse needs a
+    causal LM that takes position ids and a KV cache as given: not under peft prompt tuning (virtual tokens)."""
+    if cfg.get("head", "classifier") == "classifier":
+        return gdata.Collator(tok, cfg.model.max_length, task.multiple_choice)
+    spec = prompt_spec(cfg.task, len(task.labels), task.multiple_choice)
+    peft_cfg = getattr(model, "active_peft_config", None)
+    reuse = bool(cfg.model.get("prefix_reuse", True)) and not getattr(peft_cfg, "is_prompt_learning", False)
+    return PromptCollator(tok, cfg.model.max_length, spec, lm_kind(cfg.model, cfg.paths.cache_dir), reuse)
+
+
+def _train(cfg: DictConfig, task: gdata.TaskData, shots: list[gdata.Example], model, space: ParamSpace,
+           metric_space: ParamSpace, collate, device, tracker: Tracker, report) -> tuple[Trainer, Any, Any, int]:
+    """d_task, optional guidance, then the training loop: (trainer, monitor, guidance, steps)."""
+    bs = min(cfg.trainer.batch_size, len(shots))
+    shot_batches = list(gdata.iterate_batches(shots, bs, collate, shuffle=False))  # tokenized once, reused
+    monitor = GradientMonitor(set_gradient(model, metric_space, shot_batches, device))
+    guidance = None
+    if cfg.guidance.name != "none":
+        guidance = StructuredGuidance(guidance_config(cfg.guidance), model, space)
+        if guidance.cfg.needs_source:
+            guidance.source_fn = _source_gradient_fn(cfg, task, model, space, collate, device)
+        guidance.start(lambda: set_gradient(model, space, shot_batches, device))
+    opt = torch.optim.AdamW(space.params, lr=cfg.method.lr, weight_decay=cfg.trainer.weight_decay)
+    steps = train_steps(cfg, len(shots))
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.trainer.warmup_ratio * steps), max(steps, 1)) \
+        if cfg.trainer.schedule == "linear" else None
+    trainer = Trainer(model, space, opt, sched, device, cfg.trainer.max_grad_norm, cfg.trainer.max_skipped,
+                      guidance, monitor, metric_space, cfg.metrics.every, tracker.log)
+    batches = epoch_batches(shots, bs, collate, cfg.seed)
+    every = cfg.eval.select_every if report is not None else 0
+    done = 0
+    while done < steps:  # in chunks so that the selection split can be scored (and the run pruned) between
+        chunk = min(every or steps, steps - done)
+        trainer.fit(batches, chunk, desc=f"{cfg.method.name} {task.name} k={cfg.shots}")
+        done += chunk
+        if every and done < steps:
+            acc = evaluate(model, task.select, collate, cfg.eval.batch_size, device, [], len(task.labels),
+                           "select")["accuracy"]
+            tracker.log({"select/accuracy": acc}, trainer.state.step)
+            report(done, acc)
+    return trainer, monitor, guidance, steps
 
 
 def run(cfg: DictConfig, out_dir: str | Path | None = None,
@@ -128,52 +183,35 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None,
     if cfg.trainer.threads:
         torch.set_num_threads(int(cfg.trainer.threads))
     device = _device(cfg.trainer.device)
+    head = cfg.get("head", "classifier")
 
     task = gdata.load_task(cfg.task, cfg.data)
-    shots = gdata.sample_shots(task.train_pool, cfg.shots, cfg.data_seed, cfg.data.balance)
+    shots = gdata.sample_shots(task.train_pool, cfg.shots, cfg.data_seed, cfg.data.balance) if cfg.shots else []
     eval_set = _cap(task.eval, cfg.eval.max_examples)
 
     torch.manual_seed(cfg.seed)  # the new head, LoRA's A, adapters and prompts are initialised from here
-    model, tok = load_backbone(cfg.model, 1 if task.multiple_choice else len(task.labels), cfg.paths.cache_dir)
+    n_out = 1 if task.multiple_choice else len(task.labels)
+    model, tok = load_backbone(cfg.model, n_out, cfg.paths.cache_dir, head)
     backbone = backbone_parameters(model)  # captured before a method wraps the model
-    model = apply_method(model, cfg.method).to(device)
+    if shots:  # zero-shot: the pretrained model as it is (prompt tuning's random virtual tokens would change it)
+        model = apply_method(model, cfg.method)
+    model = model.to(device)
     space = ParamSpace(trainable_parameters(model))
-    log.info("method %s: %d trainable parameters; %d shots drawn with data_seed=%d (labels %s)", cfg.method.name,
-             space.numel, len(shots), cfg.data_seed, sorted(Counter(e.label for e in shots).items()))
-    collate = gdata.Collator(tok, cfg.model.max_length, task.multiple_choice)
-    bs = min(cfg.trainer.batch_size, len(shots))
-    shot_batches = list(gdata.iterate_batches(shots, bs, collate, shuffle=False))  # tokenized once, reused
+    log.info("head %s, method %s: %d trainable parameters; %d shots drawn with data_seed=%d (labels %s)", head,
+             cfg.method.name, space.numel, len(shots), cfg.data_seed,
+             sorted(Counter(e.label for e in shots).items()))
+    collate = make_collator(cfg, task, tok, model)
 
     tracker = Tracker(cfg, out)
     failed = True
     try:
         metric_space = ParamSpace(backbone) if cfg.metrics.space == "backbone" else space
-        monitor = GradientMonitor(set_gradient(model, metric_space, shot_batches, device))
-        guidance = None
-        if cfg.guidance.name != "none":
-            guidance = StructuredGuidance(guidance_config(cfg.guidance), model, space)
-            if guidance.cfg.needs_source:
-                guidance.source_fn = _source_gradient_fn(cfg, task, model, space, collate, device)
-            guidance.start(lambda: set_gradient(model, space, shot_batches, device))
-        opt = torch.optim.AdamW(space.params, lr=cfg.method.lr, weight_decay=cfg.trainer.weight_decay)
-        steps = train_steps(cfg, len(shots))
-        sched = get_linear_schedule_with_warmup(opt, int(cfg.trainer.warmup_ratio * steps), max(steps, 1)) \
-            if cfg.trainer.schedule == "linear" else None
-        trainer = Trainer(model, space, opt, sched, device, cfg.trainer.max_grad_norm, cfg.trainer.max_skipped,
-                          guidance, monitor, metric_space, cfg.metrics.every, tracker.log)
-        batches = epoch_batches(shots, bs, collate, cfg.seed)
-        every = cfg.eval.select_every if report is not None else 0
         t_train = time.perf_counter()
-        done = 0
-        while done < steps:  # in chunks so that the selection split can be scored (and the run pruned) between
-            chunk = min(every or steps, steps - done)
-            trainer.fit(batches, chunk, desc=f"{cfg.method.name} {task.name} k={cfg.shots}")
-            done += chunk
-            if every and done < steps:
-                acc = evaluate(model, task.select, collate, cfg.eval.batch_size, device, [], len(task.labels),
-                               "select")["accuracy"]
-                tracker.log({"select/accuracy": acc}, trainer.state.step)
-                report(done, acc)
+        trainer = monitor = guidance = None
+        steps = 0
+        if shots:
+            trainer, monitor, guidance, steps = _train(cfg, task, shots, model, space, metric_space, collate,
+                                                       device, tracker, report)
         train_time = time.perf_counter() - t_train
 
         metric_names = list(cfg.task.get("metrics", []))
@@ -181,22 +219,25 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None,
         metrics: dict[str, float] = {}
         if "eval" in cfg.eval.splits:  # sweeps score only the selection split: never select on the reported one
             metrics = evaluate(model, eval_set, collate, cfg.eval.batch_size, device, metric_names, n_cls)
-        metrics.update(monitor.summary())
-        metrics["majority_baseline"] = majority_baseline([e.label for e in shots], [e.label for e in eval_set])
+        metrics.update(monitor.summary() if monitor else GradientMonitor.empty_summary())
+        majority_from = shots or task.train_pool  # zero-shot: the majority class of the training pool
+        metrics["majority_baseline"] = majority_baseline([e.label for e in majority_from],
+                                                         [e.label for e in eval_set])
+        state = trainer.state if trainer else None
         results: dict[str, Any] = {
             "method": cfg.method.name, "task": task.name, "shots": cfg.shots, "seed": cfg.seed,
-            "data_seed": cfg.data_seed, "model": cfg.model.name, "guidance": cfg.guidance.name,
+            "data_seed": cfg.data_seed, "model": cfg.model.name, "head": head, "guidance": cfg.guidance.name,
             "config_key": config_key(cfg), "metrics": metrics, "eval_examples": len(eval_set),
             "shot_ids": [e.idx for e in shots],
-            "trainable_params": space.numel, "metric_space_params": metric_space.numel,
-            "steps": steps, "skipped_nonfinite": trainer.state.skipped_nonfinite,
-            "train_time_s": train_time, "wall_time_s": None, "history": trainer.state.history,
-            "trace": {k: v for k, v in trainer.state.trace.items() if k.startswith(("guide/", "grad/"))},
+            "trainable_params": space.numel if shots else 0, "metric_space_params": metric_space.numel,
+            "steps": steps, "skipped_nonfinite": state.skipped_nonfinite if state else 0,
+            "train_time_s": train_time, "wall_time_s": None, "history": state.history if state else {},
+            "trace": {k: v for k, v in state.trace.items() if k.startswith(("guide/", "grad/"))} if state else {},
         }
         if guidance is not None:
             results["guidance_stats"] = {"guided_steps": trainer.guided_steps,
                                          "skipped_small_grad": guidance.skipped_small_grad}
-            for key, values in trainer.state.trace.items():  # means of R_dir, R_mag, R_grad, cosines, ‖Hv‖/‖g‖
+            for key, values in state.trace.items():  # means of R_dir, R_mag, R_grad, cosines, ‖Hv‖/‖g‖
                 if key.startswith("guide/"):
                     mean = sum(v for _, v in values) / len(values)
                     results["guidance_stats"][key.removeprefix("guide/") + "_mean"] = mean

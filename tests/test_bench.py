@@ -68,3 +68,19 @@ def test_guided_step_counts_more_flops_than_plain(report):
 def test_unknown_variant_is_refused():
     with pytest.raises(SystemExit):
         main(["--variants", "lora,nope"])
+
+
+def test_prefix_reuse_bench_scores_the_same_tokens_and_computes_fewer(tmp_path):
+    from gradft.bench_scoring import main as bench_scoring
+
+    out = tmp_path / "scoring.json"
+    data = bench_scoring(["--model", "tiny_llama", "--examples", "8", "--batch", "4", "--rounds", "1",
+                          "--threads", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == data
+    full, reuse = data["modes"]["no_reuse"], data["modes"]["reuse"]
+    assert full["tokens_scored"] == reuse["tokens_scored"] > 0  # the same candidate tokens in both modes
+    assert reuse["tokens_computed"] < full["tokens_computed"]  # each prompt once instead of twice
+    assert data["max_abs_score_diff"] < 1e-4
+    for d in (full, reuse):
+        assert all(positive(d[k]) for k in ("eval_tokens_scored_per_s", "train_tokens_scored_per_s"))
+    assert positive(data["speedup_eval"]) and positive(data["speedup_train"])

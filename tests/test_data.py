@@ -313,7 +313,8 @@ def hub_multirc():
 
 def test_hub_schema_rte_converts_classlabel_rows():
     examples = hub_to_examples(hub_rte(), task_cfg("rte"))
-    assert examples[1] == Example(texts=("p1", "h1"), label=1, idx="1") and len(examples) == 40
+    fields = (("premise", "p1"), ("hypothesis", "h1"))  # named for prompt templates (head=lm)
+    assert examples[1] == Example(texts=("p1", "h1"), label=1, idx="1", fields=fields) and len(examples) == 40
     from datasets import Dataset
 
     with pytest.raises(DataError, match="row 0.*label -1"):
@@ -325,7 +326,8 @@ def test_hub_schema_rte_converts_classlabel_rows():
 def test_hub_schema_multirc_flattened_rows_keep_question_groups():
     examples = hub_to_examples(hub_multirc(), task_cfg("multirc"))
     assert len(examples) == 12 and len({ex.group for ex in examples}) == 4
-    assert examples[4] == Example(texts=("passage 0", "q1? a1"), label=0, group="0-1", idx="0-1-1")
+    fields = (("paragraph", "passage 0"), ("question", "q1?"), ("answer", "a1"))  # as the local schema names them
+    assert examples[4] == Example(texts=("passage 0", "q1? a1"), label=0, group="0-1", idx="0-1-1", fields=fields)
 
 
 def test_hub_source_holds_out_selection_from_train(monkeypatch):

@@ -94,3 +94,19 @@ def test_report_logs_table_and_figures_to_wandb_offline(reported, tmp_path):
 def test_report_reads_results_only_and_never_imports_model_code():
     code = "import sys, gradft.report; assert not {'torch', 'transformers', 'gradft.run'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
+def test_zero_shot_and_lm_head_runs_are_rows_of_their_own_and_zero_shot_runs_once_per_task(tmp_path):
+    root, out = tmp_path / "grid", tmp_path / "reports"
+    args = ["smoke", "--out", str(root), "model=tiny_llama", "method=lora", "task=cb,copa", "shots=0,32",
+            "head=classifier,lm"]
+    p = grid.plan(args[0], args[3:], root)
+    assert sorted(c.rel for c in p.cells if c.shots == 0) == ["cb/lora-lm/k0/s0", "copa/lora-lm/k0/s0"]
+    assert {s["head"] for s in p.skipped} == {"classifier"}  # a classifier head cannot run zero-shot
+    assert grid.main(args) == 0
+    report.main(["--root", str(root), "--out", str(out)])
+    table = {r["method"]: r for r in rows(out / "table1.csv")}
+    assert list(table) == ["zero-shot", "lora", "lora-lm", "majority_class"]
+    assert table["zero-shot"]["stability_mean"] == ""  # no gradient measured at k=0
+    assert all(0 <= float(table[m]["avg_acc_mean"]) <= 1 for m in ("zero-shot", "lora", "lora-lm"))
+    assert (out / "figure2.png").read_bytes().startswith(PNG)

@@ -51,6 +51,23 @@ def test_every_method_runs_on_every_task_through_the_cli(tmp_path):
     assert seen == {(m, t) for m in METHODS for t in TASKS}
 
 
+def test_every_method_runs_on_every_task_with_the_lm_head_through_the_cli(tmp_path):
+    """head=lm on a causal LM: verbalizers for five tasks, candidate scoring for COPA, all methods and guidance."""
+    quick = [q for q in QUICK if q != "model=tiny_bert"]
+    proc = cli("-m", f"method={','.join(METHODS)}", f"task={','.join(TASKS)}", "model=tiny_llama", "head=lm",
+               *quick, f"hydra.sweep.dir={tmp_path}", "trainer.threads=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(tmp_path.rglob("results.json"))
+    assert len(files) == len(METHODS) * len(TASKS)
+    for f in files:
+        r = json.loads(f.read_text())
+        m = r["metrics"]
+        assert r["head"] == "lm" and r["steps"] == 2 and 0.0 <= m["accuracy"] <= 1.0
+        assert 0.0 < m["gradient_stability"] <= 1.0 and -1.0 <= m["directional_alignment"] <= 1.0
+        if r["method"] == "ours":
+            assert r["guidance_stats"]["guided_steps"] == 2 and r["guidance_stats"]["r_mag_mean"] >= 0
+
+
 def test_methods_train_different_parameter_sets(cfg_factory):
     counts = {m: run(cfg_factory("method=" + m, *QUICK, "trainer.steps=1"))["trainable_params"]
               for m in ("full", "adapter", "lora", "prompt")}

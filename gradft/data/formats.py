@@ -32,6 +32,11 @@ class Example:
     choices: tuple[tuple[str, ...], ...] = ()  # multiple choice (COPA): each choice's segments
     group: str | None = None  # MultiRC: question id "<passage idx>-<question idx>"
     idx: str = ""  # stable id from the file (e.g. "17" or "6-2-334")
+    fields: tuple[tuple[str, str], ...] = ()  # raw named fields, for prompt templates (head=lm): (("premise", ..),)
+
+    @property
+    def field_map(self) -> dict[str, str]:
+        return dict(self.fields)
 
 
 LabelFn = Callable[[Any], int]  # raw label value -> class index (raises DataError)
@@ -97,25 +102,29 @@ def mark_span(sentence: str, start: int, end: int) -> str:
 
 def format_pair(row: Mapping[str, Any], cfg: Mapping[str, Any], label_of: LabelFn) -> list[Example]:
     texts = tuple(str(_field(row, f)) for f in cfg["fields"])
-    return [Example(texts=texts, label=label_of(row.get("label")), idx=str(row.get("idx", "")))]
+    named = tuple(zip(cfg["fields"], texts, strict=True))
+    return [Example(texts=texts, label=label_of(row.get("label")), idx=str(row.get("idx", "")), fields=named)]
 
 
 def format_wic(row: Mapping[str, Any], cfg: Mapping[str, Any], label_of: LabelFn) -> list[Example]:
-    word = str(_field(row, "word"))
-    s1 = mark_span(str(_field(row, "sentence1")), _field(row, "start1"), _field(row, "end1"))
-    s2 = mark_span(str(_field(row, "sentence2")), _field(row, "start2"), _field(row, "end2"))
-    return [
-        Example(texts=(f"{word}: {s1}", s2), label=label_of(row.get("label")), idx=str(row.get("idx", "")))
-    ]
+    word, raw1, raw2 = (str(_field(row, k)) for k in ("word", "sentence1", "sentence2"))
+    s1 = mark_span(raw1, _field(row, "start1"), _field(row, "end1"))
+    s2 = mark_span(raw2, _field(row, "start2"), _field(row, "end2"))
+    named = (("word", word), ("sentence1", raw1), ("sentence2", raw2))
+    return [Example(texts=(f"{word}: {s1}", s2), label=label_of(row.get("label")), idx=str(row.get("idx", "")),
+                    fields=named)]
 
 
 def format_copa(row: Mapping[str, Any], cfg: Mapping[str, Any], label_of: LabelFn) -> list[Example]:
     question = str(_field(row, "question"))
     if question not in COPA_CONNECTORS:
         raise DataError(f"unknown COPA question {question!r}; expected one of {sorted(COPA_CONNECTORS)}")
-    context = str(_field(row, "premise")) + COPA_CONNECTORS[question]
-    choices = ((context, str(_field(row, "choice1"))), (context, str(_field(row, "choice2"))))
-    return [Example(texts=(), label=label_of(row.get("label")), choices=choices, idx=str(row.get("idx", "")))]
+    premise, choice1, choice2 = (str(_field(row, k)) for k in ("premise", "choice1", "choice2"))
+    context = premise + COPA_CONNECTORS[question]
+    choices = ((context, choice1), (context, choice2))
+    named = (("premise", premise), ("question", question), ("choice1", choice1), ("choice2", choice2))
+    return [Example(texts=(), label=label_of(row.get("label")), choices=choices, idx=str(row.get("idx", "")),
+                    fields=named)]
 
 
 def format_multirc(row: Mapping[str, Any], cfg: Mapping[str, Any], label_of: LabelFn) -> list[Example]:
@@ -132,12 +141,14 @@ def format_multirc(row: Mapping[str, Any], cfg: Mapping[str, Any], label_of: Lab
         group = f"{p_idx}-{_field(q, 'idx')}"
         question = str(_field(q, "question"))
         for a in _field(q, "answers"):
+            answer = str(_field(a, "text"))
             out.append(
                 Example(
-                    texts=(text, f"{question} {_field(a, 'text')}"),
+                    texts=(text, f"{question} {answer}"),
                     label=label_of(a.get("label")),
                     group=group,
                     idx=f"{group}-{_field(a, 'idx')}",
+                    fields=(("paragraph", text), ("question", question), ("answer", answer)),
                 )
             )
     return out
@@ -147,10 +158,12 @@ def format_multirc_hub(row: Mapping[str, Any], cfg: Mapping[str, Any], label_of:
     """Flattened hub schema: paragraph, question, answer, idx{paragraph, question, answer}, label."""
     ids = _field(row, "idx")
     group = f"{_field(ids, 'paragraph')}-{_field(ids, 'question')}"
-    texts = (str(_field(row, "paragraph")), f"{_field(row, 'question')} {_field(row, 'answer')}")
+    paragraph, question, answer = (str(_field(row, k)) for k in ("paragraph", "question", "answer"))
     return [
         Example(
-            texts=texts, label=label_of(row.get("label")), group=group, idx=f"{group}-{_field(ids, 'answer')}"
+            texts=(paragraph, f"{question} {answer}"), label=label_of(row.get("label")), group=group,
+            idx=f"{group}-{_field(ids, 'answer')}",
+            fields=(("paragraph", paragraph), ("question", question), ("answer", answer)),
         )
     ]
 

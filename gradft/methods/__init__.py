@@ -46,6 +46,15 @@ def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
+def peft_task_type(model: nn.Module) -> str:
+    """peft's task type for the model's head: SEQ_CLS (new classifier, trained via modules_to_save), CAUSAL_LM (prompt
+    tuning prepends virtual tokens, LM head frozen), FEATURE_EXTRACTION (masked LM: plain forward, head frozen)."""
+    name = type(model).__name__
+    if name.endswith("ForSequenceClassification"):
+        return "SEQ_CLS"
+    return "CAUSAL_LM" if name.endswith("ForCausalLM") else "FEATURE_EXTRACTION"
+
+
 def check_positive(owner: str, **values: float) -> None:
     """Shared validation: every value must be a number > 0 (``ValueError`` names the key and the value)."""
     for key, v in values.items():

@@ -1,4 +1,4 @@
-"""LoRA through peft: low-rank updates B·A on the attention projections; the new head trains in full.
+"""LoRA through peft: low-rank updates B·A on the attention projections; the new head (if any) trains in full.
 
 peft's own defaults pick the target modules per architecture (query/value for BERT, q_proj/v_proj for Llama)
 unless ``target_modules`` is set. B starts at zero, so the model is unchanged at step 0 — and the gradient with
@@ -31,10 +31,12 @@ class LoraMethodConfig:
 
 
 def apply(model: nn.Module, cfg: LoraMethodConfig) -> nn.Module:
+    from gradft.methods import peft_task_type
+
     return get_peft_model(
         model,
         LoraConfig(
-            task_type=TaskType.SEQ_CLS, r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+            task_type=TaskType[peft_task_type(model)], r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
             target_modules=cfg.target_modules,
         ),
     )

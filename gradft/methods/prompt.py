@@ -1,4 +1,5 @@
-"""Prompt tuning through peft: n trainable virtual-token embeddings prepended to the input; the new head trains.
+"""Prompt tuning through peft: n trainable virtual-token embeddings prepended to the input; a new classifier head
+trains, an LM head (``head=lm``) stays frozen.
 
 Initialisation is RANDOM: peft's TEXT initialisation downloads a tokenizer from the hub, which fails offline.
 """
@@ -24,10 +25,12 @@ class PromptConfig:
 
 
 def apply(model: nn.Module, cfg: PromptConfig) -> nn.Module:
+    from gradft.methods import peft_task_type
+
     return get_peft_model(
         model,
         PromptTuningConfig(
-            task_type=TaskType.SEQ_CLS, num_virtual_tokens=cfg.num_virtual_tokens,
+            task_type=TaskType[peft_task_type(model)], num_virtual_tokens=cfg.num_virtual_tokens,
             prompt_tuning_init=PromptTuningInit.RANDOM,
         ),
     )
