@@ -11,14 +11,25 @@ log-probability given the prompt, (B, C). Methods, guidance and the gradient met
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor, nn
 
 
-def _lm_logits(model: nn.Module, **inputs: Tensor) -> tuple[Tensor, int]:
-    """LM logits and the offset of the first input token in them (prompt tuning prepends virtual tokens)."""
-    logits = model(**inputs).logits
-    return logits, logits.shape[1] - inputs["input_ids"].shape[1]
+def _takes_logits_to_keep(model: nn.Module) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the HF model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def _last_logits(model: nn.Module, keep: int, **inputs: Tensor):
+    """The model output and the LM logits of the last ``keep`` positions of every row, (B, keep, V). Most causal LMs
+    then apply the LM head to those positions only (``logits_to_keep``): a 49k-word head on every position is
+    ~20% of SmolLM2's forward and a (B, L, V) tensor. Counting from the end also skips prompt tuning's virtual
+    tokens, which peft prepends."""
+    extra = {"logits_to_keep": keep} if _takes_logits_to_keep(model) else {}
+    out = model(**inputs, **extra)
+    return out, out.logits[:, -keep:]
 
 
 def _mean_logprob(pred: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
@@ -32,27 +43,33 @@ def _mean_logprob(pred: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
 
 
 def _verbalizer_logits(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    logits, off = _lm_logits(model, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    return logits[rows, off + batch["answer_index"]][:, batch["label_token_ids"]]
+    """Label-word logits at each row's answer position (keep = the positions from the earliest answer on)."""
+    ids, answer = batch["input_ids"], batch["answer_index"]
+    keep = ids.shape[1] - int(answer.min())
+    _, logits = _last_logits(model, keep, input_ids=ids, attention_mask=batch["attention_mask"])
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    return logits[rows, answer - (ids.shape[1] - keep)][:, batch["label_token_ids"]]
 
 
 def _candidate_scores(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    """Prompt + candidate rows: logits at t predict token t+1; scored where ``target_mask`` marks the candidate."""
-    ids = batch["input_ids"]
-    logits, off = _lm_logits(model, input_ids=ids, attention_mask=batch["attention_mask"])
-    return _mean_logprob(logits[:, off : off + ids.shape[1] - 1], ids[:, 1:], batch["target_mask"][:, 1:])
+    """Prompt + candidate rows: logits at t predict token t+1; scored where ``target_mask`` marks the candidate
+    (keep = the positions from the one before the earliest candidate token on)."""
+    ids, target = batch["input_ids"], batch["target_mask"]
+    first = int(target.int().argmax(1).min())  # earliest candidate token over the rows (≥ 1: the prompt is first)
+    _, logits = _last_logits(model, ids.shape[1] - first + 1, input_ids=ids, attention_mask=batch["attention_mask"])
+    return _mean_logprob(logits[:, :-1], ids[:, first:], target[:, first:])
 
 
 def _candidate_scores_reuse(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """The prompt runs once per example; its KV cache is repeated for the C candidates (prefix reuse)."""
     c = int(batch["n_choices"])
     pmask, cand, cmask = batch["prefix_mask"], batch["input_ids"], batch["attention_mask"]
-    out = model(input_ids=batch["prefix_ids"], attention_mask=pmask, use_cache=True)
+    plen, p = pmask.sum(1), pmask.shape[1]
+    keep = p - int(plen.min()) + 1
+    out, last = _last_logits(model, keep, input_ids=batch["prefix_ids"], attention_mask=pmask, use_cache=True)
+    first = last[torch.arange(len(plen), device=plen.device), plen - 1 - (p - keep)]  # predicts candidate token 0
     cache = out.past_key_values
     cache.batch_repeat_interleave(c)
-    plen = pmask.sum(1)
-    first = out.logits[torch.arange(len(plen), device=plen.device), plen - 1]  # predicts each candidate's 1st token
     positions = plen.repeat_interleave(c)[:, None] + torch.arange(cand.shape[1], device=cand.device)
     nxt = model(input_ids=cand, attention_mask=torch.cat([pmask.repeat_interleave(c, 0), cmask], 1),
                 position_ids=positions, past_key_values=cache).logits

@@ -111,10 +111,10 @@ def lm_kind(cfg: DictConfig, cache_dir: str | Path) -> str:
     if configured != "auto" or cfg.source == "scratch":
         return lm_kind_of(None, configured)
     try:
-        archs = AutoConfig.from_pretrained(resolve_path(cfg, Path(cache_dir))).architectures
+        conf = AutoConfig.from_pretrained(resolve_path(cfg, Path(cache_dir)))
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot read the config of model '{cfg.name}': {str(e).splitlines()[0]}") from e
-    return lm_kind_of(archs, configured)
+    return lm_kind_of(conf.architectures, configured, conf.model_type, bool(getattr(conf, "is_decoder", False)))
 
 
 def _from_scratch(cfg: DictConfig, num_labels: int, kind: str) -> tuple[PreTrainedModel, AutoTokenizer]:

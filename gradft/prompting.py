@@ -102,14 +102,23 @@ def candidates(ex: Example, spec: PromptSpec) -> list[str]:
     return out
 
 
-def lm_kind_of(architectures: list[str] | None, configured: str) -> str:
-    """``configured`` (causal | masked) or, for ``auto``, what the checkpoint's architecture says (default causal)."""
+def lm_kind_of(architectures: list[str] | None, configured: str, model_type: str = "",
+               is_decoder: bool = False) -> str:
+    """``configured`` (causal | masked) or, for ``auto``, what the checkpoint's config says: its architecture name
+    (``…ForMaskedLM`` / ``…ForCausalLM``), else which LM heads transformers has for its model type (BERT-likes have
+    both: masked unless the config is a decoder)."""
     if configured in LM_KINDS:
         return configured
     if configured != "auto":
         raise ValueError(f"model.lm_kind={configured!r}: must be auto, causal or masked")
     names = " ".join(architectures or [])
-    return "masked" if ("MaskedLM" in names or "ForPreTraining" in names) else "causal"
+    if "MaskedLM" in names or "ForPreTraining" in names:
+        return "masked"
+    if "CausalLM" in names or "LMHeadModel" in names:
+        return "causal"
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES as MASKED
+
+    return "masked" if model_type in MASKED and not is_decoder else "causal"
 
 
 def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +154,8 @@ class PromptCollator:
                              "different tokens")
 
     def _first_token(self, word: str) -> int:
-        ids = self.tok(word if self.kind == "causal" else word.strip(), add_special_tokens=False)["input_ids"]
+        # " Yes" keeps its space: a BPE tokenizer (GPT-2, Llama, RoBERTa) marks word starts with it, WordPiece drops it
+        ids = self.tok(word, add_special_tokens=False)["input_ids"]
         if not ids:
             raise ValueError(f"task.prompt.verbalizer word {word!r} is empty after tokenisation")
         return ids[0]  # multi-token words are scored by their first token (as PET does)

@@ -109,11 +109,17 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _source_gradient_fn(cfg: DictConfig, task: gdata.TaskData, model, space, collate, device) -> Callable:
-    """The k-shot gradient of the guidance's source task (labels mapped onto the target's), as a closure."""
+def _source_gradient_fn(cfg: DictConfig, task: gdata.TaskData, model, space, collate, device, tok) -> Callable:
+    """The k-shot gradient of the guidance's source task, as a closure. head=classifier: the source's labels are
+    mapped onto the target's head. head=lm: the source keeps its own prompt and label words (any two tasks fit)."""
     gcfg = cfg.guidance
     scfg = OmegaConf.load(CONF_DIR / "task" / f"{gcfg.source_task}.yaml")
     source = gdata.load_task(scfg, cfg.data)
+    if cfg.get("head", "classifier") == "lm":
+        source_collate = make_collator(cfg, scfg, source, tok, model)
+        examples = gdata.sample_shots(source.train_pool, min(cfg.shots, len(source.train_pool)), cfg.data_seed)
+        batches = list(gdata.iterate_batches(examples, cfg.trainer.batch_size, source_collate, shuffle=False))
+        return lambda: set_gradient(model, space, batches, device)
     if source.multiple_choice != task.multiple_choice:
         raise ValueError(f"guidance.source_task={gcfg.source_task}: must be the same kind of task as {task.name}")
     mapping = dict(gcfg.source_label_map or {})
@@ -129,19 +135,20 @@ def _source_gradient_fn(cfg: DictConfig, task: gdata.TaskData, model, space, col
     return lambda: set_gradient(model, space, batches, device)
 
 
-def make_collator(cfg: DictConfig, task: gdata.TaskData, tok, model) -> gdata.Collator | PromptCollator:
+def make_collator(cfg: DictConfig, task_cfg: DictConfig, task: gdata.TaskData, tok,
+                  model) -> gdata.Collator | PromptCollator:
     """The batch builder for ``head``: text pairs for a classifier, prompts for the LM head. Prefix reuse needs a
     causal LM that takes position ids and a KV cache as given: not under peft prompt tuning (virtual tokens)."""
     if cfg.get("head", "classifier") == "classifier":
         return gdata.Collator(tok, cfg.model.max_length, task.multiple_choice)
-    spec = prompt_spec(cfg.task, len(task.labels), task.multiple_choice)
+    spec = prompt_spec(task_cfg, len(task.labels), task.multiple_choice)
     peft_cfg = getattr(model, "active_peft_config", None)
     reuse = bool(cfg.model.get("prefix_reuse", True)) and not getattr(peft_cfg, "is_prompt_learning", False)
     return PromptCollator(tok, cfg.model.max_length, spec, lm_kind(cfg.model, cfg.paths.cache_dir), reuse)
 
 
 def _train(cfg: DictConfig, task: gdata.TaskData, shots: list[gdata.Example], model, space: ParamSpace,
-           metric_space: ParamSpace, collate, device, tracker: Tracker, report) -> tuple[Trainer, Any, Any, int]:
+           metric_space: ParamSpace, collate, device, tracker: Tracker, report, tok) -> tuple[Trainer, Any, Any, int]:
     """d_task, optional guidance, then the training loop: (trainer, monitor, guidance, steps)."""
     bs = min(cfg.trainer.batch_size, len(shots))
     shot_batches = list(gdata.iterate_batches(shots, bs, collate, shuffle=False))  # tokenized once, reused
@@ -150,7 +157,7 @@ def _train(cfg: DictConfig, task: gdata.TaskData, shots: list[gdata.Example], mo
     if cfg.guidance.name != "none":
         guidance = StructuredGuidance(guidance_config(cfg.guidance), model, space)
         if guidance.cfg.needs_source:
-            guidance.source_fn = _source_gradient_fn(cfg, task, model, space, collate, device)
+            guidance.source_fn = _source_gradient_fn(cfg, task, model, space, collate, device, tok)
         guidance.start(lambda: set_gradient(model, space, shot_batches, device))
     opt = torch.optim.AdamW(space.params, lr=cfg.method.lr, weight_decay=cfg.trainer.weight_decay)
     steps = train_steps(cfg, len(shots))
@@ -200,7 +207,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None,
     log.info("head %s, method %s: %d trainable parameters; %d shots drawn with data_seed=%d (labels %s)", head,
              cfg.method.name, space.numel, len(shots), cfg.data_seed,
              sorted(Counter(e.label for e in shots).items()))
-    collate = make_collator(cfg, task, tok, model)
+    collate = make_collator(cfg, cfg.task, task, tok, model)
 
     tracker = Tracker(cfg, out)
     failed = True
@@ -211,7 +218,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None,
         steps = 0
         if shots:
             trainer, monitor, guidance, steps = _train(cfg, task, shots, model, space, metric_space, collate,
-                                                       device, tracker, report)
+                                                       device, tracker, report, tok)
         train_time = time.perf_counter() - t_train
 
         metric_names = list(cfg.task.get("metrics", []))

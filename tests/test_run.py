@@ -147,6 +147,15 @@ def test_source_task_with_other_labels_needs_a_label_map(cfg_factory):
         run(cfg_factory("method=ours", "task=rte", *QUICK, "guidance.lambda3=0.1", "guidance.source_task=cb"))
 
 
+def test_lm_head_source_task_keeps_its_own_prompt_so_any_task_can_guide(cfg_factory):
+    """head=lm: COPA (candidates) guides CB (3 label words) with no label map: each task is scored by its own prompt."""
+    quick = [q for q in QUICK if q != "model=tiny_bert"]
+    r = run(cfg_factory("method=ours", "task=cb", "model=tiny_llama", "head=lm", *quick, "trainer.steps=2",
+                        "guidance.lambda3=0.1", "guidance.source_task=copa"))
+    cos = [v for _, v in r["trace"]["guide/cos_source"]]
+    assert len(cos) == 2 and all(-1 <= c <= 1 and c != 0 for c in cos)
+
+
 def test_guidance_every_4_guides_one_step_in_four(cfg_factory):
     r = run(cfg_factory("method=ours", *QUICK, "trainer.steps=8", "guidance.every=4"))
     assert r["guidance_stats"]["guided_steps"] == 2
