@@ -204,9 +204,12 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None,
         model = apply_method(model, cfg.method)
     model = model.to(device)
     space = ParamSpace(trainable_parameters(model))
-    log.info("head %s, method %s: %d trainable parameters; %d shots drawn with data_seed=%d (labels %s)", head,
-             cfg.method.name, space.numel, len(shots), cfg.data_seed,
-             sorted(Counter(e.label for e in shots).items()))
+    if shots:
+        log.info("head %s, method %s: %d trainable parameters; %d shots drawn with data_seed=%d (labels %s)", head,
+                 cfg.method.name, space.numel, len(shots), cfg.data_seed,
+                 sorted(Counter(e.label for e in shots).items()))
+    else:
+        log.info("head %s, zero-shot: the pretrained model as it is, no method, no training step", head)
     collate = make_collator(cfg, cfg.task, task, tok, model)
 
     tracker = Tracker(cfg, out)
