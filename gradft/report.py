@@ -2,7 +2,8 @@
 
 Owns: collecting results (newest wins when a cell appears twice), Table 1 (``reports/table1.md`` / ``.csv``: per
 method avg accuracy, gradient stability, directional alignment as mean ± std over seeds, per-task accuracy, the
-majority-class row, and paired tests of ours vs each baseline over (task, seed) pairs in ``table1_paired.csv``),
+majority-class row, and paired tests over (task, seed) pairs of ours vs each baseline and of each LM-head method
+``x-lm`` vs ``x`` in ``table1_paired.csv``),
 Figure 2 (``figure2.png``: accuracy vs shots) and the paper's Figure 4 (``loss_curves.png``: training loss per step),
 and logging them to W&B as a ``job_type=report`` run (mode from WANDB_MODE). Never trains or evaluates anything.
 """
@@ -130,7 +131,9 @@ def table1(recs: list[dict], out: Path, root: Path) -> dict[str, Any]:
     md_rows.append(["majority class", fmt(*avg, 100), "—", "—", *[fmt(*c, 100) for c in per_task]])
 
     acc = {m: {(r["task"], r["seed"]): _num(r["metrics"]["accuracy"]) for r in by_m[m]} for m in methods}
-    tests = {b: paired(acc[OURS], acc[b]) for b in methods if b != OURS and OURS in acc}
+    pairs = [(OURS, b) for b in methods if b != OURS and OURS in acc and b != ZERO]
+    pairs += [(m, m[:-3]) for m in methods if m.endswith("-lm") and m[:-3] in acc]  # LM head vs a new head
+    tests = {(m, b): paired(acc[m], acc[b]) for m, b in pairs}
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "table1.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *[[("" if isinstance(x, float) and not math.isfinite(x) else x)
@@ -138,7 +141,8 @@ def table1(recs: list[dict], out: Path, root: Path) -> dict[str, Any]:
     with open(out / "table1_paired.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "baseline", "n_pairs", "mean_diff", "p_ttest", "p_wilcoxon"])
-        w.writerows([[OURS, b, t["n_pairs"], t["mean_diff"], t["p_ttest"], t["p_wilcoxon"]] for b, t in tests.items()])
+        w.writerows([[m, b, t["n_pairs"], t["mean_diff"], t["p_ttest"], t["p_wilcoxon"]]
+                     for (m, b), t in tests.items()])
 
     steps = sorted({r["steps"] for r in trained})
     n_eval = {t: sorted({r.get("eval_examples") for r in recs if r["task"] == t}) for t in tasks}
@@ -156,13 +160,14 @@ def table1(recs: list[dict], out: Path, root: Path) -> dict[str, Any]:
         *["| " + " | ".join(map(str, r)) + " |" for r in md_rows], "",
     ]
     if tests:
-        lines += [f"## {OURS} vs each baseline: paired over (task, seed)", "",
-                  "Mean difference in accuracy points; p-values of a paired t-test and a Wilcoxon signed-rank test "
-                  "(two-sided; 1 when every difference is 0, — with fewer than 2 pairs).", "",
-                  "| Baseline | pairs | mean diff (pts) | p (t-test) | p (Wilcoxon) |", "|---|---|---|---|---|"]
+        lines += [f"## Paired over (task, seed): {OURS} vs each baseline, each LM-head method vs its new-head twin",
+                  "", "Mean difference (method − baseline) in accuracy points; p-values of a paired t-test and a "
+                  "Wilcoxon signed-rank test (two-sided; 1 when every difference is 0, — with fewer than 2 pairs).",
+                  "", "| Method | Baseline | pairs | mean diff (pts) | p (t-test) | p (Wilcoxon) |",
+                  "|---|---|---|---|---|---|"]
         p = lambda x: f"{x:.3g}" if math.isfinite(x) else "—"
-        lines += [f"| {b} | {t['n_pairs']} | {t['mean_diff'] * 100:+.2f} | {p(t['p_ttest'])} | {p(t['p_wilcoxon'])} |"
-                  for b, t in tests.items()] + [""]
+        lines += [f"| {m} | {b} | {t['n_pairs']} | {t['mean_diff'] * 100:+.2f} | {p(t['p_ttest'])} | "
+                  f"{p(t['p_wilcoxon'])} |" for (m, b), t in tests.items()] + [""]
     extra = [(t, k) for t in tasks for k in TASK_METRICS if any(k in r["metrics"] for r in recs if r["task"] == t)]
     if extra:
         lines += ["## Official task metrics (%)", "", "| Method | " + " | ".join(f"{t} {k}" for t, k in extra)

@@ -54,7 +54,7 @@ def test_table_has_a_row_per_method_and_the_majority_baseline_with_finite_number
         assert 0 <= float(r["avg_acc_mean"]) <= 1
     md = (out / "table1.md").read_text()
     assert "Model **tiny_bert**, **32** shots, seeds 0" in md and "2 training steps" in md
-    for name in ("| prompt |", "| ours |", "| majority class |", "## ours vs each baseline"):
+    for name in ("| prompt |", "| ours |", "| majority class |", "ours vs each baseline", "| ours | prompt | 2 |"):
         assert name in md
 
 
@@ -110,3 +110,5 @@ def test_zero_shot_and_lm_head_runs_are_rows_of_their_own_and_zero_shot_runs_onc
     assert table["zero-shot"]["stability_mean"] == ""  # no gradient measured at k=0
     assert all(0 <= float(table[m]["avg_acc_mean"]) <= 1 for m in ("zero-shot", "lora", "lora-lm"))
     assert (out / "figure2.png").read_bytes().startswith(PNG)
+    (paired_row,) = rows(out / "table1_paired.csv")  # the LM head against its new-head twin, per (task, seed)
+    assert (paired_row["method"], paired_row["baseline"], paired_row["n_pairs"]) == ("lora-lm", "lora", "2")
