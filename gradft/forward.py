@@ -68,11 +68,11 @@ def _candidate_scores_reuse(model: nn.Module, batch: dict[str, Tensor]) -> Tenso
     keep = p - int(plen.min()) + 1
     out, last = _last_logits(model, keep, input_ids=batch["prefix_ids"], attention_mask=pmask, use_cache=True)
     first = last[torch.arange(len(plen), device=plen.device), plen - 1 - (p - keep)]  # predicts candidate token 0
-    cache = out.past_key_values
+    cache = out.cache  # transformers ≥ 5.2x: `cache` (formerly past_key_values)
     cache.batch_repeat_interleave(c)
     positions = plen.repeat_interleave(c)[:, None] + torch.arange(cand.shape[1], device=cand.device)
     nxt = model(input_ids=cand, attention_mask=torch.cat([pmask.repeat_interleave(c, 0), cmask], 1),
-                position_ids=positions, past_key_values=cache).logits
+                position_ids=positions, cache=cache).logits
     pred = torch.cat([first.repeat_interleave(c, 0)[:, None], nxt[:, :-1]], 1)
     return _mean_logprob(pred, cand, cmask)
 
