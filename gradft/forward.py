@@ -11,15 +11,21 @@ log-probability given the prompt, (B, C). Methods, guidance and the gradient met
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
 from torch import Tensor, nn
 
 
+@functools.cache
+def _forward_takes(cls: type, name: str) -> bool:
+    return name in inspect.signature(cls.forward).parameters
+
+
 def _takes_logits_to_keep(model: nn.Module) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the HF model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return _forward_takes(type(base), "logits_to_keep")
 
 
 def _last_logits(model: nn.Module, keep: int, **inputs: Tensor):

@@ -9,6 +9,7 @@ gradient metrics measure by default: ``backbone_parameters`` names them.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -167,10 +168,28 @@ def load_backbone(cfg: DictConfig, num_labels: int, cache_dir: str | Path,
     return model, tok
 
 
+@functools.cache
+def _kind_of_class(cls: type) -> str:
+    from transformers.models.auto import modeling_auto as auto
+
+    for kind, names in (("classifier", auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES),
+                        ("causal", auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
+                        ("masked", auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES)):
+        if cls.__name__ in set(names.values()):
+            return kind
+    raise ValueError(f"{cls.__name__}: not a sequence-classification, causal-LM or masked-LM model")
+
+
+def head_kind(model: nn.Module) -> str:
+    """classifier | causal | masked: what ``load_backbone`` loaded, read off the model's class (through peft)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _kind_of_class(type(base))
+
+
 def head_parameter_names(model: PreTrainedModel) -> set[str]:
     """Parameters of a new classification head (not part of the pretrained backbone). An LM head is pretrained:
     none then."""
-    if not type(model).__name__.endswith("ForSequenceClassification"):
+    if head_kind(model) != "classifier":
         return set()
     base = model.base_model_prefix
     return {n for n, _ in model.named_parameters() if not n.startswith(base + ".")}

@@ -33,7 +33,7 @@ from gradft.gradients import ParamSpace
 from gradft.guidance import StructuredGuidance, guidance_config
 from gradft.methods import apply_method, method_config, trainable_parameters
 from gradft.metrics import GradientMonitor, majority_baseline
-from gradft.models import HEADS, backbone_parameters, lm_kind, load_backbone
+from gradft.models import HEADS, backbone_parameters, head_kind, load_backbone
 from gradft.prompting import PromptCollator, prompt_spec
 from gradft.tracking import MODES, Tracker, config_key, write_results
 from gradft.train import Trainer, epoch_batches
@@ -59,7 +59,7 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"head={head!r}: must be one of {', '.join(HEADS)}")
     _number("shots", cfg.shots, integer=True, strict=head == "classifier")  # lm: shots=0 is zero-shot
     if head == "lm":
-        prompt_spec(cfg.task, len(cfg.task.labels), cfg.task.format == "copa")
+        prompt_spec(cfg.task, len(cfg.task.labels), gdata.is_multiple_choice(cfg.task))
     if cfg.trainer.steps is not None:
         _number("trainer.steps", cfg.trainer.steps, integer=True, strict=False)
     _number("trainer.epochs", cfg.trainer.epochs, strict=False)
@@ -115,22 +115,18 @@ def _source_gradient_fn(cfg: DictConfig, task: gdata.TaskData, model, space, col
     gcfg = cfg.guidance
     scfg = OmegaConf.load(CONF_DIR / "task" / f"{gcfg.source_task}.yaml")
     source = gdata.load_task(scfg, cfg.data)
+    examples = gdata.sample_shots(source.train_pool, min(cfg.shots, len(source.train_pool)), cfg.data_seed)
     if cfg.get("head", "classifier") == "lm":
-        source_collate = make_collator(cfg, scfg, source, tok, model)
-        examples = gdata.sample_shots(source.train_pool, min(cfg.shots, len(source.train_pool)), cfg.data_seed)
-        batches = list(gdata.iterate_batches(examples, cfg.trainer.batch_size, source_collate, shuffle=False))
-        return lambda: set_gradient(model, space, batches, device)
-    if source.multiple_choice != task.multiple_choice:
-        raise ValueError(f"guidance.source_task={gcfg.source_task}: must be the same kind of task as {task.name}")
-    mapping = dict(gcfg.source_label_map or {})
-    if not mapping and len(source.labels) != len(task.labels):
-        raise ValueError(f"guidance.source_task={gcfg.source_task} has labels {source.labels}, {task.name} has "
-                         f"{task.labels}: set guidance.source_label_map")
-    index = {str(k).lower(): task.labels.index(str(v)) for k, v in mapping.items()}
-    examples = [
-        replace(e, label=index.get(source.labels[e.label].lower(), e.label))
-        for e in gdata.sample_shots(source.train_pool, min(cfg.shots, len(source.train_pool)), cfg.data_seed)
-    ]
+        collate = make_collator(cfg, scfg, source, tok, model)
+    else:
+        if source.multiple_choice != task.multiple_choice:
+            raise ValueError(f"guidance.source_task={gcfg.source_task}: must be the same kind of task as {task.name}")
+        mapping = dict(gcfg.source_label_map or {})
+        if not mapping and len(source.labels) != len(task.labels):
+            raise ValueError(f"guidance.source_task={gcfg.source_task} has labels {source.labels}, {task.name} has "
+                             f"{task.labels}: set guidance.source_label_map")
+        index = {str(k).lower(): task.labels.index(str(v)) for k, v in mapping.items()}
+        examples = [replace(e, label=index.get(source.labels[e.label].lower(), e.label)) for e in examples]
     batches = list(gdata.iterate_batches(examples, cfg.trainer.batch_size, collate, shuffle=False))
     return lambda: set_gradient(model, space, batches, device)
 
@@ -144,7 +140,7 @@ def make_collator(cfg: DictConfig, task_cfg: DictConfig, task: gdata.TaskData, t
     spec = prompt_spec(task_cfg, len(task.labels), task.multiple_choice)
     peft_cfg = getattr(model, "active_peft_config", None)
     reuse = bool(cfg.model.get("prefix_reuse", True)) and not getattr(peft_cfg, "is_prompt_learning", False)
-    return PromptCollator(tok, cfg.model.max_length, spec, lm_kind(cfg.model, cfg.paths.cache_dir), reuse)
+    return PromptCollator(tok, cfg.model.max_length, spec, head_kind(model), reuse)
 
 
 def _train(cfg: DictConfig, task: gdata.TaskData, shots: list[gdata.Example], model, space: ParamSpace,

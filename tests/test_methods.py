@@ -74,3 +74,20 @@ def test_unknown_method_kind_lists_the_known_ones():
     with pytest.raises(ValueError, match="adapter, full, lora, prompt"):
         method_config(OmegaConf.create({"name": "sgd", "kind": "sgd"}))
     assert set(METHODS) == {"full", "adapter", "lora", "prompt"}
+
+
+def test_peft_task_type_follows_the_loaded_head_even_for_lm_head_model_class_names():
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    from gradft.methods import peft_task_type
+
+    tiny = {"n_embd": 16, "n_layer": 1, "n_head": 2, "vocab_size": 64}
+    gpt2 = AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt2", **tiny))  # GPT2LMHeadModel: causal
+    bert = AutoConfig.for_model("bert", hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=32, vocab_size=64)
+    assert peft_task_type(gpt2) == "CAUSAL_LM"
+    assert peft_task_type(AutoModelForMaskedLM.from_config(bert)) == "FEATURE_EXTRACTION"
+    from conftest import make_cfg
+
+    model, _ = load_backbone(make_cfg("model=tiny_bert").model, 2, "/tmp")
+    assert peft_task_type(model) == "SEQ_CLS"

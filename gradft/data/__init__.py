@@ -8,7 +8,7 @@ exported for tests and tools. See docs/tasks.md for the per-task formatting.
 from .collate import Collator, iterate_batches
 from .formats import COPA_CONNECTORS, DataError, Example, mark_span
 from .sampling import sample_shots
-from .superglue import TaskData, hold_out, hub_to_examples, load_task
+from .superglue import TaskData, hold_out, hub_to_examples, is_multiple_choice, load_task
 
 __all__ = [
     "COPA_CONNECTORS",
@@ -18,6 +18,7 @@ __all__ = [
     "TaskData",
     "hold_out",
     "hub_to_examples",
+    "is_multiple_choice",
     "iterate_batches",
     "load_task",
     "mark_span",

@@ -238,6 +238,11 @@ def _content_key(ex: Example) -> tuple[Any, ...]:
     return (ex.texts, ex.choices, ex.label)
 
 
+def is_multiple_choice(task_cfg: Mapping[str, Any]) -> bool:
+    """Whether a task config's examples are choices to score (COPA's format) rather than texts to classify."""
+    return task_cfg["format"] == "copa"
+
+
 def load_task(task_cfg: Any, data_cfg: Any) -> TaskData:
     """Load train pool, selection and evaluation splits of one task (see conf/task/*.yaml, docs/tasks.md)."""
     task, data = _plain(task_cfg), _plain(data_cfg)
@@ -274,7 +279,7 @@ def load_task(task_cfg: Any, data_cfg: Any) -> TaskData:
     return TaskData(
         name=task["name"],
         labels=label_names(task),
-        multiple_choice=task["format"] == "copa",
+        multiple_choice=is_multiple_choice(task),
         train_pool=kept,
         select=select,
         eval=eval_,

@@ -49,10 +49,9 @@ def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 def peft_task_type(model: nn.Module) -> str:
     """peft's task type for the model's head: SEQ_CLS (new classifier, trained via modules_to_save), CAUSAL_LM (prompt
     tuning prepends virtual tokens, LM head frozen), FEATURE_EXTRACTION (masked LM: plain forward, head frozen)."""
-    name = type(model).__name__
-    if name.endswith("ForSequenceClassification"):
-        return "SEQ_CLS"
-    return "CAUSAL_LM" if name.endswith("ForCausalLM") else "FEATURE_EXTRACTION"
+    from gradft.models import head_kind
+
+    return {"classifier": "SEQ_CLS", "causal": "CAUSAL_LM", "masked": "FEATURE_EXTRACTION"}[head_kind(model)]
 
 
 def check_positive(owner: str, **values: float) -> None:
