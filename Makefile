@@ -7,6 +7,8 @@ ARGS ?=
 SWEEP ?= ours_rte
 N_TRIALS ?=
 WORKERS ?= 1
+SETTING ?= minilm
+TUNE ?= lora full adapter prompt ours
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
@@ -15,7 +17,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export OMP_WAIT_POLICY ?= PASSIVE   # spinning OpenMP threads ran 3-6x slower when another process held a core (docs/bench.md)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast test-all lint bench sweep dashboard table1 figure2 heads zeroshot report clean
+.PHONY: help install run test test-fast test-all lint bench sweep tune dashboard table1 figure2 heads zeroshot report clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -49,6 +51,9 @@ bench: install  ## step time / memory / FLOP rate per method (reports/bench.json
 
 sweep: install  ## Optuna sweep sweeps/$(SWEEP).yaml (resumable); N_TRIALS=… WORKERS=…
 	$(BIN)/python -m gradft.sweep sweeps/$(SWEEP).yaml $(if $(N_TRIALS),--n-trials $(N_TRIALS)) --workers $(WORKERS) $(ARGS)
+
+tune: install  ## the fair-tuning protocol: sweeps/tune_$(SETTING)_<m>.yaml for m in $(TUNE), in turn, 2 workers (resumable)
+	for m in $(TUNE); do $(BIN)/python -m gradft.sweep sweeps/tune_$(SETTING)_$$m.yaml --workers 2 $(ARGS) || exit 1; done
 
 dashboard: install  ## open the sweep's study in optuna-dashboard
 	$(BIN)/python -m gradft.sweep sweeps/$(SWEEP).yaml --dashboard

@@ -69,7 +69,7 @@ def validate(cfg: DictConfig) -> None:
     _number("trainer.max_grad_norm", cfg.trainer.max_grad_norm, strict=False)
     _number("trainer.warmup_ratio", cfg.trainer.warmup_ratio, strict=False)
     _number("trainer.max_skipped", cfg.trainer.max_skipped, integer=True, strict=False)
-    _number("metrics.every", cfg.metrics.every, integer=True)
+    _number("metrics.every", cfg.metrics.every, integer=True, strict=False)  # 0: no gradient metrics (sweeps)
     _number("eval.batch_size", cfg.eval.batch_size, integer=True)
     _number("seed", cfg.seed, integer=True, strict=False)
     _number("data_seed", cfg.data_seed, integer=True, strict=False)
@@ -148,7 +148,9 @@ def _train(cfg: DictConfig, task: gdata.TaskData, shots: list[gdata.Example], mo
     """d_task, optional guidance, then the training loop: (trainer, monitor, guidance, steps)."""
     bs = min(cfg.trainer.batch_size, len(shots))
     shot_batches = list(gdata.iterate_batches(shots, bs, collate, shuffle=False))  # tokenized once, reused
-    monitor = GradientMonitor(set_gradient(model, metric_space, shot_batches, device))
+    monitor = None  # metrics.every=0 (sweeps: only the selection accuracy counts) skips d_task and every metric pass
+    if cfg.metrics.every:
+        monitor = GradientMonitor(set_gradient(model, metric_space, shot_batches, device))
     guidance = None
     if cfg.guidance.name != "none":
         guidance = StructuredGuidance(guidance_config(cfg.guidance), model, space)
@@ -160,7 +162,7 @@ def _train(cfg: DictConfig, task: gdata.TaskData, shots: list[gdata.Example], mo
     sched = get_linear_schedule_with_warmup(opt, int(cfg.trainer.warmup_ratio * steps), max(steps, 1)) \
         if cfg.trainer.schedule == "linear" else None
     trainer = Trainer(model, space, opt, sched, device, cfg.trainer.max_grad_norm, cfg.trainer.max_skipped,
-                      guidance, monitor, metric_space, cfg.metrics.every, tracker.log)
+                      guidance, monitor, metric_space, cfg.metrics.every or 1, tracker.log)
     batches = epoch_batches(shots, bs, collate, cfg.seed)
     every = cfg.eval.select_every if report is not None else 0
     done = 0

@@ -64,6 +64,7 @@ class Spec:
     enqueue: list[dict[str, Any]] = field(default_factory=list)
     heartbeat: dict[str, Any] = field(default_factory=lambda: {"interval": 30, "grace_period": 120})
     out_dir: str = "outputs/sweeps"
+    prune_on: str = "steps"  # steps: select accuracy every eval.select_every steps | runs: running mean after each run
 
     def __post_init__(self) -> None:
         self.storage = self.storage or f"sqlite:///{self.out_dir}/{self.study_name}.db"
@@ -73,9 +74,13 @@ class Spec:
                 raise ValueError(f"space.{name}.type={d.get('type')!r}: must be float, int or categorical")
         if self.sampler.get("name", "tpe") not in SAMPLERS or self.pruner.get("name", "none") not in PRUNERS:
             raise ValueError(f"sampler must be one of {list(SAMPLERS)}, pruner one of {list(PRUNERS)}")
+        if self.prune_on not in ("steps", "runs"):
+            raise ValueError(f"prune_on={self.prune_on!r}: must be steps or runs")
         every = [o.split("=", 1)[1] for o in self.base if o.startswith("eval.select_every=")]
-        if self.pruner.get("name", "none") != "none" and not (every and int(every[-1]) > 0):
-            raise ValueError("a pruner needs intermediate values: add eval.select_every=N (N>0) to base")
+        pruned = self.pruner.get("name", "none") != "none" and self.prune_on == "steps"
+        if pruned and not (every and int(every[-1]) > 0):
+            raise ValueError("a pruner needs intermediate values: add eval.select_every=N (N>0) to base, "
+                             "or prune_on: runs")
         if not (self.heartbeat or {}).get("interval"):
             raise ValueError("heartbeat.interval is required: it is how the trials of killed workers are failed")
 
@@ -187,11 +192,16 @@ class Objective:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"select accuracy {acc:.4f} at step {base + step}")
 
-            res = run(cfg, out, report)
+            res = run(cfg, out, report if spec.prune_on == "steps" else None)
             offset += int(res["steps"])
             acc = (res.get("select_metrics") or {}).get("accuracy")
             accs[f"{task}/s{seed}"] = float("nan") if acc is None else float(acc)
             trial.set_user_attr("select_accuracy_runs", accs)
+            if spec.prune_on == "runs":  # the running mean after run i, at step i: every trial runs the same order
+                running = statistics.fmean(accs.values())
+                trial.report(running, len(accs))
+                if math.isfinite(running) and trial.should_prune():
+                    raise optuna.TrialPruned(f"mean select accuracy {running:.4f} after {len(accs)} runs")
         values = list(accs.values())
         trial.set_user_attr("select_accuracy_std", statistics.stdev(values) if len(values) > 1 else 0.0)
         return statistics.fmean(values) if all(map(math.isfinite, values)) else float("nan")  # NaN: Optuna fails it
@@ -286,6 +296,20 @@ def summary(study: optuna.Study, spec: Spec, best_path: Path | None) -> str:
     return "\n".join(lines)
 
 
+def enqueue(study: optuna.Study, points: list[dict[str, Any]]) -> None:
+    """Each reference point once: again if every trial that had it FAILed (a killed worker's), else skipped."""
+    trials = study.get_trials(deepcopy=False)
+    for params in points:
+        same = [t for t in trials if all(t.params.get(k, t.system_attrs.get("fixed_params", {}).get(k)) == v
+                                         for k, v in params.items())]
+        if same and all(t.state == TrialState.FAIL for t in same):
+            log.info("re-enqueueing reference point %s: its trial%s %s failed", params, "s" * (len(same) > 1),
+                     ", ".join(f"#{t.number}" for t in same))
+            study.enqueue_trial(params, skip_if_exists=False)
+        elif not same:
+            study.enqueue_trial(params)
+
+
 def sweep(spec: Spec, extra: list[str] = (), workers: int = 1, conf_dir: Path = CONF_DIR) -> int:
     """Create (or load) the study once, run ``workers`` workers on it, write the best params, print the summary."""
     extra = list(extra)
@@ -295,8 +319,7 @@ def sweep(spec: Spec, extra: list[str] = (), workers: int = 1, conf_dir: Path = 
     if study.user_attrs.get("spec") not in (None, kept):
         log.warning("the spec differs from the one this study was created with (see its user attr `spec`)")
     study.set_user_attr("spec", kept)
-    for params in spec.enqueue:
-        study.enqueue_trial(params, skip_if_exists=True)
+    enqueue(study, spec.enqueue)
     if workers <= 1:
         code = work(spec, extra)
     else:

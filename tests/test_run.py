@@ -117,7 +117,7 @@ def test_unknown_group_option_lists_the_valid_ones(override, needle):
     ("method.lr=fast", "method.lr='fast'"),
     ("shots=0", "shots=0"),
     ("task=boolq shots=64", "64"),
-    ("metrics.every=0", "metrics.every=0"),
+    ("metrics.every=-1", "metrics.every=-1"),
     ("method=ours guidance.tau=-1", "guidance.tau=-1"),
     ("method=ours guidance.lambda1=strong", "guidance.lambda1='strong'"),
     ("data.superglue_root=/nonexistent/sg", "/nonexistent/sg"),

@@ -147,6 +147,33 @@ def test_pruner_marks_trials_pruned_from_intermediate_selection_accuracy(tmp_pat
     assert not (tmp_path / "out" / "smoke" / "trial_0" / "cb" / "s0" / "results.json").exists()
 
 
+def test_run_level_pruning_reports_the_running_mean_after_each_run(tmp_path):
+    spec = make_spec(tmp_path, tasks=["cb", "rte"], prune_on="runs", pruner={"name": "threshold", "lower": 1.01},
+                     space={"method.lr": {"type": "float", "low": 1e-4, "high": 1e-3}})
+    assert run_sweep(spec, "--n-trials", "1", *FAST) == 0
+    (t,) = trials(spec)
+    assert t.state == TrialState.PRUNED and list(t.intermediate_values) == [1]  # pruned after the first run
+    cb = json.loads((tmp_path / "out" / "smoke" / "trial_0" / "cb" / "s0" / "results.json").read_text())
+    assert t.intermediate_values[1] == pytest.approx(cb["select_metrics"]["accuracy"])
+    assert not (tmp_path / "out" / "smoke" / "trial_0" / "rte").exists()
+
+
+def test_a_failed_reference_point_is_enqueued_again_on_restart(tmp_path):
+    point = {"guidance.lambda1": 0.5, "guidance.lambda2": 0.5}
+    spec = make_spec(tmp_path, enqueue=[point], max_failures=5)
+    s = sweep.load_spec(spec)
+    study = optuna.create_study(study_name=s.study_name, storage=s.storage, direction="maximize")
+    study.enqueue_trial(point)
+    study.tell(study.ask(), state=TrialState.FAIL)  # what a killed worker's enqueued trial becomes
+    assert run_sweep(spec, "--n-trials", "1", *FAST) == 0
+    ts = trials(spec)
+    assert [t.state for t in ts] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert ts[1].params == point
+    assert run_sweep(spec, "--n-trials", "2", *FAST) == 0  # done once: not enqueued a third time
+    ts = trials(spec)
+    assert len(ts) == 3 and ts[2].params != point
+
+
 def test_a_pruner_without_intermediate_values_is_refused(tmp_path):
     with pytest.raises(ValueError, match="eval.select_every"):
         sweep.load_spec(make_spec(tmp_path, pruner={"name": "median"}))
@@ -163,6 +190,16 @@ def test_shipped_sweeps_are_valid_specs_whose_trials_compose():
                            "paths.output_dir=/tmp/x"])
         for k, v in point.items():
             assert OmegaConf.select(cfg, k if "." in k else f"{k}.name") == v
+    tuned = {}
+    for m in ("full", "adapter", "lora", "prompt", "ours"):
+        path = ROOT / "sweeps" / f"tune_minilm_{m}.yaml"
+        if not path.exists():
+            continue
+        spec = sweep.load_spec(path)
+        tuned[m] = spec
+        assert f"method={m}" in spec.base and "method.lr" in spec.space and spec.prune_on == "runs"
+        assert spec.tasks == ["boolq", "cb", "copa", "multirc", "rte", "wic"] and spec.n_seeds == 2
+    assert len({s.n_trials for s in tuned.values()}) == 1, "every method gets the same trial budget"
     spec = sweep.load_spec(ROOT / "sweeps" / "ablation.yaml")
     assert isinstance(sweep.make_sampler(spec, 0), optuna.samplers.GridSampler)
     assert len(spec.space["method"]["choices"]) * len(spec.space["guidance"]["choices"]) == 8 == spec.n_trials
