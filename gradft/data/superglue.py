@@ -12,7 +12,7 @@ import logging
 import random
 from collections.abc import Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ class TaskData:
     train_pool: list[Example]  # what k-shot sampling draws from
     select: list[Example]  # selection split for hyper-parameter search (FewGLUE dev32, or held out)
     eval: list[Example]  # the reported split (official val)
+    info: dict[str, Any] = field(default_factory=dict)  # provenance for results.json: files + sha256, split, sizes
 
 
 def _plain(cfg: Any) -> dict[str, Any]:
@@ -240,16 +241,44 @@ def _content_key(ex: Example) -> tuple[Any, ...]:
 
 def is_multiple_choice(task_cfg: Mapping[str, Any]) -> bool:
     """Whether a task config's examples are choices to score (COPA's format) rather than texts to classify."""
-    return task_cfg["format"] == "copa"
+    return task_cfg.get("format", "pair") == "copa"
+
+
+def _local_paths(task: dict[str, Any], data: dict[str, Any]) -> list[Path]:
+    """The jsonl files a local SuperGLUE task reads (DataError if a root is missing)."""
+    roles = [task["train"], task["eval"], *([task["select"]] if task.get("select") else [])]
+    return [resolve_root(data, s["root"]) / task["dir"] / f"{s['split']}.jsonl" for s in roles if s["root"] != "heldout"]
+
+
+def resolve_source(task: dict[str, Any], data: dict[str, Any]) -> str:
+    """data.source=auto: local when the task's local roots exist, else the hub; local | hub pass through."""
+    source = data.get("source", "local")
+    if source != "auto":
+        return source
+    try:
+        _local_paths(task, data)
+        return "local"
+    except DataError as exc:
+        log.info("data.source=auto: %s; trying the hub (%s)", exc, data.get("hub_id") or "super_glue")
+        return "hub"
 
 
 def load_task(task_cfg: Any, data_cfg: Any) -> TaskData:
-    """Load train pool, selection and evaluation splits of one task (see conf/task/*.yaml, docs/tasks.md)."""
+    """Load train pool, selection and evaluation splits of one task (see conf/task/*.yaml, docs/tasks.md).
+
+    A task config with ``dir:`` is a SuperGLUE task (local jsonl layout or the super_glue hub dataset, by
+    ``data.source``); any other is a table task (files or any hub dataset; gradft/data/custom.py)."""
     task, data = _plain(task_cfg), _plain(data_cfg)
+    if "dir" not in task:
+        from .custom import load_table_task
+
+        parts = load_table_task(task, data)
+        return TaskData(name=task["name"], multiple_choice=False, **parts)
     validate_task_cfg(task)
-    source = data.get("source", "local")
+    source = resolve_source(task, data)
     heldout = int(data.get("heldout", 32))
     select_cfg = task.get("select")
+    info: dict[str, Any] = {"source": source}
     if source == "local":
         if (
             select_cfg
@@ -263,12 +292,23 @@ def load_task(task_cfg: Any, data_cfg: Any) -> TaskData:
             select = _load_local(task, data, select_cfg)
         else:
             pool, select = hold_out(pool, heldout)
+            info["split"] = {"seed": HELDOUT_SEED, "select": heldout}
+        from .tables import sha256_file
+
+        info["files"] = [{"path": str(p), "sha256": sha256_file(p)} for p in _local_paths(task, data)]
     elif source == "hub":
-        pool = _load_hub(task, data, HUB_SPLITS["train"])
-        eval_ = _load_hub(task, data, HUB_SPLITS["eval"])
+        try:
+            pool = _load_hub(task, data, HUB_SPLITS["train"])
+            eval_ = _load_hub(task, data, HUB_SPLITS["eval"])
+        except DataError as exc:
+            if data.get("source") != "auto":
+                raise
+            raise DataError(f"task {task['name']!r}: no data. Local: {_local_error(task, data)}. Hub: {exc}") from None
         pool, select = hold_out(pool, heldout)
+        info["split"] = {"seed": HELDOUT_SEED, "select": heldout}
+        info["hub"] = {"hub_id": data.get("hub_id") or "super_glue", "hub_name": task.get("hub_name") or task["name"]}
     else:
-        raise DataError(f"unknown data.source {source!r}; expected 'local' or 'hub'")
+        raise DataError(f"unknown data.source {source!r}; expected auto, local or hub")
     # FewGLUE dev32 is drawn from the official train split: keep selection examples out of the k-shot pool.
     select_keys = {_content_key(ex) for ex in select}
     kept = [ex for ex in pool if _content_key(ex) not in select_keys]
@@ -276,6 +316,7 @@ def load_task(task_cfg: Any, data_cfg: Any) -> TaskData:
         log.info("%s: removed %d selection examples from the train pool", task["name"], len(pool) - len(kept))
     if not kept:
         raise DataError(f"task {task['name']!r}: train pool is empty once selection examples are removed")
+    info["sizes"] = {"train_pool": len(kept), "select": len(select), "eval": len(eval_)}
     return TaskData(
         name=task["name"],
         labels=label_names(task),
@@ -283,4 +324,13 @@ def load_task(task_cfg: Any, data_cfg: Any) -> TaskData:
         train_pool=kept,
         select=select,
         eval=eval_,
+        info=info,
     )
+
+
+def _local_error(task: dict[str, Any], data: dict[str, Any]) -> str:
+    try:
+        _local_paths(task, data)
+    except DataError as exc:
+        return str(exc)
+    return "found"
