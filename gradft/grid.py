@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import multiprocessing as mp
@@ -25,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gradft import data as gdata
 from gradft.run import CONF_DIR, run
@@ -41,7 +43,12 @@ POLL_S = 2.0
 def compose_run(overrides: list[str]) -> DictConfig:
     """One run's config, composed exactly as ``python -m gradft <overrides>`` does."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    # as @hydra.main does: the run can then find tasks on this search path (hydra.searchpath=[file:///my_conf])
+    HydraConfig.instance().set_config(copy.deepcopy(cfg))
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 def set_worker_threads(n_workers: int) -> None:

@@ -8,7 +8,7 @@ at the parameters before step t's update, every ``metrics.every`` steps.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import torch
@@ -66,11 +66,38 @@ def task_metrics(
 
 
 def majority_baseline(train_labels: Sequence[int], eval_labels: Sequence[int]) -> float:
-    """Accuracy of always predicting the most frequent training label: the floor any method must beat."""
+    """Accuracy of always predicting the most frequent of ``train_labels`` (ties: the lowest class index)."""
     if not train_labels:
         return float("nan")
-    top = max(set(train_labels), key=list(train_labels).count)
+    counts = Counter(train_labels)
+    top = min(counts, key=lambda c: (-counts[c], c))
     return accuracy([top] * len(eval_labels), eval_labels)
+
+
+BASELINE_KEYS = ("baseline_train_majority", "baseline_chance", "baseline_eval_majority")
+
+
+def baselines(pool_labels: Sequence[int], eval_labels: Sequence[int], n_classes: int) -> dict[str, float]:
+    """The floors a method must beat, each named for what it is (docs/metrics.md):
+
+    baseline_train_majority           accuracy of the constant prediction a user can know without eval labels: the
+                                      train pool's most frequent class (ties: the lowest class index)
+    baseline_train_majority_f1_macro  macro-F1 of that constant prediction (1/C of one class's F1: the floor for F1)
+    baseline_chance                   1 / C (C classes, or choices for multiple choice): a uniform random guess
+    baseline_eval_majority            the eval split's own majority rate: the best constant, which needs eval labels
+    """
+    if not pool_labels or not eval_labels:
+        nan = float("nan")
+        return dict.fromkeys((*BASELINE_KEYS, "baseline_train_majority_f1_macro"), nan)
+    counts = Counter(pool_labels)
+    top = min(counts, key=lambda c: (-counts[c], c))
+    const = [top] * len(eval_labels)
+    return {
+        "baseline_train_majority": accuracy(const, eval_labels),
+        "baseline_train_majority_f1_macro": f1_macro(const, eval_labels, n_classes),
+        "baseline_chance": 1.0 / n_classes,
+        "baseline_eval_majority": max(Counter(eval_labels).values()) / len(eval_labels),
+    }
 
 
 class GradientMonitor:

@@ -14,7 +14,6 @@ fixes which k examples are drawn. All config errors are raised before any model 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,60 +22,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import get_linear_schedule_with_warmup
 
 from gradft import data as gdata
+from gradft.config import CONF_DIR, train_steps, validate  # noqa: F401  (re-exported: callers import them here)
+from gradft.data.taskconf import compose_task
 from gradft.evaluate import evaluate
 from gradft.forward import set_gradient
 from gradft.gradients import ParamSpace
 from gradft.guidance import StructuredGuidance, guidance_config
-from gradft.methods import apply_method, method_config, trainable_parameters
-from gradft.metrics import GradientMonitor, majority_baseline
-from gradft.models import HEADS, backbone_parameters, head_kind, load_backbone
+from gradft.methods import apply_method, trainable_parameters
+from gradft.metrics import GradientMonitor, baselines
+from gradft.models import backbone_parameters, head_kind, load_backbone
 from gradft.prompting import PromptCollator, prompt_spec
-from gradft.tracking import MODES, Tracker, config_key, write_results
+from gradft.stopping import interrupted, sigterm_interrupts
+from gradft.tracking import Tracker, config_key, write_results
 from gradft.train import Trainer, epoch_batches
 
 log = logging.getLogger(__name__)
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-def _number(key: str, v: Any, minimum: float = 0.0, strict: bool = True, integer: bool = False) -> None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (not integer or isinstance(v, int))
-    if not ok or not math.isfinite(v) or (v <= minimum if strict else v < minimum):
-        kind = "an integer" if integer else "a number"
-        raise ValueError(f"{key}={v!r}: must be {kind} {'>' if strict else '≥'} {minimum:g}")
-
-
-def validate(cfg: DictConfig) -> None:
-    """Every check that needs no data and no model: a bad value fails here, naming its key."""
-    method_config(cfg.method)
-    if cfg.guidance.name != "none":
-        guidance_config(cfg.guidance)
-    head = cfg.get("head", "classifier")
-    if head not in HEADS:
-        raise ValueError(f"head={head!r}: must be one of {', '.join(HEADS)}")
-    _number("shots", cfg.shots, integer=True, strict=head == "classifier")  # lm: shots=0 is zero-shot
-    if head == "lm":
-        prompt_spec(cfg.task, len(cfg.task.labels), gdata.is_multiple_choice(cfg.task))
-    if cfg.trainer.steps is not None:
-        _number("trainer.steps", cfg.trainer.steps, integer=True, strict=False)
-    _number("trainer.epochs", cfg.trainer.epochs, strict=False)
-    _number("trainer.max_steps", cfg.trainer.max_steps, integer=True)
-    _number("trainer.batch_size", cfg.trainer.batch_size, integer=True)
-    _number("trainer.weight_decay", cfg.trainer.weight_decay, strict=False)
-    _number("trainer.max_grad_norm", cfg.trainer.max_grad_norm, strict=False)
-    _number("trainer.warmup_ratio", cfg.trainer.warmup_ratio, strict=False)
-    _number("trainer.max_skipped", cfg.trainer.max_skipped, integer=True, strict=False)
-    _number("metrics.every", cfg.metrics.every, integer=True, strict=False)  # 0: no gradient metrics (sweeps)
-    _number("eval.batch_size", cfg.eval.batch_size, integer=True)
-    _number("seed", cfg.seed, integer=True, strict=False)
-    _number("data_seed", cfg.data_seed, integer=True, strict=False)
-    if cfg.metrics.space not in ("backbone", "trainable"):
-        raise ValueError(f"metrics.space={cfg.metrics.space!r}: must be backbone or trainable")
-    if cfg.logger.mode not in MODES:
-        raise ValueError(f"logger.mode={cfg.logger.mode!r}: must be one of {', '.join(MODES)}")
 
 
 def _cap(examples: list[gdata.Example], n: int | None) -> list[gdata.Example]:
@@ -87,14 +51,6 @@ def _cap(examples: list[gdata.Example], n: int | None) -> list[gdata.Example]:
     while end < len(examples) and examples[end].group is not None and examples[end].group == examples[n - 1].group:
         end += 1
     return examples[:end]
-
-
-def train_steps(cfg: DictConfig, n_shots: int) -> int:
-    """``trainer.steps`` if set, else epochs × steps per epoch, capped at ``trainer.max_steps``."""
-    if cfg.trainer.steps is not None:
-        return int(cfg.trainer.steps)
-    per_epoch = math.ceil(n_shots / min(cfg.trainer.batch_size, n_shots))  # 32 shots / batch 8 = 4 steps
-    return min(int(cfg.trainer.max_steps), math.ceil(cfg.trainer.epochs * per_epoch))
 
 
 def summary_keys(metrics: dict[str, float]) -> dict[str, float]:
@@ -113,7 +69,7 @@ def _source_gradient_fn(cfg: DictConfig, task: gdata.TaskData, model, space, col
     """The k-shot gradient of the guidance's source task, as a closure. head=classifier: the source's labels are
     mapped onto the target's head. head=lm: the source keeps its own prompt and label words (any two tasks fit)."""
     gcfg = cfg.guidance
-    scfg = OmegaConf.load(CONF_DIR / "task" / f"{gcfg.source_task}.yaml")
+    scfg = compose_task(gcfg.source_task, cfg)  # on the run's config search path: a user's own task can guide
     source = gdata.load_task(scfg, cfg.data)
     examples = gdata.sample_shots(source.train_pool, min(cfg.shots, len(source.train_pool)), cfg.data_seed)
     if cfg.get("head", "classifier") == "lm":
@@ -162,7 +118,7 @@ def _train(cfg: DictConfig, task: gdata.TaskData, shots: list[gdata.Example], mo
     sched = get_linear_schedule_with_warmup(opt, int(cfg.trainer.warmup_ratio * steps), max(steps, 1)) \
         if cfg.trainer.schedule == "linear" else None
     trainer = Trainer(model, space, opt, sched, device, cfg.trainer.max_grad_norm, cfg.trainer.max_skipped,
-                      guidance, monitor, metric_space, cfg.metrics.every or 1, tracker.log)
+                      guidance, monitor, metric_space, cfg.metrics.every or 1, tracker.log, total=steps)
     batches = epoch_batches(shots, bs, collate, cfg.seed)
     every = cfg.eval.select_every if report is not None else 0
     done = 0
@@ -181,9 +137,18 @@ def _train(cfg: DictConfig, task: gdata.TaskData, shots: list[gdata.Example], mo
 def run(cfg: DictConfig, out_dir: str | Path | None = None,
         report: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Train and evaluate one configuration; returns (and writes) its results. ``report(step, select_accuracy)``
-    is called every ``eval.select_every`` steps (sweeps use it for pruning; it may raise to stop the run)."""
-    t0 = time.perf_counter()
+    is called every ``eval.select_every`` steps (sweeps use it for pruning; it may raise to stop the run).
+    SIGINT or SIGTERM raise ``RunInterrupted`` saying at which step (``gradft.stopping``): no results.json."""
     validate(cfg)
+    with sigterm_interrupts():
+        try:
+            return _run(cfg, out_dir, report)
+        except KeyboardInterrupt as e:
+            raise interrupted(e, getattr(e, "step", None), train_steps(cfg, cfg.shots) if cfg.shots else 0) from None
+
+
+def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, float], None] | None) -> dict[str, Any]:
+    t0 = time.perf_counter()
     out = Path(out_dir or cfg.paths.output_dir)
     if cfg.trainer.threads:
         torch.set_num_threads(int(cfg.trainer.threads))
@@ -228,15 +193,14 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None,
         if "eval" in cfg.eval.splits:  # sweeps score only the selection split: never select on the reported one
             metrics = evaluate(model, eval_set, collate, cfg.eval.batch_size, device, metric_names, n_cls)
         metrics.update(monitor.summary() if monitor else GradientMonitor.empty_summary())
-        majority_from = shots or task.train_pool  # zero-shot: the majority class of the training pool
-        metrics["majority_baseline"] = majority_baseline([e.label for e in majority_from],
-                                                         [e.label for e in eval_set])
+        # floors from the train pool (never the drawn, class-balanced shots), chance, and the eval split's own rate
+        metrics.update(baselines([e.label for e in task.train_pool], [e.label for e in eval_set], n_cls))
         state = trainer.state if trainer else None
         results: dict[str, Any] = {
             "method": cfg.method.name, "task": task.name, "shots": cfg.shots, "seed": cfg.seed,
             "data_seed": cfg.data_seed, "model": cfg.model.name, "head": head, "guidance": cfg.guidance.name,
             "config_key": config_key(cfg), "metrics": metrics, "eval_examples": len(eval_set),
-            "shot_ids": [e.idx for e in shots],
+            "shot_ids": [e.idx for e in shots], "data": task.info,
             "trainable_params": space.numel if shots else 0, "metric_space_params": metric_space.numel,
             "steps": steps, "skipped_nonfinite": state.skipped_nonfinite if state else 0,
             "train_time_s": train_time, "wall_time_s": None, "history": state.history if state else {},

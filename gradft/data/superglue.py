@@ -247,7 +247,8 @@ def is_multiple_choice(task_cfg: Mapping[str, Any]) -> bool:
 def _local_paths(task: dict[str, Any], data: dict[str, Any]) -> list[Path]:
     """The jsonl files a local SuperGLUE task reads (DataError if a root is missing)."""
     roles = [task["train"], task["eval"], *([task["select"]] if task.get("select") else [])]
-    return [resolve_root(data, s["root"]) / task["dir"] / f"{s['split']}.jsonl" for s in roles if s["root"] != "heldout"]
+    return [resolve_root(data, s["root"]) / task["dir"] / f"{s['split']}.jsonl"
+            for s in roles if s["root"] != "heldout"]
 
 
 def resolve_source(task: dict[str, Any], data: dict[str, Any]) -> str:
