@@ -1,6 +1,6 @@
 """Prompt-based few-shot through the pretrained LM head (``head=lm``): templates, verbalizers, candidates, batches.
 
-Owns ``PromptSpec`` (a task's ``prompt:`` node, validated), rendering an ``Example`` into text, telling a causal
+Owns rendering an ``Example`` into text, telling a causal
 from a masked LM, and ``PromptCollator``, which turns Examples into the batches that ``gradft.forward`` scores:
 
 - verbalizer tasks (BoolQ, CB, RTE, WiC, MultiRC): one row per example, right-padded; ``answer_index`` is the
@@ -19,51 +19,17 @@ positions 0..n-1 stay those of the unpadded text. With prefix reuse the candidat
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from gradft.data import DataError, Example
+from gradft.prompt_spec import PromptSpec, prompt_spec
+
+__all__ = ["LM_KINDS", "PromptCollator", "PromptSpec", "candidates", "fields_of", "lm_kind_of", "prompt_spec",
+           "render"]
 
 LM_KINDS = ("causal", "masked")
-
-
-@dataclass
-class PromptSpec:
-    template: str  # str.format over the example's fields, e.g. "{passage}\nQuestion: {question}?\nAnswer:"
-    verbalizer: list[str] = field(default_factory=list)  # label words in class order, e.g. [" No", " Yes"]
-    candidate: str = ""  # multiple choice: each continuation, e.g. " {choice_lc}" (choice, first letter lower-case)
-    connective: dict[str, str] = field(default_factory=dict)  # COPA: question -> {connective}, e.g. cause: because
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.template, str) or not self.template.strip():
-            raise ValueError(f"task.prompt.template={self.template!r}: must be a non-empty string")
-        if bool(self.verbalizer) == bool(self.candidate):
-            raise ValueError("task.prompt: set exactly one of `verbalizer` (label words) and `candidate` "
-                             f"(multiple choice); got verbalizer={self.verbalizer!r} candidate={self.candidate!r}")
-        if self.verbalizer and (len(self.verbalizer) < 2 or not all(isinstance(w, str) and w.strip()
-                                                                    for w in self.verbalizer)):
-            raise ValueError(f"task.prompt.verbalizer={self.verbalizer!r}: must be ≥ 2 non-empty label words")
-
-
-def prompt_spec(task_cfg: DictConfig | Mapping[str, Any], n_classes: int, multiple_choice: bool) -> PromptSpec:
-    """The task config's ``prompt`` node as a validated PromptSpec that fits the task's classes."""
-    node = task_cfg.get("prompt")
-    if node is None:
-        raise ValueError(f"task={task_cfg.get('name')}: head=lm needs a `prompt:` node (template + verbalizer)")
-    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    unknown = set(values) - {"template", "verbalizer", "candidate", "connective"}
-    if unknown:
-        raise ValueError(f"task.prompt: unknown keys {sorted(unknown)}")
-    spec = PromptSpec(**values)
-    if multiple_choice and not spec.candidate:
-        raise ValueError(f"task={task_cfg.get('name')} is multiple choice: task.prompt needs `candidate`")
-    if not multiple_choice and len(spec.verbalizer) != n_classes:
-        raise ValueError(f"task.prompt.verbalizer={spec.verbalizer!r}: needs one word per class ({n_classes})")
-    return spec
 
 
 def _lc_first(s: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -60,7 +61,7 @@ class Trainer:
                  device: torch.device, max_grad_norm: float, max_skipped: int,
                  guidance: StructuredGuidance | None = None, monitor: GradientMonitor | None = None,
                  metric_space: ParamSpace | None = None, metrics_every: int = 1,
-                 log_fn: Callable[[dict[str, float], int], None] | None = None):
+                 log_fn: Callable[[dict[str, float], int], None] | None = None, total: int | None = None):
         self.model, self.space, self.opt, self.sched, self.device = model, space, optimizer, scheduler, device
         self.max_grad_norm, self.max_skipped = max_grad_norm, max_skipped
         self.guidance, self.monitor = guidance, monitor
@@ -68,6 +69,8 @@ class Trainer:
         self.log_fn = log_fn or (lambda values, step: None)
         self.state = TrainState()
         self.guided_steps = 0
+        self.total = total  # the run's step count (fit may be called in chunks): progress says step t/total
+        self._t0: float | None = None
 
     def measure(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """g_t in the metric space at the current θ, eval mode, for the gradient metrics."""
@@ -126,12 +129,24 @@ class Trainer:
         return logs
 
     def fit(self, batches: Iterator[dict[str, Tensor]], steps: int, desc: str = "train") -> TrainState:
+        """``steps`` more steps. Off a terminal, a log line every 10 % of the run (global step / total, ETA). An
+        interrupt (SIGINT, SIGTERM) leaves with ``.step`` set on the exception: the step the run stopped at."""
         self.model.train()
+        total = self.total or self.state.step + steps
+        every = max(1, total // 10)
+        self._t0 = self._t0 or time.perf_counter()
         bar = tqdm(range(steps), desc=desc, disable=None)  # silent when not on a terminal: then a log line
-        for i in bar:
-            logs = self.step(to_device(next(batches), self.device))
-            self.log_fn(logs, self.state.step)
-            bar.set_postfix(loss=f"{logs['train/loss']:.4f}")
-            if bar.disable and (i + 1) % 20 == 0:
-                log.info("%s: step %d/%d, loss %.4f", desc, i + 1, steps, logs["train/loss"])
+        try:
+            for _ in bar:
+                logs = self.step(to_device(next(batches), self.device))
+                self.log_fn(logs, self.state.step)
+                bar.set_postfix(loss=f"{logs['train/loss']:.4f}")
+                t = self.state.step
+                if bar.disable and (t % every == 0 or t == total):
+                    per_step = (time.perf_counter() - self._t0) / max(t, 1)  # since step 0
+                    log.info("%s: step %d/%d, loss %.4f, %.1f s/step, ETA %.0f s", desc, t, total,
+                             logs["train/loss"], per_step, per_step * (total - t))
+        except KeyboardInterrupt as e:
+            e.step = self.state.step  # type: ignore[attr-defined]
+            raise
         return self.state

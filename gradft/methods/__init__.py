@@ -1,29 +1,34 @@
 """The fine-tuning methods, registered in one place.
 
 A method decides *which* parameters train (and adds the modules they live in); guidance (``gradft.guidance``)
-decides *how* the update is computed from the loss. Each method is a module with a config dataclass that validates
-itself and an ``apply(model, cfg) -> model`` that freezes, wraps or adds parameters. ``method=ours`` is LoRA plus
-``guidance=structured`` (see ``conf/method/ours.yaml``).
+decides *how* the update is computed from the loss. Each method has a config dataclass that validates itself
+(``gradft.methods.config``: torch-free, so a bad value fails before torch is imported) and a module with an
+``apply(model, cfg) -> model`` that freezes, wraps or adds parameters (imported only when a model is built).
+``method=ours`` is LoRA plus ``guidance=structured`` (see ``conf/method/ours.yaml``).
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
-from gradft.methods import adapter, full, lora, prompt
+from gradft.methods.config import CONFIGS, check_positive  # noqa: F401  (check_positive: re-exported)
 
-# name -> (config dataclass, apply function)
-METHODS: dict[str, tuple[type, Callable[[nn.Module, Any], nn.Module]]] = {
-    "full": (full.FullConfig, full.apply),
-    "adapter": (adapter.AdapterConfig, adapter.apply),
-    "lora": (lora.LoraMethodConfig, lora.apply),
-    "prompt": (prompt.PromptConfig, prompt.apply),
-}
+if TYPE_CHECKING:
+    from torch import nn
+
+# name -> (config dataclass, module with its ``apply``); the module (torch, peft) is imported only when applied
+METHODS: dict[str, tuple[type, str]] = {name: (cls, f"gradft.methods.{name}") for name, cls in CONFIGS.items()}
+
+
+def method_apply(kind: str) -> Callable[[nn.Module, Any], nn.Module]:
+    """The ``apply(model, cfg)`` of a method kind (imports its module)."""
+    return importlib.import_module(METHODS[kind][1]).apply
 
 
 def method_config(cfg: DictConfig) -> Any:
@@ -34,12 +39,16 @@ def method_config(cfg: DictConfig) -> Any:
     cls = METHODS[kind][0]
     values = OmegaConf.to_container(cfg, resolve=True)
     known = {f.name for f in fields(cls)}
+    for key in set(values) - known - {"kind"}:  # a typo or another method's key would otherwise be ignored
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f"; did you mean method.{close[0]}?" if close else f" (method {kind} has: {', '.join(sorted(known))})"
+        raise ValueError(f"method.{key}: not a key of method {kind}{hint}")
     return cls(**{k: v for k, v in values.items() if k in known})
 
 
 def apply_method(model: nn.Module, cfg: DictConfig) -> nn.Module:
     mcfg = method_config(cfg)
-    return METHODS[cfg.get("kind", cfg.get("name"))][1](model, mcfg)
+    return method_apply(cfg.get("kind", cfg.get("name")))(model, mcfg)
 
 
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -52,10 +61,3 @@ def peft_task_type(model: nn.Module) -> str:
     from gradft.models import head_kind
 
     return {"classifier": "SEQ_CLS", "causal": "CAUSAL_LM", "masked": "FEATURE_EXTRACTION"}[head_kind(model)]
-
-
-def check_positive(owner: str, **values: float) -> None:
-    """Shared validation: every value must be a number > 0 (``ValueError`` names the key and the value)."""
-    for key, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise ValueError(f"{owner}.{key}={v!r}: must be a number > 0")

@@ -9,30 +9,14 @@ They are plain modules, so double backward works through them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from gradft.methods.config import DEFAULT_TARGETS, AdapterConfig
 from gradft.models import head_parameter_names
 
-# attention-output and FFN-output projections of BERT-like and Llama-like blocks
-DEFAULT_TARGETS = r"(attention\.output\.dense|layer\.\d+\.output\.dense|o_proj|down_proj)$"
-
-
-@dataclass
-class AdapterConfig:
-    name: str = "adapter"
-    lr: float = 1e-3
-    bottleneck: int = 32
-    targets: str = DEFAULT_TARGETS
-    train_layernorm: bool = True
-
-    def __post_init__(self) -> None:
-        from gradft.methods import check_positive
-
-        check_positive("method", lr=self.lr, bottleneck=self.bottleneck)
-        re.compile(self.targets)
+__all__ = ["DEFAULT_TARGETS", "AdapterConfig", "Adapted", "apply"]
 
 
 class Adapted(nn.Module):

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
+from gradft.methods.config import FullConfig
 
+if TYPE_CHECKING:
+    from torch import nn
 
-@dataclass
-class FullConfig:
-    name: str = "full"
-    lr: float = 2e-5
-
-    def __post_init__(self) -> None:
-        from gradft.methods import check_positive
-
-        check_positive("method", lr=self.lr)
+__all__ = ["FullConfig", "apply"]
 
 
 def apply(model: nn.Module, cfg: FullConfig) -> nn.Module:

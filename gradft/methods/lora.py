@@ -7,30 +7,19 @@ respect to A is exactly zero there (see docs/metrics.md on what that means for a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from peft import LoraConfig, TaskType, get_peft_model
-from torch import nn
+from gradft.methods.config import LoraMethodConfig
 
+if TYPE_CHECKING:
+    from torch import nn
 
-@dataclass
-class LoraMethodConfig:
-    name: str = "lora"
-    lr: float = 5e-4
-    r: int = 8
-    alpha: float = 16
-    dropout: float = 0.0
-    target_modules: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        from gradft.methods import check_positive
-
-        check_positive("method", lr=self.lr, r=self.r, alpha=self.alpha)
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"method.dropout={self.dropout!r}: must be in [0, 1)")
+__all__ = ["LoraMethodConfig", "apply"]
 
 
 def apply(model: nn.Module, cfg: LoraMethodConfig) -> nn.Module:
+    from peft import LoraConfig, TaskType, get_peft_model
+
     from gradft.methods import peft_task_type
 
     return get_peft_model(

@@ -6,25 +6,19 @@ Initialisation is RANDOM: peft's TEXT initialisation downloads a tokenizer from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
-from torch import nn
+from gradft.methods.config import PromptConfig
 
+if TYPE_CHECKING:
+    from torch import nn
 
-@dataclass
-class PromptConfig:
-    name: str = "prompt"
-    lr: float = 3e-2
-    num_virtual_tokens: int = 20
-
-    def __post_init__(self) -> None:
-        from gradft.methods import check_positive
-
-        check_positive("method", lr=self.lr, num_virtual_tokens=self.num_virtual_tokens)
+__all__ = ["PromptConfig", "apply"]
 
 
 def apply(model: nn.Module, cfg: PromptConfig) -> nn.Module:
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+
     from gradft.methods import peft_task_type
 
     return get_peft_model(
