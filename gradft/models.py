@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -33,6 +34,8 @@ from transformers.utils import logging as hf_logging
 log = logging.getLogger(__name__)
 hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected on every run: we log our own line
 hf_logging.disable_progress_bar()
+# transformers 5.24 warns on every model build that peft's own call is deprecated: not ours to fix, noise in every run
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 class ModelError(ValueError):

@@ -1,0 +1,121 @@
+"""Config errors before anything is loaded (``gradft.config``): every number finite and in range, 0 training steps,
+unknown keys with a "did you mean", prompt fields; and the CLI answering them in seconds without importing torch.
+(Which options of a config group exist, and the run-level checks that need data: test_run.py, test_data.py.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, make_cfg
+
+from gradft.config import check_override_keys, schema, validate
+from gradft.prompt_spec import FORMAT_FIELDS, task_fields
+
+TINY = ["model=tiny_bert", "trainer.steps=2", "eval.max_examples=16"]
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["trainer.steps=null", "trainer.epochs=0"], "trainer.epochs=0 gives 0 training steps"),
+    (["trainer.steps=0"], "trainer.steps=0 gives 0 training steps"),
+    (["eval.max_examples=-5"], "eval.max_examples=-5: must be an integer > 0"),
+    (["eval.max_examples=0"], "eval.max_examples=0"),
+    (["eval.max_examples=2.5"], "eval.max_examples=2.5"),
+    (["method=ours", "guidance.lambda1=nan"], "guidance.lambda1=nan: must be a finite number"),
+    (["method=ours", "guidance.tau=inf"], "guidance.tau=inf"),
+    (["method.lr=nan"], "method.lr=nan"),
+    (["method.lr=inf"], "method.lr=inf"),
+    (["trainer.epochs=nan"], "trainer.epochs=nan"),
+    (["trainer.warmup_ratio=2"], "trainer.warmup_ratio=2"),
+    (["trainer.schedule=cosine"], "trainer.schedule='cosine'"),
+    (["trainer.device=tpu"], "trainer.device='tpu'"),
+    (["trainer.threads=0"], "trainer.threads=0"),
+    (["metrics.every=-1"], "metrics.every=-1: must be an integer ≥ 0"),
+    (["eval.select_every=-2"], "eval.select_every=-2"),
+    (["eval.splits=[test]"], "eval.splits=['test']"),
+    (["model.max_length=0"], "model.max_length=0"),
+    (["+foo=1"], "unknown config key: foo"),
+    (["+trainer.stepz=3"], "unknown config key: trainer.stepz; did you mean trainer.steps?"),
+    (["+method.bottleneck=4"], "method.bottleneck: not a key of method lora"),
+    (["method=lora", "+method.dropuot=0.1"], "did you mean method.dropout?"),
+    (["head=lm", "task.prompt.template='{nope} and {premise}'"], "task.prompt.template uses {nope}"),
+    (["head=lm", "task=copa", "task.prompt.candidate=' {answer}'"], "task.prompt.candidate uses {answer}"),
+])
+def test_bad_values_and_unknown_keys_are_refused_naming_the_key(overrides, needle):
+    with pytest.raises(ValueError) as e:
+        validate(make_cfg(*TINY, *overrides))
+    assert needle in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["metrics.every=0"],                                     # gradient metrics off (sweeps)
+    ["head=lm", "model=tiny_llama", "shots=0"],              # zero-shot: no training step is right
+    ["head=lm", "model=tiny_llama", "shots=0", "trainer.epochs=0", "trainer.steps=null"],
+    ["trainer.steps=null", "trainer.epochs=0.5"],            # half an epoch: 2 steps
+    ["method=adapter", "method.bottleneck=4"],
+    ["method=lora", "+method.target_modules=[query]"],       # a dataclass field no yaml sets
+    ["method=ours", "guidance.source_task=cb", "guidance.lambda3=0.1"],
+    ["experiment=table1"],                                   # a grid node is inert in a run
+    ["head=lm", "task=copa"], ["head=lm", "task=wic"], ["head=lm", "task=multirc"], ["head=lm", "task=boolq"],
+])
+def test_valid_configs_pass(overrides):
+    validate(make_cfg(*TINY, *overrides))
+
+
+def test_every_shipped_config_file_is_in_the_key_schema():
+    sch = schema()
+    for group in ("model", "task", "guidance", "method", "trainer", "logger"):
+        assert group in sch
+    assert {"steps", "epochs", "batch_size"} <= sch["trainer"]
+    assert {"bottleneck", "r", "num_virtual_tokens", "kind"} <= sch["method"]
+
+
+def test_prompt_fields_of_each_format_match_the_examples_the_data_layer_builds():
+    """FORMAT_FIELDS (torch-free, for the early check) must be what gradft.data really puts in Example.fields."""
+    from gradft import data as gdata
+    from gradft.prompting import fields_of
+
+    for task in ("boolq", "cb", "copa", "multirc", "rte", "wic"):
+        cfg = make_cfg(f"task={task}", "head=lm")
+        ex = gdata.load_task(cfg.task, cfg.data).eval[0]
+        spec = __import__("gradft.prompt_spec", fromlist=["prompt_spec"]).prompt_spec(
+            cfg.task, len(cfg.task.labels), cfg.task.format == "copa")
+        assert set(fields_of(ex, spec)) == task_fields(cfg.task, spec), task
+    assert set(FORMAT_FIELDS) == {"wic", "copa", "multirc"}
+
+
+@pytest.mark.parametrize("override,hint", [("trainer.stepz=3", "did you mean trainer.steps?"),
+                                           ("shotz=4", "did you mean shots?"),
+                                           ("eval.max_example=4", "did you mean eval.max_examples?")])
+def test_overriding_a_key_that_does_not_exist_says_what_it_may_have_meant(override, hint):
+    with pytest.raises(ValueError, match="no such config key") as e:
+        check_override_keys([override])
+    assert hint in str(e.value)
+    check_override_keys(["trainer.steps=3", "+foo=1", "hydra.run.dir=x", "hydra/launcher=joblib", "-m"])  # not here
+
+
+def cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "gradft", *args, "logger.mode=disabled"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return proc, time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["shots=abc"], "shots='abc': must be an integer > 0"),
+    (["trainer.stepz=3"], "did you mean trainer.steps?"),
+    (["+foo=1"], "unknown config key: foo"),
+    (["method=ours", "guidance.lambda1=nan"], "guidance.lambda1=nan"),
+    (["trainer.epochs=0"], "0 training steps"),
+    (["head=lm", "task.prompt.template='{nope}: {premise}'"], "task.prompt.template uses {nope}"),
+])
+def test_cli_config_errors_exit_2_in_seconds_without_importing_torch(args, needle):
+    proc, seconds = cli(*args)
+    err = "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("import time:"))
+    assert proc.returncode == 2 and needle in err, err[-2000:]
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    heavy = {"torch", "transformers", "peft", "datasets", "wandb", "optuna", "matplotlib"} & imported
+    assert not heavy, heavy
+    assert "Traceback" not in err and seconds < 15, seconds  # ~1-2 s alone; the bound allows a loaded machine

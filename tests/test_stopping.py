@@ -1,0 +1,62 @@
+"""Stops on the record: SIGTERM (timeout, schedulers, docker stop) and SIGINT to a real ``python -m gradft`` run log
+one line saying where it stopped, finish the W&B offline run as failed and leave no results.json; progress lines
+give the run's global step when it trains in chunks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from gradft.run import run
+
+QUICK = ["model=tiny_bert", "eval.max_examples=16", "metrics.every=0"]
+
+
+def wait_for(path: Path, needle: str, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and needle in path.read_text():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended (rc {proc.returncode}) before {needle!r}")
+        time.sleep(0.2)
+    raise AssertionError(f"no {needle!r} in {path} after {timeout} s")
+
+
+@pytest.mark.slow  # a real CLI run: ~15 s of imports, then 10 steps
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signalled_run_says_where_it_stopped_fails_its_wandb_run_and_writes_no_results(sig, code, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true"}
+    proc = subprocess.Popen([sys.executable, "-m", "gradft", *QUICK, "trainer.steps=100", "logger.mode=offline",
+                             f"hydra.run.dir={out}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    wait_for(out / "__main__.log", "step 10/100", proc)
+    proc.send_signal(sig)
+    text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == code, text[-3000:]
+    lines = [line for line in text.splitlines() if "interrupted at step" in line]
+    assert len(lines) == 1 and f"{sig.name}: interrupted at step" in lines[0] and "/100; no results written" in \
+        lines[0], text[-3000:]
+    assert "Traceback" not in text
+    assert not (out / "results.json").exists()
+    (debug,) = out.glob("wandb/offline-run-*/logs/debug.log")
+    assert "got exitcode: 1" in debug.read_text()  # finished as failed, not left running/crashed
+
+
+def test_progress_gives_the_global_step_when_training_in_chunks(cfg_factory, caplog):
+    """eval.select_every=20 trains a 40-step run in two chunks: progress says step 20/40 then 40/40, not 20/20 twice."""
+    caplog.set_level(logging.INFO, logger="gradft.train")
+    run(cfg_factory(*QUICK, "trainer.steps=40", "eval.select_every=20", "eval.splits=[select]"),
+        report=lambda step, acc: None)
+    steps = [m.split(": step ")[1].split(",")[0] for m in caplog.messages if ": step " in m]
+    assert steps == [f"{s}/40" for s in range(4, 41, 4)], steps  # every 10 %, global step / total
+    assert any("ETA" in m for m in caplog.messages)
