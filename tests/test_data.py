@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_cfg
 from omegaconf import OmegaConf
 
 from gradft.data import (
@@ -29,8 +30,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("GRADFT_DATA", "/work/shared/data"))
-needs_data = pytest.mark.skipif(not (DATA / "super_glue").is_dir(), reason=f"real data not found at {DATA}")
+# The data config of a run (conf/config.yaml `data:`, with GRADFT_SUPERGLUE / GRADFT_FEWGLUE): no machine's path here.
+RUN_DATA = make_cfg().data
+SUPERGLUE, FEWGLUE = Path(RUN_DATA.superglue_root), Path(RUN_DATA.fewglue_root)
+DATA = SUPERGLUE.parent  # super_glue/... paths below are relative to it
+needs_data = pytest.mark.skipif(not SUPERGLUE.is_dir(), reason=f"no data at {SUPERGLUE} (data.superglue_root)")
 
 
 def task_cfg(name: str):
@@ -40,8 +44,8 @@ def task_cfg(name: str):
 def data_cfg(**overrides):
     cfg = {
         "source": "local",
-        "superglue_root": str(DATA / "super_glue"),
-        "fewglue_root": str(DATA / "fewglue"),
+        "superglue_root": str(SUPERGLUE),
+        "fewglue_root": str(FEWGLUE),
         "hub_id": "super_glue",
         "balance": "auto",
         "heldout": 32,
@@ -55,8 +59,8 @@ def read_raw(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def tasks():
-    if not (DATA / "super_glue").is_dir():
-        pytest.skip(f"real data not found at {DATA}")
+    if not SUPERGLUE.is_dir():
+        pytest.skip(f"real data not found at {SUPERGLUE} (data.superglue_root)")
     return {t: load_task(task_cfg(t), data_cfg()) for t in ("boolq", "cb", "copa", "multirc", "rte", "wic")}
 
 
@@ -101,7 +105,7 @@ def test_every_task_loads_real_data_with_expected_sizes_and_labels(tasks, name):
 
 @needs_data
 def test_json_booleans_map_to_yaml_false_true_label_order(tasks):
-    raw = Counter(r["label"] for r in read_raw(DATA / "super_glue/BoolQ/val.jsonl"))
+    raw = Counter(r["label"] for r in read_raw(SUPERGLUE / "BoolQ/val.jsonl"))
     got = Counter(ex.label for ex in tasks["boolq"].eval)
     assert got == {0: raw[False], 1: raw[True]} and raw[True] == 2033
 
@@ -109,7 +113,7 @@ def test_json_booleans_map_to_yaml_false_true_label_order(tasks):
 @needs_data
 def test_dev32_selection_examples_are_removed_from_official_train_pool(tasks):
     rte = tasks["rte"]
-    assert len(read_raw(DATA / "super_glue/RTE/train.jsonl")) == 2490
+    assert len(read_raw(SUPERGLUE / "RTE/train.jsonl")) == 2490
     pool_keys = {(ex.texts, ex.label) for ex in rte.train_pool}
     assert not any((ex.texts, ex.label) in pool_keys for ex in rte.select)
 
@@ -125,7 +129,7 @@ def test_mark_span_wraps_exact_offsets_in_asterisks():
 
 @needs_data
 def test_wic_marking_puts_asterisks_exactly_around_the_word_occurrence(tasks):
-    rows = read_raw(DATA / "super_glue/WiC/val.jsonl")
+    rows = read_raw(SUPERGLUE / "WiC/val.jsonl")
     examples = tasks["wic"].eval
     assert examples[0].texts == (
         "class: An emerging professional *class*.",
@@ -141,7 +145,7 @@ def test_wic_marking_puts_asterisks_exactly_around_the_word_occurrence(tasks):
 
 @needs_data
 def test_copa_yields_two_choices_with_the_question_connector(tasks):
-    rows = {str(r["idx"]): r for r in read_raw(DATA / "super_glue/COPA/val.jsonl")}
+    rows = {str(r["idx"]): r for r in read_raw(SUPERGLUE / "COPA/val.jsonl")}
     assert set(COPA_CONNECTORS) == {"cause", "effect"}
     seen = set()
     for ex in tasks["copa"].eval:
@@ -232,7 +236,7 @@ def rte_with_eval_from(root: Path):
 
 @needs_data
 def test_malformed_jsonl_names_file_and_line(tmp_path):
-    lines = (DATA / "super_glue/RTE/val.jsonl").read_text().splitlines()
+    lines = (SUPERGLUE / "RTE/val.jsonl").read_text().splitlines()
     lines[2] = lines[2][:40]  # truncate the third record
     (tmp_path / "RTE").mkdir()
     (tmp_path / "RTE/val.jsonl").write_text("\n".join(lines) + "\n")
@@ -242,7 +246,7 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
 
 @needs_data
 def test_unknown_label_value_names_value_line_and_allowed_values(tmp_path):
-    rows = read_raw(DATA / "super_glue/RTE/val.jsonl")[:5]
+    rows = read_raw(SUPERGLUE / "RTE/val.jsonl")[:5]
     rows[1]["label"] = "maybe"
     (tmp_path / "RTE").mkdir()
     (tmp_path / "RTE/val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -260,7 +264,7 @@ def test_missing_root_message_contains_looked_for_path(tmp_path):
 @needs_data
 def test_relative_roots_resolve_against_the_current_directory(monkeypatch):
     monkeypatch.chdir(DATA)
-    plain = {"source": "local", "superglue_root": "super_glue", "fewglue_root": "./fewglue"}
+    plain = {"source": "local", "superglue_root": SUPERGLUE.name, "fewglue_root": "./" + os.path.relpath(FEWGLUE, DATA)}
     td = load_task(OmegaConf.to_container(task_cfg("cb")), plain)  # plain dicts work too
     assert (len(td.train_pool), len(td.eval)) == (218, 56)
 
