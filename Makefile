@@ -17,7 +17,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export OMP_WAIT_POLICY ?= PASSIVE   # spinning OpenMP threads ran 3-6x slower when another process held a core (docs/bench.md)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast test-all lint bench sweep tune dashboard table1 figure2 heads zeroshot report clean
+.PHONY: help install run test test-fast test-all lint bench sweep tune dashboard table1 figure2 figure3 heads zeroshot report data clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -64,6 +64,15 @@ table1: install  ## run the Table 1 grid (5 methods x 6 tasks x seeds); finished
 figure2: install  ## run the Figure 2 grid (methods x shots x seeds); finished runs are skipped
 	$(BIN)/python -m gradft.grid figure2 $(ARGS)
 
+FIG3_MODEL_CLS ?= minilm
+FIG3_MODEL_LM ?= smollm2
+FIG3_OUT ?= outputs/grid
+FIG3_REPORT ?= reports
+figure3: install  ## Figure 3: full/lora/ours x 5 domain tasks x 3 seeds; MiniLM (classifier) + SmolLM2 (LM head) -> reports/figure3.{png,md}
+	$(BIN)/python -m gradft.grid figure3 head=classifier model=$(FIG3_MODEL_CLS) --out $(FIG3_OUT) $(ARGS)
+	$(BIN)/python -m gradft.grid figure3 head=lm model=$(FIG3_MODEL_LM) --out $(FIG3_OUT) $(ARGS)
+	$(BIN)/python -m gradft.report --root $(FIG3_OUT)/figure3 --out $(FIG3_REPORT)
+
 heads: install  ## SmolLM2: new classifier head vs prompt + LM head (and zero-shot) on BoolQ/CB/COPA, 3 seeds
 	$(BIN)/python -m gradft.grid heads $(ARGS)
 	$(BIN)/python -m gradft.report --root outputs/grid/heads --out reports/heads
@@ -72,8 +81,11 @@ zeroshot: install  ## SmolLM2 zero-shot prompts on all six tasks (head=lm shots=
 	$(BIN)/python -m gradft.grid table1 model=smollm2 head=lm shots=0 method=lora eval.max_examples=1000 --out outputs/zeroshot $(ARGS)
 	$(BIN)/python -m gradft.report --root outputs/zeroshot --out reports/zeroshot --shots 0
 
-report: install  ## aggregate results.json files -> reports/table1.{md,csv}, figure2.png, loss_curves.png
+report: install  ## aggregate results.json files -> outputs/reports/ (table1, figure2, loss curves, figure3); ARGS="--out reports" to replace the committed ones
 	$(BIN)/python -m gradft.report $(ARGS)
+
+data: install  ## write the SuperGLUE local layout (data.superglue_root) from the HF hub, for users who want files (needs network)
+	HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 $(BIN)/python -m gradft.data.export $(ARGS)
 
 clean:  ## remove outputs (runs, sweeps' local files); keeps reports/
 	rm -rf outputs multirun wandb

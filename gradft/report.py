@@ -1,11 +1,13 @@
-"""Tables and figures from results.json files only: ``python -m gradft.report [--root outputs/grid] [--out reports]``.
+"""Tables and figures from results.json files only: ``python -m gradft.report [--root outputs/grid] [--out DIR]``.
 
-Owns: collecting results (newest wins when a cell appears twice), Table 1 (``reports/table1.md`` / ``.csv``: per
-method avg accuracy, gradient stability, directional alignment as mean ± std over seeds, per-task accuracy, the
-majority-class row, and paired tests over (task, seed) pairs of ours vs each baseline and of each LM-head method
-``x-lm`` vs ``x`` in ``table1_paired.csv``),
-Figure 2 (``figure2.png``: accuracy vs shots) and the paper's Figure 4 (``loss_curves.png``: training loss per step),
-and logging them to W&B as a ``job_type=report`` run (mode from WANDB_MODE). Never trains or evaluates anything.
+Writes to ``outputs/reports/`` by default (``--out reports`` replaces the committed reports/). Owns: collecting
+results (newest wins when a cell appears twice), Table 1 (``table1.md`` / ``.csv``: per method avg accuracy, gradient
+stability, directional alignment as mean ± std over seeds, per-task accuracy, the three baseline rows (train-pool
+majority, chance, eval majority), and paired tests over (task, seed) pairs of ours vs each baseline and of each
+LM-head method ``x-lm`` vs ``x`` in ``table1_paired.csv``), one Table 1 per model when several models are found,
+Figure 2 (``figure2.png``: accuracy vs shots), the paper's Figure 4 (``loss_curves.png``: training loss per step),
+Figure 3 for the domain tasks (``gradft.report_figure3``), and logging them to W&B as a ``job_type=report`` run (mode
+from WANDB_MODE). Never trains or evaluates anything.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ ORDER = ["zero-shot", "full", "adapter", "lora", "prompt", "ours"]
 OURS = "ours"
 ZERO = "zero-shot"  # head=lm at shots=0: the pretrained LM with the task's prompt, no method applied
 TASK_METRICS = ("f1_macro", "f1a", "exact_match")
+BASELINES = {"baseline_train_majority": "train-pool majority", "baseline_chance": "chance (1/C)",
+             "baseline_eval_majority": "eval majority (needs eval labels)"}
 
 
 def collect(root: str | Path) -> list[dict[str, Any]]:
@@ -122,14 +126,14 @@ def table1(recs: list[dict], out: Path, root: Path) -> dict[str, Any]:
         rows.append([m, cols[0][2], *[x for c in cols + per_task for x in c[:2]]])
         md_rows.append([m, fmt(*cols[0], 100), fmt(*cols[1], digits=3), fmt(*cols[2], digits=3),
                         *[fmt(*c, 100) for c in per_task]])
-    trained = [r for r in recs if r["shots"] > 0] or recs  # the zero-shot baseline uses the whole pool's majority
-    first = {(r["task"], r["seed"]): _num(r["metrics"].get("majority_baseline")) for r in trained}
-    maj = [{"task": t, "seed": s, "metrics": {"accuracy": v}} for (t, s), v in first.items()]
-    avg = mean_std(seed_means(maj, tasks, "accuracy"))
-    per_task = [mean_std([v for (t, _), v in first.items() if t == task]) for task in tasks]
-    rows.append(["majority_class", avg[2], avg[0], avg[1], "", "", "", "", *[x for c in per_task for x in c[:2]]])
-    md_rows.append(["majority class", fmt(*avg, 100), "—", "—", *[fmt(*c, 100) for c in per_task]])
-
+    trained = [r for r in recs if r["shots"] > 0] or recs
+    for key, name in BASELINES.items():  # floors from results.json; older results (drawn-shots majority): "—"
+        first = {(r["task"], r["seed"]): _num(r["metrics"].get(key)) for r in trained}
+        maj = [{"task": t, "seed": s, "metrics": {"accuracy": v}} for (t, s), v in first.items()]
+        avg = mean_std(seed_means(maj, tasks, "accuracy"))
+        per_task = [mean_std([v for (t, _), v in first.items() if t == task]) for task in tasks]
+        rows.append([key, avg[2], avg[0], avg[1], "", "", "", "", *[x for c in per_task for x in c[:2]]])
+        md_rows.append([name, fmt(*avg, 100), "—", "—", *[fmt(*c, 100) for c in per_task]])
     acc = {m: {(r["task"], r["seed"]): _num(r["metrics"]["accuracy"]) for r in by_m[m]} for m in methods}
     pairs = [(OURS, b) for b in methods if b != OURS and OURS in acc and b != ZERO]
     pairs += [(m, m[:-3]) for m in methods if m.endswith("-lm") and m[:-3] in acc]  # LM head vs a new head
@@ -154,7 +158,9 @@ def table1(recs: list[dict], out: Path, root: Path) -> dict[str, Any]:
         f"({', '.join(f'{t} {n_eval[t][0] if len(n_eval[t]) == 1 else n_eval[t]}' for t in tasks)} examples); "
         "each entry is mean ± std over seeds (sample std). Avg accuracy, stability and alignment are averaged "
         f"over the {len(tasks)} tasks within each seed first; seeds missing a task are left out of them.",
-        f"From {len(recs)} results.json under `{root}`, {datetime.now():%Y-%m-%d %H:%M}.", "",
+        f"From {len(recs)} results.json under `{root}`, {datetime.now():%Y-%m-%d %H:%M}. Baselines: train-pool "
+        "majority = always the train pool's most frequent class (knowable without eval labels); chance = 1/C; eval "
+        "majority = the eval split's own majority rate (the best constant, which needs eval labels).", "",
         "| Method | Avg accuracy | Gradient stability | Directional alignment | " + " | ".join(tasks) + " |",
         "|---" * (4 + len(tasks)) + "|",
         *["| " + " | ".join(map(str, r)) + " |" for r in md_rows], "",
@@ -281,13 +287,9 @@ def log_wandb(out: Path, table: dict[str, Any], images: list[Path], project: str
     run.finish()
 
 
-def report(root: str | Path = "outputs/grid", out: str | Path = "reports", shots: int | None = None,
-           model: str | None = None, project: str = "gradft") -> dict[str, Any]:
-    root, out = Path(root), Path(out)
-    recs = collect(root)
-    if not recs:
-        raise SystemExit(f"no results.json under {root}: run `make table1` (or python -m gradft.grid ...) first")
-    model = model or Counter(r["model"] for r in recs).most_common(1)[0][0]
+def model_report(recs: list[dict], out: Path, root: Path, model: str, shots: int | None,
+                 project: str) -> dict[str, Any]:
+    """Table 1, Figure 2 and the loss curves of one model's SuperGLUE results."""
     recs = [r for r in recs if r["model"] == model]
     shot_counts = Counter(r["shots"] for r in recs)
     if shots is None:
@@ -308,10 +310,40 @@ def report(root: str | Path = "outputs/grid", out: str | Path = "reports", shots
     return table
 
 
+def report(root: str | Path = "outputs/grid", out: str | Path = "outputs/reports", shots: int | None = None,
+           model: str | None = None, project: str = "gradft") -> dict[str, Any]:
+    """Figure 3 from the table (domain / user) tasks' results, every model in one figure; Table 1 + Figure 2 from
+    the SuperGLUE results, one set per model (``<out>/<model>/`` when several are found and --model is not given)."""
+    from gradft.report_figure3 import figure3, is_table_task
+
+    root, out = Path(root), Path(out)
+    recs = collect(root)
+    if not recs:
+        raise SystemExit(f"no results.json under {root}: run `make table1` (or python -m gradft.grid ...) first")
+    domain = [r for r in recs if is_table_task(r) and (model is None or r["model"] == model)]
+    glue = [r for r in recs if not is_table_task(r)]
+    if domain:
+        paths = figure3(domain, out, root)
+        print(f"wrote {', '.join(str(p) for p in paths)} (Figure 3: {len(domain)} domain-task results)")
+    table: dict[str, Any] = {}
+    models = [m for m, _ in Counter(r["model"] for r in glue).most_common()]
+    if model:
+        if glue and model not in models:
+            raise SystemExit(f"no {model} results under {root} (have {models})")
+        models = [model] if glue else []
+    elif len(models) > 1:
+        print(f"results of {len(models)} models under {root} ({', '.join(models)}): one Table 1 per model, in "
+              f"{out}/<model>/ (pick one with --model)")
+    for m in models:
+        table = model_report(glue, out / m if len(models) > 1 else out, root, m, shots, project)
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gradft.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default="outputs/grid", help="searched recursively for results.json")
-    ap.add_argument("--out", default="reports")
+    ap.add_argument("--out", default="outputs/reports",
+                    help="default outputs/reports; --out reports replaces the committed reports/")
     ap.add_argument("--shots", type=int, help="Table 1's shot count (default 32, else the most common)")
     ap.add_argument("--model", help="default: the model with the most results")
     ap.add_argument("--project", default="gradft", help="W&B project of the report run")

@@ -145,3 +145,26 @@ def test_baselines_are_train_pool_majority_chance_and_eval_majority():
     assert b["baseline_chance"] == pytest.approx(1 / 3) and b["baseline_eval_majority"] == pytest.approx(3 / 5)
     tie = baselines([0, 1, 1, 0], [1, 1, 0], 2)  # a tie in the pool breaks to the lowest class index, always
     assert tie["baseline_train_majority"] == pytest.approx(1 / 3)
+
+
+def test_export_turns_hub_rows_back_into_the_local_schema_that_load_task_reads(tmp_path):
+    """`make data` writes what data.source=local reads: the hub rows of RTE and MultiRC (as hub_to_examples takes
+    them) round-trip through hub_rows_to_local and the local loader to the same Examples (the hub itself is offline)."""
+    from omegaconf import OmegaConf
+
+    from gradft.data import hub_to_examples
+    from gradft.data.export import hub_rows_to_local
+    from gradft.data.superglue import _load_local
+    from gradft.data.taskconf import CONF_DIR
+
+    rte = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "task" / "rte.yaml"))
+    mrc = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "task" / "multirc.yaml"))
+    hub = {"rte": [{"premise": f"p{i}", "hypothesis": f"h{i}", "idx": i, "label": i % 2} for i in range(4)],
+           "multirc": [{"paragraph": "P", "question": f"q{q}", "answer": f"a{a}", "label": (q + a) % 2,
+                        "idx": {"paragraph": 0, "question": q, "answer": a}} for q in range(2) for a in range(3)]}
+    for task in (rte, mrc):
+        path = tmp_path / task["dir"] / "val.jsonl"
+        path.parent.mkdir(parents=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in hub_rows_to_local(hub[task["name"]], task)))
+        local = _load_local(task, {"superglue_root": str(tmp_path)}, {"root": "superglue", "split": "val"})
+        assert local == hub_to_examples(hub[task["name"]], task)

@@ -45,16 +45,17 @@ def rows(path: Path) -> list[dict[str, str]]:
 def test_table_has_a_row_per_method_and_the_majority_baseline_with_finite_numbers(reported):
     _, out = reported
     table = {r["method"]: r for r in rows(out / "table1.csv")}
-    assert list(table) == ["prompt", "ours", "majority_class"]
+    assert list(table) == ["prompt", "ours", "baseline_train_majority", "baseline_chance", "baseline_eval_majority"]
     for method, r in table.items():
         keys = ["avg_acc_mean", "cb_acc_mean", "rte_acc_mean"]
-        if method != "majority_class":
+        if not method.startswith("baseline_"):
             keys += ["stability_mean", "alignment_mean"]
         assert all(math.isfinite(float(r[k])) for k in keys), r
         assert 0 <= float(r["avg_acc_mean"]) <= 1
     md = (out / "table1.md").read_text()
     assert "Model **tiny_bert**, **32** shots, seeds 0" in md and "2 training steps" in md
-    for name in ("| prompt |", "| ours |", "| majority class |", "ours vs each baseline", "| ours | prompt | 2 |"):
+    assert float(table["baseline_chance"]["cb_acc_mean"]) == pytest.approx(1 / 3)
+    for name in ("| prompt |", "| ours |", "| train-pool majority |", "| chance (1/C) |", "| eval majority", "ours vs each baseline", "| ours | prompt | 2 |"):
         assert name in md
 
 
@@ -106,9 +107,48 @@ def test_zero_shot_and_lm_head_runs_are_rows_of_their_own_and_zero_shot_runs_onc
     assert grid.main(args) == 0
     report.main(["--root", str(root), "--out", str(out)])
     table = {r["method"]: r for r in rows(out / "table1.csv")}
-    assert list(table) == ["zero-shot", "lora", "lora-lm", "majority_class"]
+    assert list(table)[:3] == ["zero-shot", "lora", "lora-lm"] and list(table)[3:] == list(report.BASELINES)
     assert table["zero-shot"]["stability_mean"] == ""  # no gradient measured at k=0
     assert all(0 <= float(table[m]["avg_acc_mean"]) <= 1 for m in ("zero-shot", "lora", "lora-lm"))
     assert (out / "figure2.png").read_bytes().startswith(PNG)
     (paired_row,) = rows(out / "table1_paired.csv")  # the LM head against its new-head twin, per (task, seed)
     assert (paired_row["method"], paired_row["baseline"], paired_row["n_pairs"]) == ("lora-lm", "lora", "2")
+
+
+def test_default_out_is_outputs_reports_never_the_committed_reports(reported, tmp_path, monkeypatch):
+    root, _ = reported
+    monkeypatch.chdir(tmp_path)
+    report.main(["--root", str(root)])
+    assert (tmp_path / "outputs" / "reports" / "table1.md").exists() and not (tmp_path / "reports").exists()
+
+
+def test_results_of_two_models_make_one_table_per_model(reported, tmp_path):
+    """A copy of the smoke results relabelled as another model: each model gets its own Table 1, none is mixed."""
+    import json
+    import shutil
+
+    root, _ = reported
+    both = tmp_path / "both"
+    shutil.copytree(root, both / "a")
+    for path in (both / "a").rglob("results.json"):
+        r = json.loads(path.read_text())
+        r["model"] = "other_model"
+        path.write_text(json.dumps(r))
+    shutil.copytree(root, both / "b")
+    report.main(["--root", str(both), "--out", str(tmp_path / "out")])
+    for model in ("tiny_bert", "other_model"):
+        md = (tmp_path / "out" / model / "table1.md").read_text()
+        assert f"Model **{model}**" in md and "From 4 results.json" in md
+
+
+def test_figure3_from_a_tiny_domain_grid_has_bars_and_the_three_baselines(tmp_path):
+    root, out = tmp_path / "grid", tmp_path / "reports"
+    assert grid.main(["figure3", "--out", str(root), "task=promise_nfr,overruling", "method=lora,ours", "seed=0,1",
+                      "head=classifier", "model=tiny_bert", "trainer.steps=1", "eval.max_examples=16",
+                      "logger.mode=disabled", "trainer.threads=1", "metrics.every=0"]) == 0
+    report.main(["--root", str(root), "--out", str(out)])
+    assert (out / "figure3.png").read_bytes().startswith(PNG) and not (out / "table1.md").exists()
+    md = (out / "figure3.md").read_text()
+    assert "| promise_nfr (technical) | 16 | tiny_bert | lora |" in md and "| overruling (legal) | 16 |" in md
+    assert "train-pool majority" in md and "chance" in md and "eval majority" in md
+    assert "| tiny_bert | ours | lora | 4 |" in md  # paired over 2 tasks x 2 seeds

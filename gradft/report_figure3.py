@@ -1,0 +1,115 @@
+"""The paper's Figure 3 from results.json files: few-shot accuracy on the domain (table) tasks.
+
+Owns `is_table_task` (a result whose ``data.source`` is files or hub-table: the domain tasks and any user task) and
+`figure3`: ``figure3.png`` (accuracy per task, one bar per method and model with ± std error bars over seeds, the
+train-pool majority marked as a line, chance dotted) and ``figure3.md`` (accuracy and macro-F1 per task and method,
+the three baselines beside each row, and a paired test of ours vs lora over (task, seed) within each model and head).
+Called by ``gradft.report``; draws every model found (the legend says which), trains nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gradft.report import _methods, _num, fmt, mean_std, paired  # noqa: E402
+
+DOMAIN = {"overruling": "legal", "unfair_tos": "legal (ToS)", "promise_nfr": "technical", "scicite": "science",
+          "uk_manifesto": "policy"}  # the paper's "financial" has no data set here (docs/data.md)
+
+
+def is_table_task(r: dict[str, Any]) -> bool:
+    return (r.get("data") or {}).get("source") in ("files", "hub") and "labels" in (r.get("data") or {})
+
+
+def _series(recs: list[dict]) -> list[tuple[str, str]]:
+    """(model, method) pairs, models by name, methods in the report's order."""
+    return [(mo, me) for mo in sorted({r["model"] for r in recs})
+            for me in _methods([r for r in recs if r["model"] == mo])]
+
+
+def _base(recs: list[dict], task: str, key: str) -> float:
+    return mean_std([_num(r["metrics"].get(key)) for r in recs if r["task"] == task])[0]
+
+
+def figure3(recs: list[dict], out: Path, root: Path) -> list[Path]:
+    recs = [r for r in recs if r["shots"] > 0]
+    if not recs:
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = sorted({r["task"] for r in recs}, key=lambda t: (t not in DOMAIN, DOMAIN.get(t, ""), t))
+    series = _series(recs)
+    cell = {(mo, me, t): [r for r in recs if (r["model"], r["method"], r["task"]) == (mo, me, t)]
+            for mo, me in series for t in tasks}
+    stat = {k: mean_std([_num(r["metrics"]["accuracy"]) for r in v]) for k, v in cell.items()}
+    f1 = {k: mean_std([_num(r["metrics"].get("f1_macro")) for r in v]) for k, v in cell.items()}
+
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(tasks) + 2), 4.8))
+    width = 0.8 / max(len(series), 1)
+    for i, (mo, me) in enumerate(series):
+        mu = np.array([stat[(mo, me, t)][0] for t in tasks]) * 100
+        sd = np.nan_to_num(np.array([stat[(mo, me, t)][1] for t in tasks]) * 100)
+        ax.bar(np.arange(len(tasks)) + (i - (len(series) - 1) / 2) * width, mu, width, yerr=sd, capsize=2,
+               label=f"{me} ({mo})")
+    for j, t in enumerate(tasks):
+        lo, hi = j - 0.45, j + 0.45
+        ax.hlines(_base(recs, t, "baseline_train_majority") * 100, lo, hi, colors="black", linewidth=1.5,
+                  label="train-pool majority" if j == 0 else None)
+        ax.hlines(_base(recs, t, "baseline_chance") * 100, lo, hi, colors="gray", linestyles=":",
+                  label="chance (1/C)" if j == 0 else None)
+    ax.set_xticks(range(len(tasks)), [f"{t}\n({DOMAIN.get(t, 'user task')})" for t in tasks], fontsize=8)
+    ax.set_ylabel("accuracy (%) on the task's eval split")
+    shots = sorted({r["shots"] for r in recs})
+    seeds = sorted({r["seed"] for r in recs})
+    ax.set_title(f"Figure 3: domain tasks, k={'/'.join(map(str, shots))}, seeds {','.join(map(str, seeds))} "
+                 "(bars: mean, error bars: ± std)", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "figure3.png", dpi=130)
+    plt.close(fig)
+
+    n_eval = {t: sorted({r.get("eval_examples") for r in recs if r["task"] == t}) for t in tasks}
+    lines = ["# Figure 3: few-shot accuracy on domain tasks", "",
+             f"k = {'/'.join(map(str, shots))} shots, seeds {', '.join(map(str, seeds))}; mean ± std over seeds "
+             f"(sample std). From {len(recs)} results.json under `{root}`, {datetime.now():%Y-%m-%d %H:%M}. "
+             "Accuracy and macro-F1 (%) on each task's seeded eval split; beside each row the three baselines: "
+             "train-pool majority (the constant a user can know without eval labels; its macro-F1 in brackets), "
+             "chance (1/C), and the eval split's own majority rate. The paper's *financial* domain has no data set "
+             "here (docs/data.md).", "",
+             "| task (domain) | eval n | model | method | accuracy | macro-F1 | train-pool majority | chance | "
+             "eval majority |", "|---|---|---|---|---|---|---|---|---|"]
+    for t in tasks:
+        tr = [r for r in recs if r["task"] == t]
+        base = (f"{_base(tr, t, 'baseline_train_majority') * 100:.1f} "
+                f"({_base(tr, t, 'baseline_train_majority_f1_macro') * 100:.1f}) | "
+                f"{_base(tr, t, 'baseline_chance') * 100:.1f} | {_base(tr, t, 'baseline_eval_majority') * 100:.1f}")
+        for mo, me in series:
+            if stat[(mo, me, t)][2]:
+                lines.append(f"| {t} ({DOMAIN.get(t, 'user task')}) | {'/'.join(map(str, n_eval[t]))} | {mo} | {me} "
+                             f"| {fmt(*stat[(mo, me, t)], 100)} | {fmt(*f1[(mo, me, t)], 100)} | {base} |")
+    tests = []
+    for mo in sorted({r["model"] for r in recs}):
+        for ours, base in (("ours", "lora"), ("ours-lm", "lora-lm")):
+            acc = {m: {(r["task"], r["seed"]): _num(r["metrics"]["accuracy"]) for r in recs
+                       if r["model"] == mo and r["method"] == m} for m in (ours, base)}
+            if acc[ours] and acc[base]:
+                tests.append((mo, ours, base, paired(acc[ours], acc[base])))
+    if tests:
+        p = lambda x: f"{x:.3g}" if math.isfinite(x) else "—"  # noqa: E731
+        lines += ["", "## Paired over (task, seed): ours vs lora", "",
+                  "| model | method | baseline | pairs | mean diff (pts) | p (t-test) | p (Wilcoxon) |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {mo} | {a} | {b} | {t['n_pairs']} | {t['mean_diff'] * 100:+.2f} | {p(t['p_ttest'])} | "
+                  f"{p(t['p_wilcoxon'])} |" for mo, a, b, t in tests]
+    (out / "figure3.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return [out / "figure3.png", out / "figure3.md"]
