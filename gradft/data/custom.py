@@ -149,7 +149,7 @@ def _count(spec: float | int | None, n: int) -> int:
 
 
 def carve(items: list, n: int, seed: int, stratify: bool, what: str) -> tuple[list, list]:
-    """Split n items off (seeded; per class in proportion when stratify) -> (rest, carved), both in input order."""
+    """Split n items off (seeded; per class in proportion when stratify) -> (rest in input order, carved shuffled)."""
     if n <= 0:
         return items, []
     if n >= len(items):
@@ -166,7 +166,9 @@ def carve(items: list, n: int, seed: int, stratify: bool, what: str) -> tuple[li
         chosen = {i for c, ix in sorted(by.items()) for i in rng.sample(ix, quota[c])}
     else:
         chosen = set(rng.sample(range(len(items)), n))
-    return [it for i, it in enumerate(items) if i not in chosen], [it for i, it in enumerate(items) if i in chosen]
+    carved = [it for i, it in enumerate(items) if i in chosen]
+    rng.shuffle(carved)  # files are often sorted by label: an eval.max_examples cap must not take one class
+    return [it for i, it in enumerate(items) if i not in chosen], carved
 
 
 def load_table_task(task: dict[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
