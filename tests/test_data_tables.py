@@ -168,3 +168,17 @@ def test_export_turns_hub_rows_back_into_the_local_schema_that_load_task_reads(t
         path.write_text("".join(json.dumps(r) + "\n" for r in hub_rows_to_local(hub[task["name"]], task)))
         local = _load_local(task, {"superglue_root": str(tmp_path)}, {"root": "superglue", "split": "val"})
         assert local == hub_to_examples(hub[task["name"]], task)
+
+
+def test_source_auto_reads_local_files_when_they_exist_else_the_hub_else_names_both(tmp_path):
+    from conftest import make_cfg
+    from omegaconf import OmegaConf
+
+    cfg = make_cfg("task=cb")
+    assert cfg.data.source == "auto"
+    td = load_task(cfg.task, cfg.data)
+    assert td.info["source"] == "local" and len(td.eval) == 56 and len(td.info["files"][0]["sha256"]) == 64
+    data = OmegaConf.merge(cfg.data, {"superglue_root": str(tmp_path / "none"), "hub_id": "no/such-hub-dataset"})
+    with pytest.raises(DataError, match=r"no data\. Local: data root not found: looked for .*none.*Hub: could not "
+                                        r"load hub dataset 'no/such-hub-dataset'"):
+        load_task(cfg.task, data)
