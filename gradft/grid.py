@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -262,6 +263,38 @@ def work(p: Plan, t0: float, worker: int = 0, n_workers: int = 1) -> None:
             time.sleep(POLL_S)
 
 
+def run_workers(target: Callable[..., Any], args: list[tuple], names: list[str] | None = None,
+                grace_s: float = 60.0) -> list[int | None]:
+    """One spawned process per ``args`` tuple, joined; their exit codes. SIGTERM to this process (kill, a scheduler,
+    ``timeout``) must not leave workers running on: it is passed on to them (a run records its stop and exits), they
+    get ``grace_s`` to finish, the stragglers are killed, and this process exits 143. Grids and sweeps use it."""
+    ctx = mp.get_context("spawn")
+    procs: list[Any] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        log.warning("SIGTERM: stopping %d worker process(es)", sum(pr.is_alive() for pr in procs))
+        for pr in procs:
+            pr.terminate()
+        deadline = time.time() + grace_s
+        for pr in procs:
+            pr.join(max(0.0, deadline - time.time()))
+            if pr.is_alive():
+                pr.kill()
+                pr.join()
+        sys.exit(143)
+
+    previous = signal.signal(signal.SIGTERM, stop)  # before the first start: no window for an orphan
+    try:
+        for i, a in enumerate(args):
+            procs.append(ctx.Process(target=target, args=a, name=names[i] if names else None))
+            procs[-1].start()
+        for pr in procs:
+            pr.join()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return [pr.exitcode for pr in procs]
+
+
 def execute(p: Plan, workers: int = 1) -> int:
     """Run the plan with ``workers`` processes (in this process when 1); 0 when every feasible cell is done."""
     t0 = time.time()
@@ -272,19 +305,8 @@ def execute(p: Plan, workers: int = 1) -> int:
              len(p.cells) - len(todo), len(todo), len(p.skipped), p.root)
     if todo and workers <= 1:
         work(p, t0)
-    elif todo:
-        procs = [mp.get_context("spawn").Process(target=work, args=(p, t0, i, workers)) for i in range(workers)]
-        for pr in procs:
-            pr.start()
-        # SIGTERM to the parent (kill, a scheduler) must not leave workers running on: pass it on to them
-        def stop(*_: Any) -> None:
-            for pr in procs:
-                pr.terminate()
-            sys.exit(143)
-
-        signal.signal(signal.SIGTERM, stop)
-        for pr in procs:
-            pr.join()  # a worker that dies leaves its cell's lock stale: the others (or a rerun) take it over
+    elif todo:  # a worker that dies leaves its cell's lock stale: the others (or a rerun) take it over
+        run_workers(work, [(p, t0, i, workers) for i in range(workers)])
     left = [c.rel for c in p.cells if not p.is_done(c)]
     failed = [c.rel for c in p.cells if c.rel in left and p.failed_since(c, t0)]
     log.info("grid %s: %d/%d cells done; failed (see <cell>/error.json): %s; not run: %d", p.name,

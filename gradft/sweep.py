@@ -14,7 +14,6 @@ import argparse
 import fcntl
 import logging
 import math
-import multiprocessing as mp
 import os
 import socket
 import statistics
@@ -32,8 +31,8 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from gradft.grid import compose_run, set_worker_threads
-from gradft.run import CONF_DIR, run
+from gradft.config import CONF_DIR
+from gradft.stopping import sigterm_interrupts
 from gradft.tracking import atomic_write
 
 log = logging.getLogger("gradft.sweep")
@@ -127,10 +126,25 @@ def make_storage(spec: Spec) -> optuna.storages.RDBStorage:
     hb = spec.heartbeat or {}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kw, heartbeat_interval=hb.get("interval"),
-                                          grace_period=hb.get("grace_period"))
+                                          grace_period=hb.get("grace_period"), failed_trial_callback=_stale_failed)
     except Exception as e:  # a driver missing, a server down, a path that cannot be created: one clear line
         hint = " (PostgreSQL needs a driver: pip install psycopg2-binary)" if url.startswith("postgres") else ""
         raise ValueError(f"storage={url!r} cannot be opened{hint}: {str(e).splitlines()[0]}") from e
+
+
+def _stale_failed(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Optuna's heartbeat callback: a RUNNING trial whose worker stopped beating (killed) was just marked FAIL."""
+    log.warning("trial #%d (worker %s) had no heartbeat for over the grace period: marked FAIL; its point is "
+                "proposed again only if it is an enqueued reference point", trial.number,
+                trial.user_attrs.get("worker", "?"))
+
+
+def budget_met(study: optuna.Study, spec: Spec) -> bool:
+    """COMPLETE + PRUNED trials reach the budget (or a grid sampler has run every point)."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    done = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
+    return done >= spec.n_trials or (isinstance(study.sampler, optuna.samplers.GridSampler)
+                                     and study.sampler.is_exhausted(study))
 
 
 def _fmt(v: Any) -> str:
@@ -171,6 +185,9 @@ class Objective:
         self.spec, self.extra, self.lock, self.worker = spec, extra, lock, worker
 
     def __call__(self, trial: optuna.Trial) -> float:
+        from gradft.grid import compose_run  # torch and the models: only when a trial runs
+        from gradft.run import run
+
         self.lock.release()  # the trial exists (RUNNING): other workers now count it
         spec = self.spec
         trial.study.sampler = make_sampler(spec, derive_seed(spec.seed, trial.number))
@@ -210,26 +227,37 @@ class Objective:
 def work(spec: Spec, extra: list[str], worker: int = 0, n_workers: int = 1) -> int:
     """One worker: run trials until the budget is met; 0 on success, 1 when max_failures is reached."""
     if n_workers > 1:
+        from gradft.grid import set_worker_threads
+
         set_worker_threads(n_workers)
     storage = make_storage(spec)
     study = optuna.load_study(study_name=spec.study_name, storage=storage, pruner=make_pruner(spec),
                               sampler=make_sampler(spec, derive_seed(spec.seed, 2**31 + worker)))
     lock = BudgetLock(Path(spec.out_dir) / f".{spec.study_name}.budget.lock")
     objective = Objective(spec, extra, lock, f"{socket.gethostname()}:{os.getpid()}:w{worker}")
+    waited_for: set[int] = set()
     while True:
         lock.acquire()
         try:
             optuna.storages.fail_stale_trials(study)  # RUNNING trials of killed workers (no heartbeat) -> FAIL
-            states = [t.state for t in study.get_trials(deepcopy=False)]
+            trials = study.get_trials(deepcopy=False)
+            states = [t.state for t in trials]
             done = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
-            if done >= spec.n_trials or (isinstance(study.sampler, optuna.samplers.GridSampler)
-                                         and study.sampler.is_exhausted(study)):
+            if budget_met(study, spec):
+                log.info("budget met: %d COMPLETE+PRUNED trials of %d", done, spec.n_trials)
                 return 0
             if states.count(TrialState.FAIL) >= spec.max_failures:
                 log.error("%d failed trials (max_failures=%d): stopping", states.count(TrialState.FAIL),
                           spec.max_failures)
                 return 1
             if done + states.count(TrialState.RUNNING) >= spec.n_trials:
+                running = {t.number for t in trials if t.state == TrialState.RUNNING}
+                if running != waited_for:  # said once per change, not every WAIT_S
+                    hb = spec.heartbeat or {}
+                    log.info("the last trial(s) %s are running (another worker, or a killed one): waiting; a trial "
+                             "whose heartbeat stops is failed after grace_period=%ss and run again here",
+                             ", ".join(f"#{n}" for n in sorted(running)), hb.get("grace_period"))
+                    waited_for = running
                 lock.release()  # the last trials are running elsewhere: wait in case one fails
                 time.sleep(WAIT_S)
                 continue
@@ -240,7 +268,13 @@ def work(spec: Spec, extra: list[str], worker: int = 0, n_workers: int = 1) -> i
 
 def _worker_main(spec_dict: dict[str, Any], extra: list[str], worker: int, n_workers: int) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [sweep w{worker}] %(levelname)s %(message)s")
-    sys.exit(work(Spec(**spec_dict), extra, worker, n_workers))
+    try:
+        with sigterm_interrupts():  # the parent passes SIGTERM on: the running trial is failed, not left RUNNING
+            code = work(Spec(**spec_dict), extra, worker, n_workers)
+    except KeyboardInterrupt as e:
+        log.warning("worker %d stopped (%s); its running trial was marked FAIL", worker, e)
+        code = getattr(e, "exit_code", 130)
+    sys.exit(code)
 
 
 def experiment_override(name: str) -> str:
@@ -320,17 +354,23 @@ def sweep(spec: Spec, extra: list[str] = (), workers: int = 1, conf_dir: Path = 
         log.warning("the spec differs from the one this study was created with (see its user attr `spec`)")
     study.set_user_attr("spec", kept)
     enqueue(study, spec.enqueue)
-    if workers <= 1:
-        code = work(spec, extra)
+    if budget_met(study, spec):  # nothing to run: no worker is started (and nothing heavy imported)
+        log.info("budget met: %d trials COMPLETE or PRUNED of n_trials=%d; nothing to run (raise --n-trials for "
+                 "more)", sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials()),
+                 spec.n_trials)
+        code = 0
+    elif workers <= 1:
+        with sigterm_interrupts():
+            code = work(spec, extra)
     else:
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker_main, args=(asdict(spec), extra, i, workers), name=f"sweep-w{i}")
-                 for i in range(workers)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-        code = max(p.exitcode != 0 for p in procs)
+        from gradft.grid import run_workers
+
+        codes = run_workers(_worker_main, [(asdict(spec), extra, i, workers) for i in range(workers)],
+                            [f"sweep-w{i}" for i in range(workers)])
+        for i, c in enumerate(codes):
+            if c:
+                log.error("worker %d exited with code %s (its log lines above say why)", i, c)
+        code = int(any(codes))
     best_path = write_best(study, spec, extra, conf_dir)
     print(summary(study, spec, best_path))
     return int(code)
@@ -363,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # a bad spec or storage: one line, exit 2
         print(f"gradft.sweep: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # SIGINT, or SIGTERM with one worker: the running trial is FAIL
+        log.warning("sweep stopped (%s); finished trials are kept, rerun the command to resume", e or "SIGINT")
+        return getattr(e, "exit_code", 130)
 
 
 if __name__ == "__main__":

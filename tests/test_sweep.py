@@ -5,6 +5,7 @@ storage, a SIGKILLed worker, and the best-params experiment file."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -255,3 +256,53 @@ def test_a_storage_url_that_cannot_be_opened_fails_with_a_clear_message(url, nee
     proc = subprocess.run([sys.executable, "-m", "gradft.sweep", "sweeps/smoke.yaml", "--storage", url,
                            "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and f"storage={url!r}" in proc.stderr and needle in proc.stderr, proc.stderr[-1500:]
+
+
+def test_a_sweep_that_met_its_budget_exits_0_at_once_without_starting_workers(resumed):
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "gradft.sweep", str(resumed), "--workers", "2",
+                           "--n-trials", "3", "--conf-dir", str(resumed.parent / "conf")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    seconds = time.perf_counter() - t0
+    err = "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("import time:"))
+    assert proc.returncode == 0 and "budget met: 3 trials COMPLETE or PRUNED of n_trials=3" in err, err[-2000:]
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" not in imported and seconds < 20, seconds  # was ~61 s: two workers importing torch to do nothing
+    assert len(trials(resumed)) == 3
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_two_worker_sweep_stops_its_workers_and_fails_their_trials(tmp_path):
+    spec = make_spec(tmp_path)
+    s = sweep.load_spec(spec)
+    optuna.create_study(study_name=s.study_name, storage=s.storage, direction="maximize")  # before polling it
+    p = cli(str(spec), "--workers", "2", "--n-trials", "4", "--conf-dir", str(tmp_path / "conf"), "trainer.steps=5000")
+    pids: list[int] = []
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and p.poll() is None:
+            time.sleep(0.5)
+            running = [t for t in trials(spec) if t.state == TrialState.RUNNING]
+            if len(running) == 2 and all("worker" in t.user_attrs for t in running):
+                pids = [int(t.user_attrs["worker"].split(":")[1]) for t in running]
+                break
+        assert len(pids) == 2, "two trials never ran at once"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=180)
+        assert p.returncode == 143, err[-3000:]
+        time.sleep(1.0)
+        assert not any(_alive(pid) for pid in pids), "a worker outlived the sweep it belonged to"
+        assert [t.state for t in trials(spec)] == [TrialState.FAIL] * 2  # recorded at once, not left RUNNING
+    finally:
+        for pid in pids:  # the workers this test started, if the code under test orphaned them
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if p.poll() is None:
+            p.kill()
