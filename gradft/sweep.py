@@ -128,7 +128,8 @@ def make_storage(spec: Spec) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(url, engine_kwargs=kw, heartbeat_interval=hb.get("interval"),
                                           grace_period=hb.get("grace_period"), failed_trial_callback=_stale_failed)
     except Exception as e:  # a driver missing, a server down, a path that cannot be created: one clear line
-        hint = " (PostgreSQL needs a driver: pip install psycopg2-binary)" if url.startswith("postgres") else ""
+        hint = (" (PostgreSQL: the `postgres` extra installs the psycopg driver, used by postgresql+psycopg://...)"
+                if url.startswith("postgres") else "")
         raise ValueError(f"storage={url!r} cannot be opened{hint}: {str(e).splitlines()[0]}") from e
 
 
