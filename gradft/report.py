@@ -220,6 +220,11 @@ def figure2(recs: list[dict], out: Path, root: Path) -> Path:
         x, mu, sd = (np.array(v, dtype=float) for v in zip(*pts, strict=True))
         ax.plot(x, mu * 100, marker="o", label=m, linestyle="--" if m.endswith("-lm") else "-")
         ax.fill_between(x, (mu - sd) * 100, (mu + sd) * 100, alpha=0.2)
+    for key, style in (("baseline_train_majority", "-"), ("baseline_chance", ":")):  # task means; k-independent
+        per_task = [mean_std([_num(r["metrics"].get(key)) for r in trained if r["task"] == t])[0] for t in common]
+        if per_task and all(math.isfinite(v) for v in per_task):
+            ax.axhline(float(np.mean(per_task)) * 100, color="black" if style == "-" else "gray", linestyle=style,
+                       linewidth=1, label=BASELINES[key])
     ticks = [math.log2(k) for k in shots]
     labels = [str(k) for k in shots]
     if zero_pt[2]:

@@ -67,6 +67,7 @@ def figure3(recs: list[dict], out: Path, root: Path) -> list[Path]:
                   label="chance (1/C)" if j == 0 else None)
     ax.set_xticks(range(len(tasks)), [f"{t}\n({DOMAIN.get(t, 'user task')})" for t in tasks], fontsize=8)
     ax.set_ylabel("accuracy (%) on the task's eval split")
+    ax.set_ylim(bottom=0)
     shots = sorted({r["shots"] for r in recs})
     seeds = sorted({r["seed"] for r in recs})
     ax.set_title(f"Figure 3: domain tasks, k={'/'.join(map(str, shots))}, seeds {','.join(map(str, seeds))} "
