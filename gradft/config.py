@@ -185,6 +185,10 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(splits, list) or not splits or any(s not in SPLITS for s in splits):
         raise ValueError(f"eval.splits={splits!r}: must be a non-empty list of {', '.join(SPLITS)}")
     _number("model.max_length", cfg.model.max_length, integer=True, minimum=1)
+    where = str(cfg.model.get("name_or_path") or "") if cfg.model.get("source") == "hub" else ""
+    if where.startswith(("/", "./", "../", "~")) and not Path(where).expanduser().is_dir():  # a path, not a hub id
+        raise ValueError(f"model.name_or_path={where!r}: no such folder (a local model is a folder with config.json; "
+                         "a hub id looks like org/name)")
     _number("seed", cfg.seed, integer=True, strict=False)
     _number("data_seed", cfg.data_seed, integer=True, strict=False)
     _choice("logger.mode", cfg.logger.mode, MODES)

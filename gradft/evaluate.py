@@ -3,6 +3,9 @@ back in the original order, then scored with the task's metrics."""
 
 from __future__ import annotations
 
+import logging
+import time
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -10,6 +13,8 @@ from tqdm.auto import tqdm
 from gradft.data import Collator, Example
 from gradft.forward import logits_of, to_device
 from gradft.metrics import task_metrics
+
+log = logging.getLogger(__name__)
 
 
 def _length(ex: Example) -> int:
@@ -35,5 +40,9 @@ def predict(model: nn.Module, examples: list[Example], collate: Collator, batch_
 
 def evaluate(model: nn.Module, examples: list[Example], collate: Collator, batch_size: int, device: torch.device,
              metric_names: list[str], n_classes: int, desc: str = "eval") -> dict[str, float]:
+    t0 = time.perf_counter()
+    log.info("%s: scoring %d examples", desc, len(examples))  # a long silence otherwise (BoolQ: minutes)
     preds = predict(model, examples, collate, batch_size, device, desc)
-    return task_metrics(metric_names, preds, [e.label for e in examples], n_classes, [e.group for e in examples])
+    scores = task_metrics(metric_names, preds, [e.label for e in examples], n_classes, [e.group for e in examples])
+    log.info("%s: %s (%.1f s)", desc, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), time.perf_counter() - t0)
+    return scores

@@ -107,11 +107,14 @@ class Tracker:
         import wandb
 
         group = lcfg.get("group") or f"{cfg.method.name}-{cfg.task.name}-k{cfg.shots}-{config_key(cfg)}"
+        out_dir.mkdir(parents=True, exist_ok=True)  # W&B warns "git root <dir> does not exist" for a missing dir
+        repo = Path(__file__).resolve().parent.parent
+        git = {"git_root": str(repo)} if (repo / ".git").exists() else {"disable_git": True}
         self.run = wandb.init(
             project=lcfg.project, entity=lcfg.get("entity"), mode=mode, dir=str(out_dir), group=group,
             job_type=cfg.method.name, name=f"{cfg.method.name}-{cfg.task.name}-k{cfg.shots}-s{cfg.seed}",
             tags=list(lcfg.get("tags") or []), config=OmegaConf.to_container(cfg, resolve=True),
-            reinit="finish_previous", settings=wandb.Settings(init_timeout=30, silent=True),
+            reinit="finish_previous", settings=wandb.Settings(init_timeout=30, silent=True, **git),
         )
 
     def log(self, values: dict[str, float], step: int) -> None:

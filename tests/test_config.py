@@ -36,6 +36,7 @@ TINY = ["model=tiny_bert", "trainer.steps=2", "eval.max_examples=16"]
     (["eval.select_every=-2"], "eval.select_every=-2"),
     (["eval.splits=[test]"], "eval.splits=['test']"),
     (["model.max_length=0"], "model.max_length=0"),
+    (["model=hub", "model.name_or_path=/nonexistent/dir"], "model.name_or_path='/nonexistent/dir': no such folder"),
     (["+foo=1"], "unknown config key: foo"),
     (["+trainer.stepz=3"], "unknown config key: trainer.stepz; did you mean trainer.steps?"),
     (["+method.bottleneck=4"], "method.bottleneck: not a key of method lora"),
