@@ -38,11 +38,16 @@ def _last_logits(model: nn.Module, keep: int, **inputs: Tensor):
     return out, out.logits[:, -keep:]
 
 
+def at_least_fp32(x: Tensor) -> Tensor:
+    """Promote bf16/fp16 logits to fp32 for the loss; keep fp64 (a cast to fp32 capped float64 checks at ~1e-7)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _mean_logprob(pred: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
     """Per row: mean over masked t of log softmax(pred[t])[targets[t]]. Only the masked positions are normalised
     (a log-softmax over the whole vocabulary at every position would cost B·C·L·V)."""
     sel = mask.bool()
-    lp = pred[sel].float().log_softmax(-1).gather(-1, targets[sel][:, None]).squeeze(-1)
+    lp = at_least_fp32(pred[sel]).log_softmax(-1).gather(-1, targets[sel][:, None]).squeeze(-1)
     rows = sel.nonzero()[:, 0]
     total = torch.zeros(mask.shape[0], dtype=lp.dtype, device=lp.device).index_add(0, rows, lp)
     return total / mask.sum(1).clamp(min=1)
@@ -86,7 +91,7 @@ def _candidate_scores_reuse(model: nn.Module, batch: dict[str, Tensor]) -> Tenso
 def logits_of(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """(B, C) class logits or candidate scores of a collated batch."""
     if "label_token_ids" in batch:
-        return _verbalizer_logits(model, batch).float()
+        return at_least_fp32(_verbalizer_logits(model, batch))
     if "prefix_ids" in batch:
         return _candidate_scores_reuse(model, batch).view(-1, int(batch["n_choices"]))
     if "target_mask" in batch:
@@ -95,12 +100,34 @@ def logits_of(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     logits = model(**inputs).logits
     if "n_choices" in batch:
         logits = logits.view(-1, int(batch["n_choices"]))
-    return logits.float()
+    return at_least_fp32(logits)
 
 
 def task_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """Mean cross-entropy of the batch: the paper's L_base."""
     return nn.functional.cross_entropy(logits_of(model, batch), batch["labels"])
+
+
+SHARED_KEYS = ("label_token_ids", "n_choices")  # per batch, not per example
+PER_EXAMPLE_KEYS = ("labels", "prefix_ids", "prefix_mask", "answer_index")  # one row per example even with choices
+
+
+def n_examples(batch: dict[str, Tensor]) -> int:
+    return int(batch["labels"].shape[0])
+
+
+def slice_examples(batch: dict[str, Tensor], lo: int, hi: int) -> dict[str, Tensor]:
+    """Examples lo..hi of a collated batch, any layout: multiple-choice rows (B·C) are cut per example (C rows)."""
+    c = int(batch["n_choices"]) if "n_choices" in batch else 1
+    out = {}
+    for k, v in batch.items():
+        if k in SHARED_KEYS:
+            out[k] = v
+        elif k in PER_EXAMPLE_KEYS or c == 1:
+            out[k] = v[lo:hi]
+        else:
+            out[k] = v[lo * c : hi * c]
+    return out
 
 
 def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:

@@ -124,9 +124,12 @@ def unit(v: Tensor) -> Tensor | None:
 
 
 def hvp_finite_difference(
-    space: ParamSpace, grad_fn: Callable[[], Tensor], g0: Tensor, v: Tensor, r: float
+    space: ParamSpace, grad_fn: Callable[[], Tensor], g0: Tensor | None, v: Tensor, r: float, central: bool = False
 ) -> Tensor:
-    """H·v ≈ (∇L(θ + r·v̂) − ∇L(θ)) · ‖v‖ / r: one extra forward+backward (``grad_fn`` at the shifted point).
+    """H·v by a difference of gradients along v̂ = v/‖v‖, scaled by ‖v‖:
+
+    forward  (∇L(θ + r·v̂) − ∇L(θ)) · ‖v‖ / r          one extra forward+backward, error O(r) + round-off/r
+    central  (∇L(θ + r·v̂) − ∇L(θ − r·v̂)) · ‖v‖ / 2r   two extra, error O(r²) + round-off/r (``g0`` unused)
 
     ``grad_fn`` must see the same batch and the same dropout masks as the pass that produced ``g0``.
     """
@@ -135,7 +138,11 @@ def hvp_finite_difference(
         return torch.zeros_like(v)
     with space.shifted(v / nv, r):
         g1 = grad_fn()
-    return (g1 - g0) * (nv / r)
+    if not central:
+        return (g1 - g0) * (nv / r)
+    with space.shifted(v / nv, -r):
+        g2 = grad_fn()
+    return (g1 - g2) * (nv / (2 * r))
 
 
 def hvp_exact(space: ParamSpace, g: Tensor, v: Tensor) -> Tensor:

@@ -8,15 +8,23 @@ Every regulariser depends on θ only through g, so by the chain rule its gradien
 
     v = −(2λ1/‖g‖)(d − (u·d)u) + 2λ2(‖g‖ − τ)u − (λ3/‖g‖)(ŝ − (u·ŝ)u)
 
-(d, τ and ŝ are held constant). So ∇L_total = g + H·v: one gradient plus one HVP per guided step, by finite
-difference (one extra forward+backward, works with fused attention) or by double backward (exact). ``every=k``
-guides 1 step in k and takes plain steps between. ``tests/test_guidance.py`` checks both against autograd of
-L_total itself.
+(d, τ and ŝ are held constant). So ∇L_total = g + H·v: one gradient plus one HVP per guided step. ``hvp`` picks
+how H·v is computed (passes counted as forward+backward over the b examples of the batch):
+
+    finite_difference  forward difference along v̂ on the whole batch          1 + 1     error O(r)
+    central            central difference on the whole batch                   1 + 2     error O(r²)
+    sub_batch          forward difference on the batch's first m examples     1 + m/b   H of those m examples
+                       (the first pass is split so both gradients of the difference share them and their dropout masks)
+    double_backward    exact, create_graph + math attention kernel             ~3x a plain step
+
+``every=k`` guides 1 step in k and takes plain steps between. ``tests/test_guidance.py`` checks each against
+autograd of L_total itself; docs/guidance.md has their measured cost and error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,11 +32,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from gradft.forward import task_loss
+from gradft.forward import n_examples, slice_examples, task_loss
 from gradft.gradients import EPS, ParamSpace, hvp_exact, hvp_finite_difference, unit
 
 D_PRIORS = ("init", "ema", "source")
-HVPS = ("finite_difference", "double_backward")
+HVPS = ("finite_difference", "central", "sub_batch", "double_backward")
+# fd_r=null: the step r along v̂ for the dtype the forward runs in. fp32, MiniLM + LoRA (docs/guidance.md): forward
+# error ≈ 0.1·r truncation + ~3e-6/r round-off, best near 1e-2; central's O(r²) truncation allows a larger r.
+# bf16 autocast carries ~2^-8 relative round-off per pass: only a much larger r lifts the difference above it.
+FD_R = {("forward", torch.float32): 1e-2, ("central", torch.float32): 3e-2, ("forward", torch.float64): 1e-4,
+        ("central", torch.float64): 1e-4, ("forward", torch.bfloat16): 0.3, ("central", torch.bfloat16): 0.3,
+        ("forward", torch.float16): 0.1, ("central", torch.float16): 0.1}
 
 
 @dataclass
@@ -41,8 +55,9 @@ class GuidanceConfig:
     lambda3: float = 0.0  # λ3, cross-task term (needs source.task)
     d_prior: str = "ema"  # init | ema | source
     ema_beta: float = 0.9  # d_prior=ema and the running ‖g‖ of tau_mode=relative
-    hvp: str = "finite_difference"  # finite_difference | double_backward
-    fd_r: float = 1e-3  # finite-difference step along v̂
+    hvp: str = "finite_difference"  # finite_difference | central | sub_batch | double_backward
+    hvp_batch: int = 2  # sub_batch: the m examples of the batch the difference is taken on
+    fd_r: float | None = None  # finite-difference step along v̂; None: FD_R for the estimator and compute dtype
     every: int = 1  # guide 1 step in `every`
     warmup: int = 0  # plain steps before guidance starts
     eps: float = 1e-8  # ‖g‖ below this: no direction to regularise, the step is plain (counted)
@@ -53,13 +68,15 @@ class GuidanceConfig:
     def __post_init__(self) -> None:
         for key in ("lambda1", "lambda2", "lambda3", "tau", "ema_beta"):
             v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ValueError(f"guidance.{key}={v!r}: must be a number ≥ 0")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+                raise ValueError(f"guidance.{key}={v!r}: must be a finite number ≥ 0")
         for key in ("fd_r", "eps"):
             v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"guidance.{key}={v!r}: must be a number > 0")
-        for key in ("every", "source_refresh"):
+            if key == "fd_r" and v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+                raise ValueError(f"guidance.{key}={v!r}: must be a finite number > 0")
+        for key in ("every", "source_refresh", "hvp_batch"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"guidance.{key}={v!r}: must be an integer ≥ 1")
@@ -155,15 +172,33 @@ class StructuredGuidance:
             logs.update({"guide/r_grad": c.lambda3 * (1 - us), "guide/cos_source": us})
         return v, logs
 
+    def r(self) -> float:
+        """The finite-difference step: ``fd_r``, else FD_R for the estimator and the dtype the forward runs in."""
+        if self.cfg.fd_r is not None:
+            return self.cfg.fd_r
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else self.space.params[0].dtype
+        if torch.cuda.is_available() and torch.is_autocast_enabled("cuda"):
+            dtype = torch.get_autocast_dtype("cuda")
+        return FD_R[("central" if self.cfg.hvp == "central" else "forward", dtype)]
+
     def gradient(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, float]]:
-        """One guided step's loss, total gradient g + H·v (flat, over ``space``) and logs. 2 forward + 2 backward."""
+        """One guided step's loss, total gradient g + H·v (flat, over ``space``) and logs. Passes: see the module
+        docstring (finite_difference: 2 forward + 2 backward)."""
         exact = self.cfg.hvp == "double_backward"
-        rng = _rng_state()  # the finite-difference pass must see the same dropout masks
         # fused SDPA kernels have no double backward on CPU; the math kernel does
         ctx = (lambda: sdpa_kernel(SDPBackend.MATH)) if exact else contextlib.nullcontext
+        b = n_examples(batch)
+        m = min(self.cfg.hvp_batch, b) if self.cfg.hvp == "sub_batch" else b
+        diff_batch = batch if m == b else slice_examples(batch, 0, m)
+        rng = _rng_state()  # the shifted passes must see the same dropout masks as the first pass on diff_batch
         with ctx():
-            loss = task_loss(self.model, batch)
+            loss = task_loss(self.model, diff_batch)
             g = self.space.grad(loss, create_graph=exact)
+        g_diff = g.detach()
+        if m < b:  # the rest of the batch: together they give the full-batch gradient (losses are batch means)
+            rest = task_loss(self.model, slice_examples(batch, m, b))
+            g_rest = self.space.grad(rest)
+            loss, g = (m * loss + (b - m) * rest) / b, (m * g_diff + (b - m) * g_rest) / b
         gd = g.detach()
         v, logs = self.vector(gd)
         if v is None:
@@ -174,11 +209,11 @@ class StructuredGuidance:
         else:
             def grad_at_shifted() -> Tensor:
                 _set_rng_state(rng)
-                return self.space.grad(task_loss(self.model, batch))
+                return self.space.grad(task_loss(self.model, diff_batch))
 
             after = _rng_state()
-            hv = hvp_finite_difference(self.space, grad_at_shifted, gd, v, self.cfg.fd_r)
-            _set_rng_state(after)  # the trajectory continues as if one pass had run
+            hv = hvp_finite_difference(self.space, grad_at_shifted, g_diff, v, self.r(), self.cfg.hvp == "central")
+            _set_rng_state(after)  # the trajectory continues as if the shifted passes had not run
         logs["guide/hv_ratio"] = float(torch.linalg.vector_norm(hv)) / max(logs["guide/grad_norm"], EPS)
         return loss.detach(), gd + hv, logs
 
