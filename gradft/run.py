@@ -38,7 +38,7 @@ from gradft.models import backbone_parameters, head_kind, load_backbone
 from gradft.prompting import PromptCollator, prompt_spec
 from gradft.stopping import interrupted, sigterm_interrupts
 from gradft.tracking import Tracker, config_key, write_results
-from gradft.train import Trainer, epoch_batches
+from gradft.train import Phases, Trainer, epoch_batches
 
 log = logging.getLogger(__name__)
 
@@ -100,37 +100,44 @@ def make_collator(cfg: DictConfig, task_cfg: DictConfig, task: gdata.TaskData, t
 
 
 def _train(cfg: DictConfig, task: gdata.TaskData, shots: list[gdata.Example], model, space: ParamSpace,
-           metric_space: ParamSpace, collate, device, tracker: Tracker, report, tok) -> tuple[Trainer, Any, Any, int]:
+           metric_space: ParamSpace, collate, device, tracker: Tracker, report, tok,
+           phases: Phases) -> tuple[Trainer, Any, Any, int]:
     """d_task, optional guidance, then the training loop: (trainer, monitor, guidance, steps)."""
     bs = min(cfg.trainer.batch_size, len(shots))
     shot_batches = list(gdata.iterate_batches(shots, bs, collate, shuffle=False))  # tokenized once, reused
     monitor = None  # metrics.every=0 (sweeps: only the selection accuracy counts) skips d_task and every metric pass
     if cfg.metrics.every:
-        monitor = GradientMonitor(set_gradient(model, metric_space, shot_batches, device))
+        with phases("d_task"):
+            monitor = GradientMonitor(set_gradient(model, metric_space, shot_batches, device))
     guidance = None
     if cfg.guidance.name != "none":
         guidance = StructuredGuidance(guidance_config(cfg.guidance), model, space)
         if guidance.cfg.needs_source:
             guidance.source_fn = _source_gradient_fn(cfg, task, model, space, collate, device, tok)
-        guidance.start(lambda: set_gradient(model, space, shot_batches, device))
+        with phases("d_task"):  # d_prior=init and the source gradient
+            guidance.start(lambda: set_gradient(model, space, shot_batches, device))
     opt = torch.optim.AdamW(space.params, lr=cfg.method.lr, weight_decay=cfg.trainer.weight_decay)
     steps = train_steps(cfg, len(shots))
     sched = get_linear_schedule_with_warmup(opt, int(cfg.trainer.warmup_ratio * steps), max(steps, 1)) \
         if cfg.trainer.schedule == "linear" else None
     trainer = Trainer(model, space, opt, sched, device, cfg.trainer.max_grad_norm, cfg.trainer.max_skipped,
-                      guidance, monitor, metric_space, cfg.metrics.every or 1, tracker.log, total=steps)
+                      guidance, monitor, metric_space, cfg.metrics.every or 1, tracker.log, total=steps,
+                      phases=phases)
     batches = epoch_batches(shots, bs, collate, cfg.seed)
     every = cfg.eval.select_every if report is not None else 0
     done = 0
     while done < steps:  # in chunks so that the selection split can be scored (and the run pruned) between
         chunk = min(every or steps, steps - done)
-        trainer.fit(batches, chunk, desc=f"{cfg.method.name} {task.name} k={cfg.shots}")
+        with phases("steps"):
+            trainer.fit(batches, chunk, desc=f"{cfg.method.name} {task.name} k={cfg.shots}")
         done += chunk
         if every and done < steps:
-            acc = evaluate(model, task.select, collate, cfg.eval.batch_size, device, [], len(task.labels),
-                           "select")["accuracy"]
+            with phases("select_eval"):
+                acc = evaluate(model, task.select, collate, cfg.eval.batch_size, device, [], len(task.labels),
+                               "select")["accuracy"]
             tracker.log({"select/accuracy": acc}, trainer.state.step)
             report(done, acc)
+    phases.seconds["steps"] -= phases.seconds.get("metric_passes", 0.0)  # steps: the optimisation steps alone
     return trainer, monitor, guidance, steps
 
 
@@ -149,16 +156,18 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None,
 
 def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, float], None] | None) -> dict[str, Any]:
     t0 = time.perf_counter()
+    phases = Phases()  # wall seconds per phase of the run: results.json "profile" (make bench prints a cell's)
     out = Path(out_dir or cfg.paths.output_dir)
     if cfg.trainer.threads:
         torch.set_num_threads(int(cfg.trainer.threads))
     device = _device(cfg.trainer.device)
     head = cfg.get("head", "classifier")
 
-    task = gdata.load_task(cfg.task, cfg.data)
-    shots = gdata.sample_shots(task.train_pool, cfg.shots, cfg.data_seed, cfg.data.balance) if cfg.shots else []
-    eval_set = _cap(task.eval, cfg.eval.max_examples)
-
+    with phases("data"):
+        task = gdata.load_task(cfg.task, cfg.data)
+        shots = gdata.sample_shots(task.train_pool, cfg.shots, cfg.data_seed, cfg.data.balance) if cfg.shots else []
+        eval_set = _cap(task.eval, cfg.eval.max_examples)
+    phases.start("model_load")
     torch.manual_seed(cfg.seed)  # the new head, LoRA's A, adapters and prompts are initialised from here
     n_out = 1 if task.multiple_choice else len(task.labels)
     model, tok = load_backbone(cfg.model, n_out, cfg.paths.cache_dir, head)
@@ -174,8 +183,9 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
     else:
         log.info("head %s, zero-shot: the pretrained model as it is, no method, no training step", head)
     collate = make_collator(cfg, cfg.task, task, tok, model)
-
-    tracker = Tracker(cfg, out)
+    phases.stop("model_load")
+    with phases("tracker"):
+        tracker = Tracker(cfg, out)
     failed = True
     try:
         metric_space = ParamSpace(backbone) if cfg.metrics.space == "backbone" else space
@@ -184,14 +194,15 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
         steps = 0
         if shots:
             trainer, monitor, guidance, steps = _train(cfg, task, shots, model, space, metric_space, collate,
-                                                       device, tracker, report, tok)
+                                                       device, tracker, report, tok, phases)
         train_time = time.perf_counter() - t_train
 
         metric_names = list(cfg.task.get("metrics", []))
         n_cls = len(task.labels)
         metrics: dict[str, float] = {}
         if "eval" in cfg.eval.splits:  # sweeps score only the selection split: never select on the reported one
-            metrics = evaluate(model, eval_set, collate, cfg.eval.batch_size, device, metric_names, n_cls)
+            with phases("eval"):
+                metrics = evaluate(model, eval_set, collate, cfg.eval.batch_size, device, metric_names, n_cls)
         metrics.update(monitor.summary() if monitor else GradientMonitor.empty_summary())
         # floors from the train pool (never the drawn, class-balanced shots), chance, and the eval split's own rate
         metrics.update(baselines([e.label for e in task.train_pool], [e.label for e in eval_set], n_cls))
@@ -214,9 +225,11 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
                     mean = sum(v for _, v in values) / len(values)
                     results["guidance_stats"][key.removeprefix("guide/") + "_mean"] = mean
         if "select" in cfg.eval.splits:
-            results["select_metrics"] = evaluate(model, task.select, collate, cfg.eval.batch_size, device,
-                                                 metric_names, n_cls, "select")
+            with phases("select_eval"):
+                results["select_metrics"] = evaluate(model, task.select, collate, cfg.eval.batch_size, device,
+                                                     metric_names, n_cls, "select")
         results["wall_time_s"] = time.perf_counter() - t0
+        results["profile"] = {**phases.seconds, "other": results["wall_time_s"] - sum(phases.seconds.values())}
         write_results(out, results, cfg)
         tracker.summary(summary_keys(metrics))
         split = "accuracy" if "accuracy" in metrics else "select accuracy"

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -25,6 +26,28 @@ from gradft.guidance import StructuredGuidance
 from gradft.metrics import GradientMonitor
 
 log = logging.getLogger(__name__)
+
+
+class Phases:
+    """Wall seconds spent in named phases (accumulated over re-entries): a run's results.json ``profile``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._open: dict[str, float] = {}
+
+    def start(self, name: str) -> None:
+        self._open[name] = time.perf_counter()
+
+    def stop(self, name: str) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - self._open.pop(name)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.start(name)
+        try:
+            yield
+        finally:
+            self.stop(name)
 
 
 class NonFiniteError(RuntimeError):
@@ -61,7 +84,8 @@ class Trainer:
                  device: torch.device, max_grad_norm: float, max_skipped: int,
                  guidance: StructuredGuidance | None = None, monitor: GradientMonitor | None = None,
                  metric_space: ParamSpace | None = None, metrics_every: int = 1,
-                 log_fn: Callable[[dict[str, float], int], None] | None = None, total: int | None = None):
+                 log_fn: Callable[[dict[str, float], int], None] | None = None, total: int | None = None,
+                 phases: Phases | None = None):
         self.model, self.space, self.opt, self.sched, self.device = model, space, optimizer, scheduler, device
         self.max_grad_norm, self.max_skipped = max_grad_norm, max_skipped
         self.guidance, self.monitor = guidance, monitor
@@ -70,16 +94,18 @@ class Trainer:
         self.state = TrainState()
         self.guided_steps = 0
         self.total = total  # the run's step count (fit may be called in chunks): progress says step t/total
+        self.phases = phases or Phases()  # "metric_passes": the time of the gradient-metric passes
         self._t0: float | None = None
 
     def measure(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """g_t in the metric space at the current θ, eval mode, for the gradient metrics."""
         assert self.monitor is not None and self.metric_space is not None
-        self.model.eval()
-        with self.metric_space.requiring_grad():
-            g = self.metric_space.grad(task_loss(self.model, batch))
-        self.model.train()
-        return self.monitor.observe(g)
+        with self.phases("metric_passes"):
+            self.model.eval()
+            with self.metric_space.requiring_grad():
+                g = self.metric_space.grad(task_loss(self.model, batch))
+            self.model.train()
+            return self.monitor.observe(g)
 
     def step(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """One optimisation step on ``batch`` (already on the device)."""

@@ -84,3 +84,27 @@ def test_prefix_reuse_bench_scores_the_same_tokens_and_computes_fewer(tmp_path):
     for d in (full, reuse):
         assert all(positive(d[k]) for k in ("eval_tokens_scored_per_s", "train_tokens_scored_per_s"))
     assert positive(data["speedup_eval"]) and positive(data["speedup_train"])
+
+
+def test_cell_profile_splits_the_whole_wall_time_and_the_plain_twin_does_the_same_work(tmp_path):
+    from gradft.bench_cell import main as cell_main
+
+    out = tmp_path / "cell.json"
+    r = cell_main(["--model", "tiny_bert", "--threads", "1", "--out", str(out), "--overrides", "trainer.steps=4",
+                   "metrics.every=2", "eval.max_examples=24"])
+    prof = r["gradft"]["profile"]
+    assert {"data", "model_load", "d_task", "steps", "metric_passes", "eval"} <= set(prof)
+    assert all(v >= 0 for v in prof.values())
+    # the phases (with "other") add up to the run's own wall time, which the caller's clock brackets
+    assert sum(prof.values()) <= r["gradft"]["wall_s"] + 1e-3
+    assert sum(prof.values()) == pytest.approx(r["gradft"]["wall_s"], rel=0.2)
+    assert r["gradft"]["steps"] == r["plain"]["steps"] == 4
+    assert r["ratio_cell_plain"] > 0 and json.loads(out.read_text())["plain"]["steps"] == 4
+
+
+def test_gradient_metrics_off_skip_d_task_and_every_metric_pass(tmp_path):
+    from gradft.bench_cell import main as cell_main
+
+    r = cell_main(["--model", "tiny_bert", "--threads", "1", "--no-plain", "--out", str(tmp_path / "c.json"),
+                   "--overrides", "trainer.steps=2", "metrics.every=0", "eval.max_examples=8"])
+    assert "metric_passes" not in r["gradft"]["profile"] and "d_task" not in r["gradft"]["profile"]

@@ -1,0 +1,124 @@
+"""``make bench`` (part 4): where one Table 1 cell's wall time goes, beside a plain peft loop doing the same work.
+
+Owns the cell benchmark only. The cell is ``run(cfg)`` itself (default: MiniLM, LoRA, RTE, 32 shots, 80 steps,
+gradient metrics every 4 steps, the full RTE val split), whose results.json ``profile`` splits the wall time into
+data (task files + sampling), model_load (backbone + method + collator), tracker (W&B), d_task (the k-shot gradient
+of the metrics and guidance), steps (optimisation steps alone), metric_passes (the gradient-metric passes), eval,
+select_eval and other (writing, logging). The reference is a plain loop: the same backbone loaded the same way,
+peft LoRA, AdamW + linear schedule over the same shots and step count, then the same val examples scored in
+``inference_mode``, with no gradft code in its loop. Both run in this process, one after the other, each timed in
+wall and process-CPU seconds (CPU time is robust to other load on the machine). Writes ``reports/bench_cell.json``.
+
+    python -m gradft.bench_cell [--overrides model=smollm2 head=lm task=copa ...] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+
+from gradft import data as gdata
+from gradft.tracking import atomic_write
+
+CELL = ["task=rte", "method=lora", "shots=32", "trainer.epochs=20", "metrics.every=4", "logger.mode=disabled"]
+
+
+def plain_loop(cfg) -> dict[str, float]:
+    """LoRA fine-tuning and evaluation of the cell's shots and val split with peft + torch alone."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import get_linear_schedule_with_warmup
+
+    from gradft.models import load_backbone
+    from gradft.run import train_steps
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    task = gdata.load_task(cfg.task, cfg.data)
+    shots = gdata.sample_shots(task.train_pool, cfg.shots, cfg.data_seed, cfg.data.balance)
+    torch.manual_seed(cfg.seed)
+    model, tok = load_backbone(cfg.model, len(task.labels), cfg.paths.cache_dir)
+    m = cfg.method
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=m.r, lora_alpha=m.alpha,
+                                             lora_dropout=m.dropout, target_modules=m.target_modules))
+    collate = gdata.Collator(tok, cfg.model.max_length, task.multiple_choice)  # tokenisation only
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=m.lr, weight_decay=cfg.trainer.weight_decay)
+    steps = train_steps(cfg, len(shots))
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.trainer.warmup_ratio * steps), steps)
+    bs = cfg.trainer.batch_size
+    batches = [collate(shots[i:i + bs]) for i in range(0, len(shots), bs)]
+    t_train = time.perf_counter()
+    model.train()
+    for step in range(steps):
+        b = batches[step % len(batches)]
+        model(**b).loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.trainer.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    t_eval = time.perf_counter()
+    model.eval()
+    eval_set = task.eval[: cfg.eval.max_examples] if cfg.eval.max_examples else task.eval
+    correct = 0
+    with torch.inference_mode():
+        for i in range(0, len(eval_set), cfg.eval.batch_size):
+            chunk = eval_set[i:i + cfg.eval.batch_size]
+            b = collate(chunk)
+            pred = model(**{k: v for k, v in b.items() if k != "labels"}).logits.argmax(-1)
+            correct += int((pred == b["labels"]).sum())
+    end = time.perf_counter()
+    return {"wall_s": end - t0, "cpu_s": time.process_time() - c0, "train_s": t_eval - t_train,
+            "eval_s": end - t_eval, "setup_s": t_train - t0, "steps": steps, "accuracy": correct / len(eval_set)}
+
+
+def gradft_cell(cfg) -> dict[str, Any]:
+    from gradft.run import run
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = run(cfg, cfg.paths.output_dir)
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "profile": res["profile"],
+            "steps": res["steps"], "accuracy": res["metrics"]["accuracy"]}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from gradft.bench import compose_cfg
+
+    p = argparse.ArgumentParser(prog="python -m gradft.bench_cell", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="minilm")
+    p.add_argument("--overrides", nargs="*", default=[], help="on top of the cell: " + " ".join(CELL))
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--no-plain", action="store_true", help="profile the cell only (e.g. head=lm: no plain twin)")
+    p.add_argument("--out", default="reports/bench_cell.json")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    cfg = compose_cfg(a.model, [*CELL, *a.overrides, "paths.output_dir=/tmp/gradft-bench-cell"])
+    cell = gradft_cell(cfg)
+    result: dict[str, Any] = {"model": a.model, "overrides": [*CELL, *a.overrides], "threads": a.threads,
+                              "gradft": cell, "loadavg_1min": os.getloadavg()[0],
+                              "command": "python -m gradft.bench_cell " + " ".join(sys.argv[1:] if argv is None
+                                                                                   else argv)}
+    print(f"gradft cell ({a.model} {' '.join(a.overrides)}): {cell['wall_s']:.1f} s wall, {cell['cpu_s']:.1f} s CPU, "
+          f"{cell['steps']} steps, accuracy {cell['accuracy']:.4f}")
+    for k, v in sorted(cell["profile"].items(), key=lambda kv: -kv[1]):
+        print(f"  {k:<14}{v:>8.1f} s  {100 * v / cell['wall_s']:>5.1f}%")
+    if not a.no_plain:
+        plain = result["plain"] = plain_loop(cfg)
+        result["ratio_cell_plain"] = cell["wall_s"] / plain["wall_s"]
+        result["ratio_cell_plain_cpu"] = cell["cpu_s"] / plain["cpu_s"]
+        print(f"plain peft loop: {plain['wall_s']:.1f} s wall, {plain['cpu_s']:.1f} s CPU (setup {plain['setup_s']:.1f}"
+              f", train {plain['train_s']:.1f}, eval {plain['eval_s']:.1f}), accuracy {plain['accuracy']:.4f}")
+        print(f"ratio_cell_plain = {result['ratio_cell_plain']:.3f} [CPU time {result['ratio_cell_plain_cpu']:.3f}] "
+              f"(target ≤ 1.15)")
+    clean = json.loads(json.dumps(result, default=float), parse_constant=lambda c: None)
+    atomic_write(a.out, json.dumps(clean, indent=2) + "\n")
+    print(f"-> {a.out}")
+    return clean
+
+
+if __name__ == "__main__":
+    main()
