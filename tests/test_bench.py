@@ -1,5 +1,6 @@
 """``gradft.bench`` end to end on the tiny model: the json has every key as a finite positive number, and the
-counted passes are what each step really does (LoRA 1 fwd/1 bwd, ours 2/2, exact 1/2, every=4 1.25/1.25)."""
+counted passes are what each step really does (LoRA 1 fwd/1 bwd, forward difference 2/2, central 3/3, sub-batch 3/3
+calls over 1.25 batches of FLOPs, exact 1/2); ``gradft.bench_cell``'s profile; ``gradft.bench_hvp``'s errors."""
 
 from __future__ import annotations
 
@@ -7,14 +8,20 @@ import json
 import math
 
 import pytest
+import yaml
 
 from gradft.bench import RATIOS, TARGETS, VARIANTS, main
+from gradft.run import CONF_DIR
 
 POSITIVE = ("median_s", "min_s", "max_s", "cpu_median_s", "flops_per_step", "gflop_per_step", "gflops", "gemm_fraction",
             "trainable_params", "state_mb", "peak_mb", "fwd_per_step", "bwd_per_step")
 # measured passes per optimisation step: (forward, backward)
+# (sub_batch: three calls — m examples, the other b − m, m again shifted — over 1 + m/b batches of FLOPs)
 PASSES = {"full": (1, 1), "adapter": (1, 1), "lora": (1, 1), "prompt": (1, 1), "plain_lora": (1, 1),
-          "ours": (2, 2), "ours_exact": (1, 2), "ours_every4": (1.25, 1.25)}
+          "ours_fd": (2, 2), "ours_central": (3, 3), "ours_sub": (3, 3), "ours_exact": (1, 2)}
+STRUCTURED = yaml.safe_load((CONF_DIR / "guidance" / "structured.yaml").read_text())
+DEFAULT_HVP = {"finite_difference": "ours_fd", "central": "ours_central", "sub_batch": "ours_sub",
+               "double_backward": "ours_exact"}[STRUCTURED["hvp"]]
 
 
 def positive(x: object) -> bool:
@@ -59,10 +66,17 @@ def test_counted_passes(report):
 
 def test_guided_step_counts_more_flops_than_plain(report):
     v = report["variants"]
-    # a finite-difference guided step is two plain LoRA steps' passes: FLOPs double (up to the optimizer's few)
-    assert v["ours"]["flops_per_step"] == pytest.approx(2 * v["lora"]["flops_per_step"], rel=0.02)
-    assert v["full"]["flops_per_step"] > v["lora"]["flops_per_step"]
-    assert v["ours_exact"]["flops_per_step"] > v["ours"]["flops_per_step"]
+    lora = v["lora"]["flops_per_step"]
+    # a forward-difference guided step is two plain LoRA steps' passes: FLOPs double (up to the optimizer's few);
+    # central three; sub-batch (m = 2 of 8) 1 + 2/8
+    assert v["ours_fd"]["flops_per_step"] == pytest.approx(2 * lora, rel=0.02)
+    assert v["ours_central"]["flops_per_step"] == pytest.approx(3 * lora, rel=0.02)
+    assert v["ours_sub"]["flops_per_step"] == pytest.approx(1.25 * lora, rel=0.03)
+    assert v["full"]["flops_per_step"] > lora
+    assert v["ours_exact"]["flops_per_step"] > v["ours_fd"]["flops_per_step"]
+    assert v["ours"]["flops_per_step"] == pytest.approx(v[DEFAULT_HVP]["flops_per_step"], rel=1e-6)
+    # every=4: one guided step in four plain ones
+    assert v["ours_every4"]["flops_per_step"] == pytest.approx((3 * lora + v["ours"]["flops_per_step"]) / 4, rel=0.02)
 
 
 def test_unknown_variant_is_refused():
