@@ -126,7 +126,8 @@ def make_storage(spec: Spec) -> optuna.storages.RDBStorage:
     hb = spec.heartbeat or {}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kw, heartbeat_interval=hb.get("interval"),
-                                          grace_period=hb.get("grace_period"), failed_trial_callback=_stale_failed)
+                                          grace_period=hb.get("grace_period"),
+                                          heartbeat_stale_trial_callback=_stale_failed)
     except Exception as e:  # a driver missing, a server down, a path that cannot be created: one clear line
         hint = (" (PostgreSQL: the `postgres` extra installs the psycopg driver, used by postgresql+psycopg://...)"
                 if url.startswith("postgres") else "")
@@ -245,7 +246,6 @@ def work(spec: Spec, extra: list[str], worker: int = 0, n_workers: int = 1) -> i
             states = [t.state for t in trials]
             done = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
             if budget_met(study, spec):
-                log.info("budget met: %d COMPLETE+PRUNED trials of %d", done, spec.n_trials)
                 return 0
             if states.count(TrialState.FAIL) >= spec.max_failures:
                 log.error("%d failed trials (max_failures=%d): stopping", states.count(TrialState.FAIL),
@@ -254,10 +254,9 @@ def work(spec: Spec, extra: list[str], worker: int = 0, n_workers: int = 1) -> i
             if done + states.count(TrialState.RUNNING) >= spec.n_trials:
                 running = {t.number for t in trials if t.state == TrialState.RUNNING}
                 if running != waited_for:  # said once per change, not every WAIT_S
-                    hb = spec.heartbeat or {}
                     log.info("the last trial(s) %s are running (another worker, or a killed one): waiting; a trial "
                              "whose heartbeat stops is failed after grace_period=%ss and run again here",
-                             ", ".join(f"#{n}" for n in sorted(running)), hb.get("grace_period"))
+                             ", ".join(f"#{n}" for n in sorted(running)), (spec.heartbeat or {}).get("grace_period"))
                     waited_for = running
                 lock.release()  # the last trials are running elsewhere: wait in case one fails
                 time.sleep(WAIT_S)

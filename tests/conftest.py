@@ -11,6 +11,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["WANDB_MODE"] = os.environ.get("GRADFT_TEST_WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+# one torch/OpenMP thread per test process (and the CLI processes it starts): tiny models gain nothing from a second,
+# and on a busy 2-core machine two threads ran a tiny-BERT run 30x slower (docs/sweeps.md)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path  # noqa: E402
 
@@ -22,7 +26,7 @@ import gradft  # noqa: E402,F401  (registers the ${project_root:} resolver)
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def make_cfg(*overrides: str, out: Path | None = None):

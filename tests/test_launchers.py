@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="the `cluster` extra: pip install -e '.[cluster]'")
 
 
+@pytest.mark.slow  # two parallel processes that each import torch
 def test_a_multirun_runs_through_the_joblib_launcher_in_parallel_processes(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run([sys.executable, "-m", "gradft", "-m", "hydra/launcher=local", "method=lora,prompt",

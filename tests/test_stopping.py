@@ -17,7 +17,7 @@ from conftest import ROOT
 
 from gradft.run import run
 
-QUICK = ["model=tiny_bert", "eval.max_examples=16", "metrics.every=0"]
+QUICK = ["model=tiny_bert", "eval.max_examples=16", "metrics.every=0", "trainer.threads=1"]
 
 
 def wait_for(path: Path, needle: str, proc: subprocess.Popen, timeout: float = 240) -> None:

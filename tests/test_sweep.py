@@ -250,7 +250,7 @@ def test_sigkilled_worker_keeps_finished_trials_and_its_running_trial_fails_on_r
     assert len(set(points(after))) == len(after)
 
 
-@pytest.mark.parametrize("url,needle", [("postgresql://u:p@127.0.0.1:9/db", "psycopg2"),
+@pytest.mark.parametrize("url,needle", [("postgresql://u:p@127.0.0.1:9/db", "Connection refused"),
                                         ("sqlite:////proc/no/such/dir/x.db", "cannot be opened")])
 def test_a_storage_url_that_cannot_be_opened_fails_with_a_clear_message(url, needle, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "gradft.sweep", "sweeps/smoke.yaml", "--storage", url,
