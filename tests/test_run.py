@@ -106,17 +106,27 @@ def test_unknown_group_option_lists_the_valid_ones(override, needle):
     ("method.lr=-1", "method.lr=-1"),
     ("method.lr=fast", "method.lr='fast'"),
     ("shots=0", "shots=0"),
-    ("task=boolq shots=64", "64"),
     ("metrics.every=-1", "metrics.every=-1"),
     ("method=ours guidance.tau=-1", "guidance.tau=-1"),
     ("method=ours guidance.lambda1=strong", "guidance.lambda1='strong'"),
-    ("data.superglue_root=/nonexistent/sg", "/nonexistent/sg"),
 ])
 def test_bad_values_fail_before_any_model_is_loaded(override, needle):
     proc = cli(*override.split(), "logger.mode=disabled", timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert needle in proc.stderr
     assert "Loading weights" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("overrides,needle", [(["task=boolq", "shots=64"], "64"),
+                                              (["data.superglue_root=/nonexistent/sg"], "/nonexistent/sg")])
+def test_data_that_cannot_supply_the_run_fails_before_any_model_is_loaded(cfg_factory, overrides, needle, caplog):
+    """In-process: a DataError is a ValueError, which the CLI turns into exit 2 like the cases above."""
+    from gradft.data import DataError
+
+    caplog.set_level("INFO")
+    with pytest.raises(DataError, match=needle):
+        run(cfg_factory(*QUICK, *overrides))
+    assert not any(r.name == "gradft.models" for r in caplog.records)  # no model was built
 
 
 @pytest.mark.parametrize("d_prior", ["source", "init", "ema"])
