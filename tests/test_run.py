@@ -164,7 +164,7 @@ def test_guidance_every_4_guides_one_step_in_four(cfg_factory):
 @pytest.mark.slow
 def test_default_model_full_finetuning_beats_majority_on_cb(cfg_factory):
     r = run(cfg_factory("task=cb", "method=full", "trainer.steps=40", "metrics.every=8", "logger.mode=disabled"))
-    assert r["metrics"]["accuracy"] > r["metrics"]["majority_baseline"], r["metrics"]
+    assert r["metrics"]["accuracy"] > r["metrics"]["baseline_train_majority"], r["metrics"]
 
 
 @pytest.mark.slow
