@@ -166,6 +166,7 @@ def validate(cfg: DictConfig) -> None:
     _number("trainer.warmup_ratio", tr.warmup_ratio, strict=False, maximum=1)
     _number("trainer.max_skipped", tr.max_skipped, integer=True, strict=False)
     _choice("trainer.schedule", tr.schedule, ("linear", "constant"))
+    _choice("trainer.precision", tr.get("precision", "fp32"), ("fp32", "bf16"))
     if not (isinstance(tr.device, str) and tr.device.split(":")[0] in ("auto", "cpu", "cuda", "mps")):
         raise ValueError(f"trainer.device={tr.device!r}: must be auto, cpu, cuda (or cuda:N) or mps")
     if tr.threads is not None:

@@ -83,12 +83,16 @@ class ParamSpace:
         with torch.no_grad():
             for p, d in zip(self.params, self.split(direction), strict=True):
                 p.add_(d, alpha=r)
+        # autocast caches its low-precision copy of each weight for the whole autocast region: a stale copy would
+        # make the shifted pass see the unshifted θ (a zero difference under bf16)
+        torch.clear_autocast_cache()
         try:
             yield
         finally:
             with torch.no_grad():
                 for p, s in zip(self.params, saved, strict=True):
                     p.copy_(s)
+            torch.clear_autocast_cache()
 
     @contextmanager
     def requiring_grad(self) -> Iterator[None]:

@@ -26,6 +26,7 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -92,11 +93,13 @@ class Plan:
         return self.root / cell.rel
 
     def is_done(self, cell: Cell) -> bool:
-        """A complete, matching results.json (anything unreadable counts as not done)."""
+        """A complete, matching results.json (anything unreadable counts as not done). The key is recomputed from
+        the config.yaml beside it, so results written by an older gradft or another checkout still count."""
         try:
             r = json.loads((self.cell_dir(cell) / "results.json").read_text())
-            return (r["config_key"], r["seed"], r["data_seed"]) == (self.keys[cell], cell.seed, cell.data_seed)
-        except (OSError, ValueError, KeyError, TypeError):
+            stored = yaml.safe_load((self.cell_dir(cell) / "config.yaml").read_text())
+            return (config_key(stored), r["seed"], r["data_seed"]) == (self.keys[cell], cell.seed, cell.data_seed)
+        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
             return False
 
     def failed_since(self, cell: Cell, t0: float) -> bool:

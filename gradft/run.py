@@ -186,6 +186,9 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
     phases.stop("model_load")
     with phases("tracker"):
         tracker = Tracker(cfg, out)
+    # bf16: autocast over training and evaluation; weights, optimizer state and guidance's differences stay fp32
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.trainer.get("precision", "fp32") == "bf16")
+    amp.__enter__()
     failed = True
     try:
         metric_space = ParamSpace(backbone) if cfg.metrics.space == "backbone" else space
@@ -240,4 +243,5 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
         failed = False
         return results
     finally:
+        amp.__exit__(None, None, None)
         tracker.finish(failed)

@@ -5,6 +5,7 @@ crash never leaves a half-written file that looks complete.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -58,13 +59,25 @@ def write_results(out_dir: str | Path, results: dict[str, Any], cfg: DictConfig)
     return out / "results.json"
 
 
-def config_key(cfg: DictConfig, drop: tuple[str, ...] = SEED_KEYS) -> str:
-    """A short hash of the resolved config without ``drop``, logger, paths and trainer.threads/device."""
-    c = OmegaConf.to_container(cfg, resolve=True)
+# where the data is read from (its files' sha256 are results.json "data"), and options at their neutral value (added
+# after results were committed: a result without the key computed exactly what the neutral value computes)
+LOCATION_KEYS = (("data", "superglue_root"), ("data", "fewglue_root"), ("data", "domain_root"), ("data", "source"))
+NEUTRAL = {("trainer", "precision"): "fp32"}
+
+
+def config_key(cfg: DictConfig | dict, drop: tuple[str, ...] = SEED_KEYS) -> str:
+    """A short hash of what a run computes: the resolved config without ``drop``, logger, paths, hydra,
+    trainer.threads/device, the data's location and options at their neutral value. The same in any checkout."""
+    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
     for k in (*drop, "logger", "paths", "hydra"):
         c.pop(k, None)
     for k in ("threads", "device"):  # where a run executes does not change what it computes
         c.get("trainer", {}).pop(k, None)
+    for group, key in LOCATION_KEYS:
+        c.get(group, {}).pop(key, None)
+    for (group, key), neutral in NEUTRAL.items():
+        if c.get(group, {}).get(key, neutral) == neutral:
+            c.get(group, {}).pop(key, None)
     return hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 

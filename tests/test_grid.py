@@ -90,6 +90,26 @@ def test_results_of_another_config_are_rerun_not_skipped(tree):
     assert json.loads((tree / "smoke" / "cb/prompt/k32/s0" / "results.json").read_text())["steps"] == 1
 
 
+def test_results_from_another_checkout_or_an_older_gradft_still_count_as_done(tree):
+    import yaml
+
+    for cell in CELLS:  # as if written in /elsewhere, before trainer.precision existed
+        path = tree / "smoke" / cell / "config.yaml"
+        cfg = yaml.safe_load(path.read_text())
+        for key in ("superglue_root", "fewglue_root", "domain_root"):
+            if key in cfg["data"]:
+                cfg["data"][key] = "/elsewhere/shared/data/" + key
+        del cfg["trainer"]["precision"]
+        path.write_text(yaml.safe_dump(cfg))
+    assert grid.main(["smoke", "--out", str(tree)]) == 0
+    assert events(tree) == Counter(dict.fromkeys(CELLS, 1))  # nothing rerun
+    cfg = yaml.safe_load((tree / "smoke" / "cb/prompt/k32/s0" / "config.yaml").read_text())
+    cfg["method"]["lr"] *= 2  # a change of what is computed does count
+    (tree / "smoke" / "cb/prompt/k32/s0" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert grid.main(["smoke", "--out", str(tree)]) == 0
+    assert events(tree)["cb/prompt/k32/s0"] == 2
+
+
 def test_failing_cells_are_logged_and_the_grid_goes_on_with_nonzero_exit(tmp_path):
     assert grid.main(["smoke", "--out", str(tmp_path), "method.lr=-1"]) == 1
     assert events(tmp_path, "fail") == Counter(dict.fromkeys(CELLS, 1))

@@ -192,3 +192,32 @@ def test_every_k_guides_one_step_in_k(every, expected):
 def test_bad_guidance_values_raise_naming_the_key(key, value):
     with pytest.raises(ValueError, match=f"guidance.{key}"):
         GuidanceConfig(name="structured", **{key: value})
+
+
+def test_under_bf16_autocast_the_difference_is_taken_in_fp32_weights_with_a_step_chosen_for_bf16():
+    model, tok = tiny("lora")
+    model = model.float().eval()  # float32 master weights; the forward runs in bf16 under autocast
+    with torch.no_grad():  # off LoRA's B = 0 start, where ∂L/∂A = 0
+        for _, p in trainable_parameters(model):
+            p.add_(torch.randn_like(p), alpha=1e-2)
+    space = ParamSpace(trainable_parameters(model))
+    b = batch(tok, 0)
+    cfg = GuidanceConfig(name="structured", lambda1=0.3, lambda2=0.2, tau=0.5, tau_mode="absolute", d_prior="init",
+                         hvp="central")
+    guide = StructuredGuidance(cfg, model, space)
+    guide.d_prior = torch.nn.functional.normalize(torch.randn(space.numel, generator=torch.Generator().manual_seed(3)),
+                                                  dim=0)
+    g = space.grad(task_loss(model, b))
+    v, _ = guide.vector(g)
+    hv = _exact_hv(model, space, b, v)  # float32, exact
+    errors = {}
+    for r in (None, 1e-2):  # None: the step for the compute dtype; 1e-2: float32's, too small for bf16 round-off
+        guide.cfg.fd_r = r
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert guide.r() == (1.0 if r is None else r)
+            _, got, _ = guide.gradient(b)
+            g_bf16 = space.grad(task_loss(model, b))
+        assert got.dtype == torch.float32 and space.params[0].dtype == torch.float32
+        est = got - g_bf16
+        errors[r] = float(torch.linalg.vector_norm(est - hv) / torch.linalg.vector_norm(hv))
+    assert errors[None] < 0.15 and errors[1e-2] > 0.5, errors
