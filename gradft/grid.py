@@ -87,7 +87,12 @@ class Plan:
     cells: list[Cell]               # feasible cells, in run order
     keys: dict[Cell, str]           # the config_key each cell's results.json must carry
     skipped: list[dict[str, Any]] = field(default_factory=list)   # infeasible cells and why
+    per_method: dict[str, list[str]] = field(default_factory=dict)  # e.g. tuned values: before the common ones
     est_seconds: float | None = None
+
+    def cell_overrides(self, cell: Cell) -> list[str]:
+        """The cell's axes, then its method's own overrides (``grid.per_method``), then the common ones."""
+        return [*cell.overrides(), *self.per_method.get(cell.method, []), *self.common]
 
     def cell_dir(self, cell: Cell) -> Path:
         return self.root / cell.rel
@@ -139,11 +144,12 @@ def plan(grid: str, extra: list[str] = (), out: str | Path = "outputs/grid") -> 
         else:
             common.append(o)
     ds = spec["data_seed"]  # "seed": data_seed = seed, or one fixed int
-    p = Plan(spec["name"], Path(out) / spec["name"], common, [], {}, est_seconds=spec.get("est_seconds_per_cell"))
+    p = Plan(spec["name"], Path(out) / spec["name"], common, [], {}, est_seconds=spec.get("est_seconds_per_cell"),
+             per_method={m: [str(o) for o in ov] for m, ov in (spec.get("per_method") or {}).items()})
     pools: dict[str, list] = {}
     for task, method, head in product(axes["task"], axes["method"], axes["head"]):
-        base = compose_run([f"task={task}", f"method={method}", *([f"head={head}"] if head else []), *common,
-                            "paths.output_dir=."])
+        base = compose_run([f"task={task}", f"method={method}", *([f"head={head}"] if head else []),
+                            *p.per_method.get(method, []), *common, "paths.output_dir=."])
         if task not in pools:
             pools[task] = gdata.load_task(base.task, base.data).train_pool
         for shots, seed in product(axes["shots"], axes["seed"]):
@@ -228,7 +234,7 @@ def run_cell(p: Plan, cell: Cell) -> None:
     p.event("start", cell)
     t = time.perf_counter()
     try:
-        cfg = compose_run([*cell.overrides(), *p.common, f"paths.output_dir={d}"])
+        cfg = compose_run([*p.cell_overrides(cell), f"paths.output_dir={d}"])
         res = run(cfg, d)
     except Exception as e:  # noqa: BLE001 — a failing cell is logged and the grid goes on
         log.exception("cell %s failed", cell.rel)

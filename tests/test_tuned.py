@@ -1,0 +1,90 @@
+"""From finished sweeps (real Optuna SQLite studies of real tiny runs) to the grid that evaluates them: every method
+at its own best point, ablations of ours minus the term they switch off, fresh seeds only, unmet budgets refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from gradft import grid, sweep, tuned
+
+FAST = ["trainer.steps=1"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def spec(tmp: Path, method: str, space: dict, n_trials: int = 2) -> Path:
+    doc = {"study_name": f"tune_{method}", "storage": f"sqlite:///{tmp}/{method}.db", "out_dir": str(tmp / "out"),
+           "n_trials": n_trials, "tasks": ["cb"], "n_seeds": 2, "space": space, "sampler": {"name": "random"},
+           "base": [f"method={method}", "model=tiny_bert", "trainer.threads=1", "metrics.every=0",
+                    "logger.mode=disabled", "eval.max_examples=8"],
+           "heartbeat": {"interval": 1, "grace_period": 3}}
+    path = tmp / f"{method}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+LR = {"method.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory) -> tuple[Path, list[Path]]:
+    tmp = tmp_path_factory.mktemp("tuned")
+    paths = [spec(tmp, "lora", LR),
+             spec(tmp, "ours", {**LR, "guidance.lambda1": {"type": "float", "low": 0.01, "high": 1.0, "log": True}})]
+    for p in paths:
+        assert sweep.main([str(p), "--conf-dir", str(tmp / "conf"), *FAST]) == 0
+    return tmp, paths
+
+
+def test_the_grid_runs_each_method_at_its_best_point_and_ablations_drop_their_term(studies):
+    tmp, paths = studies
+    conf = tmp / "conf"
+    assert tuned.main([*map(str, paths), "--name", "t1", "--conf-dir", str(conf), "--seeds", "100,101"]) == 0
+    text = (conf / "experiment" / "t1.yaml").read_text()
+    assert text.startswith("# @package _global_")
+    doc = yaml.safe_load(text)
+    best = {m: sweep.optuna.load_study(study_name=f"tune_{m}", storage=f"sqlite:///{tmp}/{m}.db").best_params
+            for m in ("lora", "ours")}
+    g = doc["grid"]
+    assert g["axes"]["seed"] == [100, 101] and g["axes"]["method"][:2] == ["lora", "ours"]
+    assert {"ours_mag", "ours_dir", "ours_every4", "ours_init"} <= set(g["axes"]["method"])
+    assert "model=tiny_bert" in g["overrides"] and "metrics.every=0" not in g["overrides"]  # metrics on in eval
+    p = grid.plan(str(conf / "experiment" / "t1.yaml"), ["task=cb"], tmp / "grid")
+    cfgs = {c.method: grid.compose_run([*p.cell_overrides(c), "paths.output_dir=."]) for c in p.cells}
+    assert cfgs["lora"].method.lr == pytest.approx(best["lora"]["method.lr"])
+    assert cfgs["ours"].guidance.lambda1 == pytest.approx(best["ours"]["guidance.lambda1"])
+    assert cfgs["ours_mag"].guidance.lambda1 == 0.0  # its switched-off term is not overwritten by ours' value
+    assert cfgs["ours_mag"].method.lr == pytest.approx(best["ours"]["method.lr"])
+    assert cfgs["ours_init"].guidance.d_prior == "init"
+    assert cfgs["ours_init"].guidance.lambda1 == pytest.approx(best["ours"]["guidance.lambda1"])
+    assert doc["tuning"]["lora"]["n_trials"] == 2 and doc["tuning"]["lora"]["best"] == best["lora"]
+
+
+def test_tuning_seeds_are_never_evaluation_seeds(studies):
+    tmp, paths = studies
+    assert tuned.main([*map(str, paths), "--name", "t2", "--conf-dir", str(tmp / "conf"), "--seeds", "1,100"]) == 2
+
+
+def test_an_unmet_budget_is_refused_unless_partial(studies, tmp_path):
+    _, paths = studies
+    doc = yaml.safe_load(paths[0].read_text())
+    doc["n_trials"] = 5
+    more = tmp_path / "lora.yaml"
+    more.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ValueError, match="2 of 5 trials"):
+        tuned.study_summary(more)
+    assert tuned.study_summary(more, partial=True)["complete"] == 2
+
+
+def test_a_best_value_at_the_edge_of_its_range_is_flagged():
+    d = {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}
+    assert tuned.at_edge(1.1e-4, d) == "low" and tuned.at_edge(9.5e-3, d) == "high" and tuned.at_edge(1e-3, d) is None
