@@ -55,7 +55,8 @@ def test_table_has_a_row_per_method_and_the_majority_baseline_with_finite_number
     md = (out / "table1.md").read_text()
     assert "Model **tiny_bert**, **32** shots, seeds 0" in md and "2 training steps" in md
     assert float(table["baseline_chance"]["cb_acc_mean"]) == pytest.approx(1 / 3)
-    for name in ("| prompt |", "| ours |", "| train-pool majority |", "| chance (1/C) |", "| eval majority", "ours vs each baseline", "| ours | prompt | 2 |"):
+    for name in ("| prompt |", "| ours |", "| train-pool majority |", "| chance (1/C) |", "| eval majority",
+                 "ours vs each baseline", "| ours | prompt | 2 |"):
         assert name in md
 
 
