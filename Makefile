@@ -48,6 +48,8 @@ lint: install  ## ruff
 bench: install  ## step time / memory / FLOP rate per method (reports/bench.json); COPA prefix reuse (reports/bench_scoring.json)
 	$(BIN)/python -m gradft.bench $(ARGS)
 	$(BIN)/python -m gradft.bench_scoring $(SCORING_ARGS)
+	$(BIN)/python -m gradft.bench_hvp
+	$(BIN)/python -m gradft.bench_cell
 
 sweep: install  ## Optuna sweep sweeps/$(SWEEP).yaml (resumable); N_TRIALS=… WORKERS=…
 	$(BIN)/python -m gradft.sweep sweeps/$(SWEEP).yaml $(if $(N_TRIALS),--n-trials $(N_TRIALS)) --workers $(WORKERS) $(ARGS)
