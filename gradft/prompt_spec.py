@@ -30,6 +30,7 @@ class PromptSpec:
     verbalizer: list[str] = field(default_factory=list)  # label words in class order, e.g. [" No", " Yes"]
     candidate: str = ""  # multiple choice: each continuation, e.g. " {choice_lc}" (choice, first letter lower-case)
     connective: dict[str, str] = field(default_factory=dict)  # COPA: question -> {connective}, e.g. cause: because
+    max_length: int | None = None  # tokens per prompt row (null: model.max_length): long passages need more
 
     def __post_init__(self) -> None:
         if not isinstance(self.template, str) or not self.template.strip():
@@ -37,6 +38,9 @@ class PromptSpec:
         if bool(self.verbalizer) == bool(self.candidate):
             raise ValueError("task.prompt: set exactly one of `verbalizer` (label words) and `candidate` "
                              f"(multiple choice); got verbalizer={self.verbalizer!r} candidate={self.candidate!r}")
+        if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(self.max_length, int)
+                                            or self.max_length < 8):
+            raise ValueError(f"task.prompt.max_length={self.max_length!r}: must be null or an integer ≥ 8")
         if self.verbalizer and (len(self.verbalizer) < 2 or not all(isinstance(w, str) and w.strip()
                                                                     for w in self.verbalizer)):
             raise ValueError(f"task.prompt.verbalizer={self.verbalizer!r}: must be ≥ 2 non-empty label words")
@@ -79,7 +83,7 @@ def prompt_spec(task_cfg: DictConfig | Mapping[str, Any], n_classes: int, multip
     if node is None:
         raise ValueError(f"task={task_cfg.get('name')}: head=lm needs a `prompt:` node (template + verbalizer)")
     values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    unknown = set(values) - {"template", "verbalizer", "candidate", "connective"}
+    unknown = set(values) - {"template", "verbalizer", "candidate", "connective", "max_length"}
     if unknown:
         raise ValueError(f"task.prompt: unknown keys {sorted(unknown)}")
     spec = PromptSpec(**values)

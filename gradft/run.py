@@ -96,7 +96,7 @@ def make_collator(cfg: DictConfig, task_cfg: DictConfig, task: gdata.TaskData, t
     spec = prompt_spec(task_cfg, len(task.labels), task.multiple_choice)
     peft_cfg = getattr(model, "active_peft_config", None)
     reuse = bool(cfg.model.get("prefix_reuse", True)) and not getattr(peft_cfg, "is_prompt_learning", False)
-    return PromptCollator(tok, cfg.model.max_length, spec, head_kind(model), reuse)
+    return PromptCollator(tok, spec.max_length or cfg.model.max_length, spec, head_kind(model), reuse)
 
 
 def _train(cfg: DictConfig, task: gdata.TaskData, shots: list[gdata.Example], model, space: ParamSpace,

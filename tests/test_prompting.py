@@ -160,6 +160,22 @@ def test_long_prompts_are_cut_from_the_front_keeping_the_answer_slot():
     assert tok.decode(ids[-3:]) == tok.decode(tok(render(ex, spec))["input_ids"][-4:-1])  # ends "answer :"
 
 
+@pytest.mark.parametrize("name,length", [("boolq", 384), ("multirc", 512), ("copa", None)])
+def test_long_passage_tasks_give_their_prompts_room_beyond_the_models_length(name, length):
+    from gradft.run import make_collator
+
+    cfg, task, spec = _task(name, "model=tiny_llama")
+    model, tok = _lm("tiny_llama")
+    collate = make_collator(cfg, cfg.task, task, tok, model)
+    assert spec.max_length == length and collate.max_length == (length or cfg.model.max_length)
+    if name == "boolq":  # the longest of the first 50 val prompts is over 128 tokens: now whole
+        ex = max(task.eval[:50], key=lambda e: len(render(e, spec)))
+        n = len(tok(render(ex, spec))["input_ids"])
+        assert 128 < n <= length and collate([ex])["input_ids"].shape[1] >= n - 1
+    with pytest.raises(ValueError, match="task.prompt.max_length"):
+        _task(name, f"{'' if length else '+'}task.prompt.max_length=4")
+
+
 def test_zero_shot_run_takes_no_step_applies_no_method_and_reports_null_gradient_metrics(tmp_path):
     results = {}
     for method in ("lora", "prompt"):  # prompt tuning's random virtual tokens must not be applied at k=0
