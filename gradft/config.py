@@ -4,8 +4,7 @@ Owns: the key schema (every key that a file under ``conf/`` or a config dataclas
 (``+foo=1``, ``trainer.stepz=3``: refused, with a "did you mean"), the range of every number (finite: NaN and inf
 fail everywhere), a run with 0 training steps (an error unless ``shots=0``), the prompt template against the task's
 fields, and ``train_steps``. Imports only the standard library, omegaconf and the torch-free config dataclasses, so
-that ``python -m gradft shots=abc`` fails in about a second; only the guidance dataclass (``gradft.guidance``)
-brings torch in, and it is checked last.
+that ``python -m gradft shots=abc`` (or ``guidance.tau=-1``) fails in about a second.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from gradft.guidance_config import guidance_config
 from gradft.methods import method_config
 from gradft.methods.config import CONFIGS as METHOD_CONFIGS
 from gradft.prompt_spec import prompt_spec
@@ -193,7 +193,5 @@ def validate(cfg: DictConfig) -> None:
     _number("seed", cfg.seed, integer=True, strict=False)
     _number("data_seed", cfg.data_seed, integer=True, strict=False)
     _choice("logger.mode", cfg.logger.mode, MODES)
-    if cfg.guidance.name != "none":  # last: gradft.guidance imports torch
-        from gradft.guidance import guidance_config
-
+    if cfg.guidance.name != "none":
         guidance_config(cfg.guidance)

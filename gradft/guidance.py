@@ -24,9 +24,7 @@ autograd of L_total itself; docs/guidance.md has their measured cost and error.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -34,9 +32,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gradft.forward import n_examples, slice_examples, task_loss
 from gradft.gradients import EPS, ParamSpace, hvp_exact, hvp_finite_difference, unit
+from gradft.guidance_config import D_PRIORS, HVPS, GuidanceConfig, guidance_config  # noqa: F401  (re-exported)
 
-D_PRIORS = ("init", "ema", "source")
-HVPS = ("finite_difference", "central", "sub_batch", "double_backward")
 # fd_r=null: the step r along v̂ for the dtype the forward runs in. fp32, MiniLM + LoRA (reports/bench_hvp.json):
 # forward 3.4e-2 relative error at r = 1e-3, 3.2e-3 at 1e-2, 9.4e-3 at 1e-1; central (O(r²)) 1.6e-3 at 1e-2, 1.8e-4
 # at 1e-1.
@@ -45,57 +42,6 @@ HVPS = ("finite_difference", "central", "sub_batch", "double_backward")
 FD_R = {("forward", torch.float32): 1e-2, ("central", torch.float32): 1e-1, ("forward", torch.float64): 1e-4,
         ("central", torch.float64): 1e-4, ("forward", torch.bfloat16): 1.0, ("central", torch.bfloat16): 1.0,
         ("forward", torch.float16): 0.3, ("central", torch.float16): 0.3}
-
-
-@dataclass
-class GuidanceConfig:
-    name: str = "none"
-    lambda1: float = 0.1  # λ1, direction term
-    lambda2: float = 0.1  # λ2, magnitude term
-    tau: float = 1.0  # τ; with tau_mode=relative, a multiple of the running mean ‖g‖
-    tau_mode: str = "relative"  # absolute | relative
-    lambda3: float = 0.0  # λ3, cross-task term (needs source.task)
-    d_prior: str = "ema"  # init | ema | source
-    ema_beta: float = 0.9  # d_prior=ema and the running ‖g‖ of tau_mode=relative
-    hvp: str = "finite_difference"  # finite_difference | central | sub_batch | double_backward
-    hvp_batch: int = 2  # sub_batch: the m examples of the batch the difference is taken on
-    fd_r: float | None = None  # finite-difference step along v̂; None: FD_R for the estimator and compute dtype
-    every: int = 1  # guide 1 step in `every`
-    warmup: int = 0  # plain steps before guidance starts
-    eps: float = 1e-8  # ‖g‖ below this: no direction to regularise, the step is plain (counted)
-    source_task: str | None = None  # e.g. cb: its k-shot gradient is d_prior=source and the λ3 reference
-    source_refresh: int = 20  # recompute the source gradient every this many steps
-    source_label_map: dict | None = None  # source label -> target label, when the label sets differ
-
-    def __post_init__(self) -> None:
-        for key in ("lambda1", "lambda2", "lambda3", "tau", "ema_beta"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
-                raise ValueError(f"guidance.{key}={v!r}: must be a finite number ≥ 0")
-        for key in ("fd_r", "eps"):
-            v = getattr(self, key)
-            if key == "fd_r" and v is None:
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
-                raise ValueError(f"guidance.{key}={v!r}: must be a finite number > 0")
-        for key in ("every", "source_refresh", "hvp_batch"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"guidance.{key}={v!r}: must be an integer ≥ 1")
-        if not 0 <= self.ema_beta < 1:
-            raise ValueError(f"guidance.ema_beta={self.ema_beta!r}: must be in [0, 1)")
-        if self.d_prior not in D_PRIORS:
-            raise ValueError(f"guidance.d_prior={self.d_prior!r}: must be one of {', '.join(D_PRIORS)}")
-        if self.hvp not in HVPS:
-            raise ValueError(f"guidance.hvp={self.hvp!r}: must be one of {', '.join(HVPS)}")
-        if self.tau_mode not in ("absolute", "relative"):
-            raise ValueError(f"guidance.tau_mode={self.tau_mode!r}: must be absolute or relative")
-        if (self.d_prior == "source" or self.lambda3 > 0) and not self.source_task:
-            raise ValueError("guidance.source_task is required when d_prior=source or lambda3 > 0 (e.g. cb)")
-
-    @property
-    def needs_source(self) -> bool:
-        return self.d_prior == "source" or self.lambda3 > 0
 
 
 def _rng_state() -> tuple:
@@ -217,10 +163,3 @@ class StructuredGuidance:
             _set_rng_state(after)  # the trajectory continues as if the shifted passes had not run
         logs["guide/hv_ratio"] = float(torch.linalg.vector_norm(hv)) / max(logs["guide/grad_norm"], EPS)
         return loss.detach(), gd + hv, logs
-
-
-def guidance_config(cfg) -> GuidanceConfig:
-    from omegaconf import OmegaConf
-
-    values = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
-    return GuidanceConfig(**values)

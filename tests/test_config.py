@@ -110,6 +110,8 @@ def cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
     (["+foo=1"], "unknown config key: foo"),
     (["method=ours", "guidance.lambda1=nan"], "guidance.lambda1=nan"),
     (["trainer.epochs=0"], "0 training steps"),
+    (["method=ours", "guidance.tau=-1"], "guidance.tau=-1: must be a finite number ≥ 0"),
+    (["method=ours", "guidance.hvp=magic"], "guidance.hvp='magic'"),
     (["head=lm", "task.prompt.template='{nope}: {premise}'"], "task.prompt.template uses {nope}"),
 ])
 def test_cli_config_errors_exit_2_in_seconds_without_importing_torch(args, needle):
