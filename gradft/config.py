@@ -154,7 +154,9 @@ def validate(cfg: DictConfig) -> None:
     _number("shots", cfg.shots, integer=True, strict=head == "classifier")  # lm: shots=0 is zero-shot
     method_config(cfg.method)
     if head == "lm":
-        prompt_spec(cfg.task, len(cfg.task.labels), cfg.task.get("format") == "copa")  # = data.is_multiple_choice
+        labels = cfg.task.get("labels")  # null: inferred from the train pool; the run checks the count once it is read
+        mc = cfg.task.get("format") == "copa"  # = data.is_multiple_choice
+        prompt_spec(cfg.task, len(labels) if labels else len(cfg.task.prompt.get("verbalizer") or []), mc)
     tr = cfg.trainer
     if tr.steps is not None:
         _number("trainer.steps", tr.steps, integer=True, strict=False)

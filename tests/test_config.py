@@ -122,3 +122,13 @@ def test_cli_config_errors_exit_2_in_seconds_without_importing_torch(args, needl
     heavy = {"torch", "transformers", "peft", "datasets", "wandb", "optuna", "matplotlib"} & imported
     assert not heavy, heavy
     assert "Traceback" not in err and seconds < 15, seconds  # ~1-2 s alone; the bound allows a loaded machine
+
+
+def test_head_lm_with_labels_inferred_from_the_data_passes_the_early_check():
+    from conftest import make_cfg
+
+    from gradft.config import validate
+
+    validate(make_cfg("task=cb", "head=lm", "task.labels=null"))  # counted once the train pool is read
+    with pytest.raises(ValueError, match="verbalizer"):
+        validate(make_cfg("task=cb", "head=lm", "task.prompt.verbalizer=[' Yes',' No']"))  # listed: 3 needed
