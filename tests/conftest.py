@@ -52,3 +52,11 @@ def spawn(module: str, *args: str, stdout: int = subprocess.DEVNULL) -> subproce
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env, stdout=stdout,
                             stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Configs with trainer.threads set it process-wide in run(): give every later test its threads back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

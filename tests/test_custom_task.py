@@ -13,7 +13,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 import yaml
 from conftest import spawn
 
@@ -38,13 +37,6 @@ prompt:
   verbalizer: [" bad", " okay", " good"]
 """
 TINY = ["trainer.steps=1", "eval.max_examples=8", "metrics.every=1", "logger.mode=disabled", "trainer.threads=1"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

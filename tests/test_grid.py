@@ -15,21 +15,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import spawn
 
 from gradft import grid
 
 ROOT = Path(__file__).resolve().parent.parent
 CELLS = {"cb/prompt/k32/s0", "cb/ours/k32/s0", "rte/prompt/k32/s0", "rte/ours/k32/s0"}
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """Smoke configs set trainer.threads=1, which run() applies process-wide: give later tests their threads back."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def events(tree: Path, kind: str = "start") -> Counter:

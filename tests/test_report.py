@@ -11,20 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from gradft import grid, report
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """Smoke configs set trainer.threads=1, which run() applies process-wide: give later tests their threads back."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 import yaml
 from conftest import spawn
 from hydra import compose, initialize_config_dir
@@ -27,14 +26,6 @@ from gradft.run import CONF_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["trainer.steps=1"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """Smoke configs set trainer.threads=1, which run() applies process-wide: give later tests their threads back."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def make_spec(tmp_path: Path, **changes) -> Path:

@@ -6,19 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from gradft import grid, sweep, tuned
 
 FAST = ["trainer.steps=1"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def spec(tmp: Path, method: str, space: dict, n_trials: int = 2) -> Path:
