@@ -31,20 +31,21 @@ def wait_for(path: Path, needle: str, proc: subprocess.Popen, timeout: float = 2
     raise AssertionError(f"no {needle!r} in {path} after {timeout} s")
 
 
-@pytest.mark.slow  # a real CLI run: ~15 s of imports, then 10 steps
+@pytest.mark.slow  # a real CLI run: seconds of imports, then 100 steps
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signalled_run_says_where_it_stopped_fails_its_wandb_run_and_writes_no_results(sig, code, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true"}
-    proc = subprocess.Popen([sys.executable, "-m", "gradft", *QUICK, "trainer.steps=100", "logger.mode=offline",
+    # 1000 steps: the signal lands at 10 %, long before the end (100 tiny steps could finish before it arrived)
+    proc = subprocess.Popen([sys.executable, "-m", "gradft", *QUICK, "trainer.steps=1000", "logger.mode=offline",
                              f"hydra.run.dir={out}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    wait_for(out / "__main__.log", "step 10/100", proc)
+    wait_for(out / "__main__.log", "step 100/1000", proc)
     proc.send_signal(sig)
     text, _ = proc.communicate(timeout=120)
     assert proc.returncode == code, text[-3000:]
     lines = [line for line in text.splitlines() if "interrupted at step" in line]
-    assert len(lines) == 1 and f"{sig.name}: interrupted at step" in lines[0] and "/100; no results written" in \
+    assert len(lines) == 1 and f"{sig.name}: interrupted at step" in lines[0] and "/1000; no results written" in \
         lines[0], text[-3000:]
     assert "Traceback" not in text
     assert not (out / "results.json").exists()
