@@ -83,16 +83,16 @@ def measure(cfg_model, method_cfg, task_cfg, data_cfg, rs: list[float], m: int =
     for precision, autocast in precisions:
         for hvp in ESTIMATORS:
             target = ref["sub" if hvp == "sub_batch" else "batch"]
-            errs = {}
-            for r in rs:
-                est = estimate(model, space, batch, v, hvp, r, m, autocast).double()
-                errs[f"{r:g}"] = float(torch.linalg.vector_norm(est - target) / torch.linalg.vector_norm(target))
             dtype = torch.bfloat16 if autocast else torch.float32
             default_r = FD_R[("central" if hvp == "central" else "forward", dtype)]
-            rows[f"{precision}/{hvp}"] = {"errors": errs, "default_r": default_r,
-                                          "default_error": float(torch.linalg.vector_norm(
-                                              estimate(model, space, batch, v, hvp, default_r, m, autocast).double()
-                                              - target) / torch.linalg.vector_norm(target))}
+            errs = {}
+            for r in dict.fromkeys([*rs, default_r]):  # the default's error once, even when it is one of rs
+                est = estimate(model, space, batch, v, hvp, r, m, autocast).double()
+                errs[f"{r:g}"] = float(torch.linalg.vector_norm(est - target) / torch.linalg.vector_norm(target))
+            default_error = errs[f"{default_r:g}"]
+            if default_r not in rs:
+                del errs[f"{default_r:g}"]
+            rows[f"{precision}/{hvp}"] = {"errors": errs, "default_r": default_r, "default_error": default_error}
     return {"hv_over_g": float(torch.linalg.vector_norm(ref["batch"]) / torch.linalg.vector_norm(g)),
             "trainable": space.numel, "batch": batch_size, "m": m, "rows": rows}
 
