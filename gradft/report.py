@@ -1,19 +1,16 @@
 """Tables and figures from results.json files only: ``python -m gradft.report [--root outputs/grid] [--out DIR]``.
 
 Writes to ``outputs/reports/`` by default (``--out reports`` replaces the committed reports/). Owns: collecting
-results (newest wins when a cell appears twice), Table 1 (``table1.md`` / ``.csv``: per method avg accuracy, gradient
-stability, directional alignment as mean ± std over seeds, per-task accuracy, the three baseline rows (train-pool
-majority, chance, eval majority), and paired tests over (task, seed) pairs of ours vs each baseline and of each
-LM-head method ``x-lm`` vs ``x`` in ``table1_paired.csv``), one Table 1 per model when several models are found,
-Figure 2 (``figure2.png``: accuracy vs shots), the paper's Figure 4 (``loss_curves.png``: training loss per step),
-Figure 3 for the domain tasks (``gradft.report_figure3``), and logging them to W&B as a ``job_type=report`` run (mode
-from WANDB_MODE). Never trains or evaluates anything.
+results (newest wins when a cell appears twice), one Table 1 per model when several models are found (built by
+``gradft.report_table1``: CIs, paired tests with Holm's correction, ablation rows, ``paired_diffs.png``, the tuning
+block with ``--tuning``), Figure 2 (``figure2.png``: accuracy vs shots), the paper's Figure 4 (``loss_curves.png``:
+training loss per step), Figure 3 for the domain tasks (``gradft.report_figure3``), and logging them to W&B as a
+``job_type=report`` run (mode from WANDB_MODE). Never trains or evaluates anything.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import math
@@ -29,15 +26,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
+
+from gradft.report_table1 import BASELINES, ZERO, _methods, _num, mean_std, seed_means, table1  # noqa: E402
+from gradft.report_table1 import paired as paired  # noqa: E402  (re-exported: report.paired)
 
 log = logging.getLogger("gradft.report")
-ORDER = ["zero-shot", "full", "adapter", "lora", "prompt", "ours"]
-OURS = "ours"
-ZERO = "zero-shot"  # head=lm at shots=0: the pretrained LM with the task's prompt, no method applied
-TASK_METRICS = ("f1_macro", "f1a", "exact_match")
-BASELINES = {"baseline_train_majority": "train-pool majority", "baseline_chance": "chance (1/C)",
-             "baseline_eval_majority": "eval majority (needs eval labels)"}
 
 
 def collect(root: str | Path) -> list[dict[str, Any]]:
@@ -60,129 +53,6 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
         if not old or r["_mtime"] >= old["_mtime"]:
             newest[key] = r
     return list(newest.values())
-
-
-def _methods(recs: list[dict]) -> list[str]:
-    found = {r["method"] for r in recs}
-    return [m for m in ORDER if m in found] + sorted(found - set(ORDER))
-
-
-def _num(x: Any) -> float:
-    return float(x) if isinstance(x, (int, float)) and x is not None else float("nan")
-
-
-def mean_std(values: list[float]) -> tuple[float, float, int]:
-    v = [x for x in values if math.isfinite(x)]
-    if not v:
-        return float("nan"), float("nan"), 0
-    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else float("nan"), len(v)
-
-
-def fmt(m: float, s: float, n: int, scale: float = 1.0, digits: int = 1) -> str:
-    if not math.isfinite(m):
-        return "—"
-    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}" if n > 1 else f"{m * scale:.{digits}f} (n=1)"
-
-
-def seed_means(recs: list[dict], tasks: list[str], metric: str) -> list[float]:
-    """Per seed, the mean of ``metric`` over all ``tasks`` (seeds missing a task are left out)."""
-    by_seed: dict[int, dict[str, float]] = defaultdict(dict)
-    for r in recs:
-        by_seed[r["seed"]][r["task"]] = _num(r["metrics"].get(metric))
-    return [float(np.mean([v[t] for t in tasks])) for v in by_seed.values() if set(tasks) <= v.keys()]
-
-
-def paired(ours: dict[tuple, float], base: dict[tuple, float]) -> dict[str, Any]:
-    """ours − baseline accuracy over shared (task, seed) pairs: mean difference, paired t-test, Wilcoxon signed-rank.
-    All differences zero: both p-values are 1 (no evidence of a difference); fewer than 2 pairs: NaN."""
-    keys = sorted(ours.keys() & base.keys())
-    a, b = np.array([ours[k] for k in keys]), np.array([base[k] for k in keys])
-    d = a - b
-    out = {"n_pairs": len(keys), "mean_diff": float(d.mean()) if len(keys) else float("nan"),
-           "p_ttest": float("nan"), "p_wilcoxon": float("nan")}
-    if len(keys) >= 2 and np.all(d == 0):
-        out.update(p_ttest=1.0, p_wilcoxon=1.0)
-    elif len(keys) >= 2:
-        out["p_ttest"] = float(stats.ttest_rel(a, b).pvalue)
-        try:
-            out["p_wilcoxon"] = float(stats.wilcoxon(d).pvalue)
-        except ValueError:
-            pass
-    return out
-
-
-def table1(recs: list[dict], out: Path, root: Path) -> dict[str, Any]:
-    tasks = sorted({r["task"] for r in recs})
-    methods = _methods(recs)
-    seeds = sorted({r["seed"] for r in recs})
-    by_m = {m: [r for r in recs if r["method"] == m] for m in methods}
-    header = ["method", "n_seeds", "avg_acc_mean", "avg_acc_std", "stability_mean", "stability_std",
-              "alignment_mean", "alignment_std", *[f"{t}_acc_{s}" for t in tasks for s in ("mean", "std")]]
-    rows, md_rows = [], []
-    for m in methods:
-        cols = [mean_std(seed_means(by_m[m], tasks, k)) for k in ("accuracy", "gradient_stability",
-                                                                      "directional_alignment")]
-        per_task = [mean_std([_num(r["metrics"]["accuracy"]) for r in by_m[m] if r["task"] == t]) for t in tasks]
-        rows.append([m, cols[0][2], *[x for c in cols + per_task for x in c[:2]]])
-        md_rows.append([m, fmt(*cols[0], 100), fmt(*cols[1], digits=3), fmt(*cols[2], digits=3),
-                        *[fmt(*c, 100) for c in per_task]])
-    trained = [r for r in recs if r["shots"] > 0] or recs
-    for key, name in BASELINES.items():  # floors from results.json; older results (drawn-shots majority): "—"
-        first = {(r["task"], r["seed"]): _num(r["metrics"].get(key)) for r in trained}
-        maj = [{"task": t, "seed": s, "metrics": {"accuracy": v}} for (t, s), v in first.items()]
-        avg = mean_std(seed_means(maj, tasks, "accuracy"))
-        per_task = [mean_std([v for (t, _), v in first.items() if t == task]) for task in tasks]
-        rows.append([key, avg[2], avg[0], avg[1], "", "", "", "", *[x for c in per_task for x in c[:2]]])
-        md_rows.append([name, fmt(*avg, 100), "—", "—", *[fmt(*c, 100) for c in per_task]])
-    acc = {m: {(r["task"], r["seed"]): _num(r["metrics"]["accuracy"]) for r in by_m[m]} for m in methods}
-    pairs = [(OURS, b) for b in methods if b != OURS and OURS in acc and b != ZERO]
-    pairs += [(m, m[:-3]) for m in methods if m.endswith("-lm") and m[:-3] in acc]  # LM head vs a new head
-    tests = {(m, b): paired(acc[m], acc[b]) for m, b in pairs}
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "table1.csv", "w", newline="") as f:
-        csv.writer(f).writerows([header, *[[("" if isinstance(x, float) and not math.isfinite(x) else x)
-                                            for x in row] for row in rows]])
-    with open(out / "table1_paired.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["method", "baseline", "n_pairs", "mean_diff", "p_ttest", "p_wilcoxon"])
-        w.writerows([[m, b, t["n_pairs"], t["mean_diff"], t["p_ttest"], t["p_wilcoxon"]]
-                     for (m, b), t in tests.items()])
-
-    steps = sorted({r["steps"] for r in trained})
-    n_eval = {t: sorted({r.get("eval_examples") for r in recs if r["task"] == t}) for t in tasks}
-    lines = [
-        "# Table 1: comparison of fine-tuning methods", "",
-        f"Model **{recs[0]['model']}**, **{trained[0]['shots']}** shots, seeds {', '.join(map(str, seeds))} "
-        f"(data_seed {'= seed' if all(r['seed'] == r['data_seed'] for r in recs) else 'varies'}), "
-        f"{'/'.join(map(str, steps))} training steps. Accuracy (%) on the official SuperGLUE val split "
-        f"({', '.join(f'{t} {n_eval[t][0] if len(n_eval[t]) == 1 else n_eval[t]}' for t in tasks)} examples); "
-        "each entry is mean ± std over seeds (sample std). Avg accuracy, stability and alignment are averaged "
-        f"over the {len(tasks)} tasks within each seed first; seeds missing a task are left out of them.",
-        f"From {len(recs)} results.json under `{root}`, {datetime.now():%Y-%m-%d %H:%M}. Baselines: train-pool "
-        "majority = always the train pool's most frequent class (knowable without eval labels); chance = 1/C; eval "
-        "majority = the eval split's own majority rate (the best constant, which needs eval labels).", "",
-        "| Method | Avg accuracy | Gradient stability | Directional alignment | " + " | ".join(tasks) + " |",
-        "|---" * (4 + len(tasks)) + "|",
-        *["| " + " | ".join(map(str, r)) + " |" for r in md_rows], "",
-    ]
-    if tests:
-        lines += [f"## Paired over (task, seed): {OURS} vs each baseline, each LM-head method vs its new-head twin",
-                  "", "Mean difference (method − baseline) in accuracy points; p-values of a paired t-test and a "
-                  "Wilcoxon signed-rank test (two-sided; 1 when every difference is 0, — with fewer than 2 pairs).",
-                  "", "| Method | Baseline | pairs | mean diff (pts) | p (t-test) | p (Wilcoxon) |",
-                  "|---|---|---|---|---|---|"]
-        p = lambda x: f"{x:.3g}" if math.isfinite(x) else "—"
-        lines += [f"| {m} | {b} | {t['n_pairs']} | {t['mean_diff'] * 100:+.2f} | {p(t['p_ttest'])} | "
-                  f"{p(t['p_wilcoxon'])} |" for (m, b), t in tests.items()] + [""]
-    extra = [(t, k) for t in tasks for k in TASK_METRICS if any(k in r["metrics"] for r in recs if r["task"] == t)]
-    if extra:
-        lines += ["## Official task metrics (%)", "", "| Method | " + " | ".join(f"{t} {k}" for t, k in extra)
-                  + " |", "|---" * (1 + len(extra)) + "|"]
-        lines += ["| " + " | ".join([m, *[fmt(*mean_std([_num(r["metrics"].get(k)) for r in by_m[m]
-                                                          if r["task"] == t]), 100) for t, k in extra]]) + " |"
-                  for m in methods] + [""]
-    (out / "table1.md").write_text("\n".join(lines))
-    return {"header": header, "rows": rows, "tests": tests, "markdown": "\n".join(lines)}
 
 
 def skipped_cells(root: Path) -> dict[str, set[int]]:
@@ -293,7 +163,7 @@ def log_wandb(out: Path, table: dict[str, Any], images: list[Path], project: str
 
 
 def model_report(recs: list[dict], out: Path, root: Path, model: str, shots: int | None,
-                 project: str) -> dict[str, Any]:
+                 project: str, tuning: dict[str, Any] | None = None) -> dict[str, Any]:
     """Table 1, Figure 2 and the loss curves of one model's SuperGLUE results."""
     recs = [r for r in recs if r["model"] == model]
     shot_counts = Counter(r["shots"] for r in recs)
@@ -303,8 +173,8 @@ def model_report(recs: list[dict], out: Path, root: Path, model: str, shots: int
     if not any(r["shots"] == shots for r in at_k):
         raise SystemExit(f"no {model} results at shots={shots} under {root} (have {sorted(shot_counts)})")
     out.mkdir(parents=True, exist_ok=True)
-    table = table1(at_k, out, root)
-    images = []
+    table = table1(at_k, out, root, tuning)
+    images = list(table["figures"])
     if any(r["shots"] for r in recs):  # zero-shot results alone: a table, no curve
         images = [figure2(recs, out, root)]
     if any(r["shots"] for r in at_k):
@@ -315,13 +185,25 @@ def model_report(recs: list[dict], out: Path, root: Path, model: str, shots: int
     return table
 
 
+def _tuning(path: str | Path | None) -> dict[str, Any] | None:
+    if not path:
+        return None
+    import yaml
+
+    node = (yaml.safe_load(Path(path).read_text()) or {}).get("tuning")
+    if not node:
+        raise SystemExit(f"{path} has no `tuning` node: pass the file `python -m gradft.tuned` wrote")
+    return node
+
+
 def report(root: str | Path = "outputs/grid", out: str | Path = "outputs/reports", shots: int | None = None,
-           model: str | None = None, project: str = "gradft") -> dict[str, Any]:
+           model: str | None = None, project: str = "gradft", tuning: str | Path | None = None) -> dict[str, Any]:
     """Figure 3 from the table (domain / user) tasks' results, every model in one figure; Table 1 + Figure 2 from
     the SuperGLUE results, one set per model (``<out>/<model>/`` when several are found and --model is not given)."""
     from gradft.report_figure3 import figure3, is_table_task
 
     root, out = Path(root), Path(out)
+    tuning_node = _tuning(tuning)
     recs = collect(root)
     if not recs:
         raise SystemExit(f"no results.json under {root}: run `make table1` (or python -m gradft.grid ...) first")
@@ -340,7 +222,7 @@ def report(root: str | Path = "outputs/grid", out: str | Path = "outputs/reports
         print(f"results of {len(models)} models under {root} ({', '.join(models)}): one Table 1 per model, in "
               f"{out}/<model>/ (pick one with --model)")
     for m in models:
-        table = model_report(glue, out / m if len(models) > 1 else out, root, m, shots, project)
+        table = model_report(glue, out / m if len(models) > 1 else out, root, m, shots, project, tuning_node)
     return table
 
 
@@ -352,9 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shots", type=int, help="Table 1's shot count (default 32, else the most common)")
     ap.add_argument("--model", help="default: the model with the most results")
     ap.add_argument("--project", default="gradft", help="W&B project of the report run")
+    ap.add_argument("--tuning", help="the grid's experiment file from `python -m gradft.tuned` (conf/experiment/"
+                                     "<name>.yaml): its tuned values, ranges and budget go under Table 1")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [report] %(levelname)s %(message)s")
-    report(args.root, args.out, args.shots, args.model, args.project)
+    report(args.root, args.out, args.shots, args.model, args.project, args.tuning)
     return 0
 
 

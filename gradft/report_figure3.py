@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gradft.report import _methods, _num, fmt, mean_std, paired  # noqa: E402
+from gradft.report_table1 import _methods, _num, fmt, mean_std, paired  # noqa: E402
 
 DOMAIN = {"overruling": "legal", "unfair_tos": "legal (ToS)", "promise_nfr": "technical", "scicite": "science",
           "uk_manifesto": "policy"}  # the paper's "financial" has no data set here (docs/data.md)

@@ -1,0 +1,73 @@
+"""Table 1's statistics: a CI per method, paired comparisons of ours with the four baselines corrected by Holm,
+ablations compared with ours, the per-task difference plot, and the tuning block (records built in the test: the
+report is a pure function of results.json records)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from gradft.report_table1 import table1, tuning_lines
+
+TASKS = ["boolq", "cb", "copa", "multirc", "rte", "wic"]
+SHIFT = {"full": -0.02, "adapter": 0.0, "lora": -0.06, "prompt": -0.10, "ours": 0.0, "ours-mag": -0.04}
+
+
+def records(seeds=range(100, 105)) -> list[dict]:
+    rng = np.random.default_rng(0)
+    out = []
+    for task in TASKS:
+        for seed in seeds:
+            level = 0.6 + 0.02 * rng.standard_normal()  # shared by every method in this (task, seed): pairing
+            for m, shift in SHIFT.items():
+                acc = level + shift + 0.01 * rng.standard_normal()
+                out.append({"method": m, "task": task, "seed": seed, "data_seed": seed, "shots": 32, "steps": 80,
+                            "model": "minilm", "eval_examples": 100,
+                            "metrics": {"accuracy": acc, "gradient_stability": 0.8, "directional_alignment": 0.3,
+                                        "baseline_train_majority": 0.5, "baseline_chance": 0.5,
+                                        "baseline_eval_majority": 0.55}})
+    return out
+
+
+def test_holm_corrects_the_four_baseline_comparisons_and_ablations_are_compared_with_ours(tmp_path):
+    t = table1(records(), tmp_path, tmp_path)
+    holm = {b: s for (m, b), s in t["tests"].items() if s["family"] == "holm"}
+    assert sorted(holm) == ["adapter", "full", "lora", "prompt"] and all(m == "ours" for m, _ in t["tests"]
+                                                                           if _ in holm)
+    for s in holm.values():
+        assert s["p_ttest"] <= s["p_ttest_holm"] <= 1 and s["n_pairs"] == 30
+    assert holm["prompt"]["ci_low"] > 0.08 and holm["lora"]["ci_low"] > 0.04  # ours clearly above both
+    assert holm["adapter"]["ci_low"] < 0 < holm["adapter"]["ci_high"]  # no difference built in: CI straddles 0
+    smallest = min(holm, key=lambda b: holm[b]["p_ttest"])
+    assert holm[smallest]["p_ttest_holm"] == pytest.approx(min(1.0, 4 * holm[smallest]["p_ttest"]))
+    abl = t["tests"][("ours-mag", "ours")]
+    assert abl["family"] == "ablation" and abl["mean_diff"] == pytest.approx(-0.04, abs=0.01)
+    with open(tmp_path / "table1_paired.csv") as f:
+        assert {r["family"] for r in csv.DictReader(f)} == {"holm", "ablation"}
+    assert (tmp_path / "paired_diffs.png").stat().st_size > 10_000
+
+
+def test_each_method_row_has_a_ci_around_its_average(tmp_path):
+    t = table1(records(), tmp_path, tmp_path)
+    rows = {r[0]: dict(zip(t["header"], r, strict=True)) for r in t["rows"]}
+    for m in SHIFT:
+        r = rows[m]
+        assert r["avg_acc_ci_low"] < r["avg_acc_mean"] < r["avg_acc_ci_high"]
+        assert r["avg_acc_ci_high"] - r["avg_acc_ci_low"] < 0.1
+    assert "| ours | 60." in t["markdown"] and "Holm p (t)" in t["markdown"]
+
+
+def test_tuning_block_prints_values_ranges_budget_and_edge_warnings():
+    tuning = {"partial": False, "written": "2026-12-02 10:00",
+              "lora": {"n_trials": 8, "complete": 5, "pruned": 3, "failed": 1, "best": {"method.lr": 0.00249},
+                       "space": {"method.lr": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True}},
+                       "select_accuracy": 0.553, "at_edge": {}},
+              "full": {"n_trials": 8, "complete": 8, "pruned": 0, "failed": 0, "best": {"method.lr": 1e-3},
+                       "space": {"method.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}},
+                       "select_accuracy": 0.5, "at_edge": {"method.lr": "high"}}}
+    text = "\n".join(tuning_lines(tuning))
+    assert "| lora | 8 (5 / 3 / 1) | method.lr=0.00249 | method.lr [0.0001, 0.03] log | 55.3 | — |" in text
+    assert "method.lr at the high end" in text and "PARTIAL" not in text
+    assert "PARTIAL" in "\n".join(tuning_lines({**tuning, "partial": True}))
