@@ -6,7 +6,8 @@ has every method's best values as ``per_method`` overrides, the ablation rows of
 ``ours_every4``, ``ours_init``: ours' tuned values minus the one they switch off), fresh evaluation seeds (never a
 tuning seed), and a ``tuning`` node recording each study's budget, ranges, best trial, its selection accuracy and
 whether the best value sits at the edge of its range (then the range was wrong: widen it and continue the study).
-A study that has not met its budget is refused unless ``--partial`` (the file then says so).
+A study that has not met its budget is refused unless ``--partial`` (the file then says so). Figure 2's grid is the
+same with ``--tasks cb,copa,rte,wic --shots 16,32,64,128,256 --no-ablations`` and the full/lora/ours studies.
 """
 
 from __future__ import annotations
@@ -66,21 +67,23 @@ def study_summary(spec_path: str | Path, partial: bool = False) -> dict[str, Any
             "select_accuracy_std": best.user_attrs.get("select_accuracy_std"),
             "best": dict(best.params), "space": spec.space, "tasks": spec.tasks, "tuning_seeds": spec.n_seeds,
             "at_edge": {k: e for k, v in best.params.items() if (e := at_edge(v, spec.space[k]))},
-            "base": [o for o in spec.base if not o.startswith(("method=", "metrics.every="))]}
+            "base": [o for o in spec.base if not o.startswith(("method=", "metrics.every=", "shots="))]}  # axes
 
 
-def grid_doc(name: str, studies: list[dict[str, Any]], seeds: list[int], partial: bool) -> dict[str, Any]:
+def grid_doc(name: str, studies: list[dict[str, Any]], seeds: list[int], partial: bool,
+             tasks: list[str] = TASKS, shots: list[int] = (32,), ablations: bool = True) -> dict[str, Any]:
     bases = {tuple(s["base"]) for s in studies}
     if len(bases) != 1 or len({s["n_trials"] for s in studies}) != 1:
         raise ValueError("the studies differ in their base settings or trial budget: not a fair comparison")
     per_method = {s["method"]: [f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in s["best"].items()]
                   for s in studies}
     methods = [s["method"] for s in studies]
-    if "ours" in per_method:
+    if "ours" in per_method and ablations:
         for ablation, dropped in ABLATIONS.items():
             per_method[ablation] = [o for o in per_method["ours"] if not dropped or not o.startswith(dropped + "=")]
             methods.append(ablation)
-    return {"grid": {"name": name, "axes": {"task": TASKS, "method": methods, "shots": [32], "seed": seeds},
+    return {"grid": {"name": name, "axes": {"task": list(tasks), "method": methods, "shots": list(shots),
+                                            "seed": seeds},
                      "data_seed": "seed", "overrides": list(next(iter(bases))), "per_method": per_method,
                      "est_seconds_per_cell": 300},
             "tuning": {"partial": partial, "written": f"{datetime.now():%Y-%m-%d %H:%M}",
@@ -88,12 +91,13 @@ def grid_doc(name: str, studies: list[dict[str, Any]], seeds: list[int], partial
 
 
 def write(name: str, spec_paths: list[str], seeds: list[int], partial: bool = False,
-          conf_dir: Path = CONF_DIR) -> Path:
+          conf_dir: Path = CONF_DIR, tasks: list[str] = TASKS, shots: list[int] = (32,),
+          ablations: bool = True) -> Path:
     studies = [study_summary(p, partial) for p in spec_paths]
     tuning_seeds = set(range(max(s["tuning_seeds"] for s in studies)))
     if clash := tuning_seeds & set(seeds):
         raise ValueError(f"evaluation seeds {sorted(clash)} were tuning seeds: use fresh ones")
-    doc = grid_doc(name, studies, seeds, partial)
+    doc = grid_doc(name, studies, seeds, partial, tasks, shots, ablations)
     edges = [f"{s['method']}: {k} at the {e} end" for s in studies for k, e in s["at_edge"].items()]
     header = (f"# @package _global_\n# python -m gradft.grid {name} --workers 2    (written by: python -m gradft.tuned "
               f"{' '.join(spec_paths)} --name {name}{' --partial' if partial else ''})\n"
@@ -113,10 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", required=True, help="the grid's name: conf/experiment/<name>.yaml")
     p.add_argument("--seeds", default="100,101,102,103,104", help="evaluation seeds (fresh: no tuning seed)")
     p.add_argument("--partial", action="store_true", help="accept studies that have not met their budget")
+    p.add_argument("--tasks", default=",".join(TASKS), help="the grid's tasks (Figure 2: cb,copa,rte,wic)")
+    p.add_argument("--shots", default="32", help="the grid's shot counts (Figure 2: 16,32,64,128,256)")
+    p.add_argument("--no-ablations", action="store_true", help="ours without its ablation rows (Figure 2)")
     p.add_argument("--conf-dir", type=Path, default=CONF_DIR)
     a = p.parse_args(argv)
     try:
-        path = write(a.name, a.specs, [int(s) for s in a.seeds.split(",")], a.partial, a.conf_dir)
+        path = write(a.name, a.specs, [int(s) for s in a.seeds.split(",")], a.partial, a.conf_dir,
+                     a.tasks.split(","), [int(k) for k in a.shots.split(",")], not a.no_ablations)
     except ValueError as e:
         print(f"gradft.tuned: error: {e}", file=sys.stderr)
         return 2

@@ -80,3 +80,16 @@ def test_an_unmet_budget_is_refused_unless_partial(studies, tmp_path):
 def test_a_best_value_at_the_edge_of_its_range_is_flagged():
     d = {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}
     assert tuned.at_edge(1.1e-4, d) == "low" and tuned.at_edge(9.5e-3, d) == "high" and tuned.at_edge(1e-3, d) is None
+
+
+def test_a_figure2_grid_takes_its_tasks_and_shots_from_the_axes_not_from_the_tuning_base(studies):
+    tmp, paths = studies
+    conf = tmp / "conf"
+    assert tuned.main([*map(str, paths), "--name", "f2", "--conf-dir", str(conf), "--seeds", "100", "--tasks",
+                       "cb,rte", "--shots", "16,64", "--no-ablations"]) == 0
+    g = yaml.safe_load((conf / "experiment" / "f2.yaml").read_text())["grid"]
+    assert g["axes"]["task"] == ["cb", "rte"] and g["axes"]["shots"] == [16, 64]
+    assert g["axes"]["method"] == ["lora", "ours"]  # no ablation rows
+    assert not any(o.startswith("shots=") for o in g["overrides"])
+    p = grid.plan(str(conf / "experiment" / "f2.yaml"), ["task=cb", "method=lora"], tmp / "grid2")
+    assert sorted(grid.compose_run([*p.cell_overrides(c), "paths.output_dir=."]).shots for c in p.cells) == [16, 64]
