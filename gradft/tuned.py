@@ -71,7 +71,8 @@ def study_summary(spec_path: str | Path, partial: bool = False) -> dict[str, Any
 
 
 def grid_doc(name: str, studies: list[dict[str, Any]], seeds: list[int], partial: bool,
-             tasks: list[str] = TASKS, shots: list[int] = (32,), ablations: bool = True) -> dict[str, Any]:
+             tasks: list[str] = TASKS, shots: list[int] = (32,), ablations: bool = True,
+             extra: list[str] = ()) -> dict[str, Any]:
     bases = {tuple(s["base"]) for s in studies}
     if len(bases) != 1 or len({s["n_trials"] for s in studies}) != 1:
         raise ValueError("the studies differ in their base settings or trial budget: not a fair comparison")
@@ -84,7 +85,7 @@ def grid_doc(name: str, studies: list[dict[str, Any]], seeds: list[int], partial
             methods.append(ablation)
     return {"grid": {"name": name, "axes": {"task": list(tasks), "method": methods, "shots": list(shots),
                                             "seed": seeds},
-                     "data_seed": "seed", "overrides": list(next(iter(bases))), "per_method": per_method,
+                     "data_seed": "seed", "overrides": [*next(iter(bases)), *extra], "per_method": per_method,
                      "est_seconds_per_cell": 300},
             "tuning": {"partial": partial, "written": f"{datetime.now():%Y-%m-%d %H:%M}",
                        **{s["method"]: {k: v for k, v in s.items() if k not in ("method", "base")} for s in studies}}}
@@ -92,12 +93,12 @@ def grid_doc(name: str, studies: list[dict[str, Any]], seeds: list[int], partial
 
 def write(name: str, spec_paths: list[str], seeds: list[int], partial: bool = False,
           conf_dir: Path = CONF_DIR, tasks: list[str] = TASKS, shots: list[int] = (32,),
-          ablations: bool = True) -> Path:
+          ablations: bool = True, extra: list[str] = ()) -> Path:
     studies = [study_summary(p, partial) for p in spec_paths]
     tuning_seeds = set(range(max(s["tuning_seeds"] for s in studies)))
     if clash := tuning_seeds & set(seeds):
         raise ValueError(f"evaluation seeds {sorted(clash)} were tuning seeds: use fresh ones")
-    doc = grid_doc(name, studies, seeds, partial, tasks, shots, ablations)
+    doc = grid_doc(name, studies, seeds, partial, tasks, shots, ablations, extra)
     edges = [f"{s['method']}: {k} at the {e} end" for s in studies for k, e in s["at_edge"].items()]
     header = (f"# @package _global_\n# python -m gradft.grid {name} --workers 2    (written by: python -m gradft.tuned "
               f"{' '.join(spec_paths)} --name {name}{' --partial' if partial else ''})\n"
@@ -120,11 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", default=",".join(TASKS), help="the grid's tasks (Figure 2: cb,copa,rte,wic)")
     p.add_argument("--shots", default="32", help="the grid's shot counts (Figure 2: 16,32,64,128,256)")
     p.add_argument("--no-ablations", action="store_true", help="ours without its ablation rows (Figure 2)")
+    p.add_argument("--overrides", nargs="*", default=[], help="more overrides of every cell, after the tuning base "
+                                                                "(e.g. eval.max_examples=1000: the stated cap)")
     p.add_argument("--conf-dir", type=Path, default=CONF_DIR)
     a = p.parse_args(argv)
     try:
         path = write(a.name, a.specs, [int(s) for s in a.seeds.split(",")], a.partial, a.conf_dir,
-                     a.tasks.split(","), [int(k) for k in a.shots.split(",")], not a.no_ablations)
+                     a.tasks.split(","), [int(k) for k in a.shots.split(",")], not a.no_ablations,
+                     a.overrides)
     except ValueError as e:
         print(f"gradft.tuned: error: {e}", file=sys.stderr)
         return 2

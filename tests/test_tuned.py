@@ -86,10 +86,10 @@ def test_a_figure2_grid_takes_its_tasks_and_shots_from_the_axes_not_from_the_tun
     tmp, paths = studies
     conf = tmp / "conf"
     assert tuned.main([*map(str, paths), "--name", "f2", "--conf-dir", str(conf), "--seeds", "100", "--tasks",
-                       "cb,rte", "--shots", "16,64", "--no-ablations"]) == 0
+                       "cb,rte", "--shots", "16,64", "--no-ablations", "--overrides", "eval.max_examples=700"]) == 0
     g = yaml.safe_load((conf / "experiment" / "f2.yaml").read_text())["grid"]
     assert g["axes"]["task"] == ["cb", "rte"] and g["axes"]["shots"] == [16, 64]
     assert g["axes"]["method"] == ["lora", "ours"]  # no ablation rows
-    assert not any(o.startswith("shots=") for o in g["overrides"])
+    assert not any(o.startswith("shots=") for o in g["overrides"]) and g["overrides"][-1] == "eval.max_examples=700"
     p = grid.plan(str(conf / "experiment" / "f2.yaml"), ["task=cb", "method=lora"], tmp / "grid2")
     assert sorted(grid.compose_run([*p.cell_overrides(c), "paths.output_dir=."]).shots for c in p.cells) == [16, 64]
