@@ -189,6 +189,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         from gradft.grid import compose_run  # torch and the models: only when a trial runs
         from gradft.run import run
+        from gradft.train import NonFiniteError
 
         self.lock.release()  # the trial exists (RUNNING): other workers now count it
         spec = self.spec
@@ -211,7 +212,12 @@ class Objective:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"select accuracy {acc:.4f} at step {base + step}")
 
-            res = run(cfg, out, report if spec.prune_on == "steps" else None)
+            try:
+                res = run(cfg, out, report if spec.prune_on == "steps" else None)
+            except NonFiniteError as e:  # a point where training diverges is a bad point, not a broken trial:
+                trial.set_user_attr("diverged", f"{task}/s{seed}: {e}")  # it counts in the budget, and the
+                log.warning("trial %d diverged on %s seed %d: pruned (%s)", trial.number, task, seed, e)
+                raise optuna.TrialPruned(f"diverged on {task} seed {seed}") from None  # sampler learns it
             offset += int(res["steps"])
             acc = (res.get("select_metrics") or {}).get("accuracy")
             accs[f"{task}/s{seed}"] = float("nan") if acc is None else float(acc)
