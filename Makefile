@@ -17,7 +17,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export OMP_WAIT_POLICY ?= PASSIVE   # spinning OpenMP threads ran 3-6x slower when another process held a core (docs/bench.md)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast test-all lint bench sweep tune dashboard table1 figure2 figure3 heads zeroshot report data clean
+.PHONY: help install run test test-fast lint bench sweep tune dashboard table1 figure2 figure3 heads zeroshot report data clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -36,11 +36,16 @@ install: $(BIN)/.installed  ## create .venv with pinned dependencies and the off
 run: install  ## one few-shot run on the offline default (MiniLM, LoRA, RTE, 32 shots); ARGS="method=ours task=cb"
 	$(BIN)/python -m gradft $(ARGS)
 
-test: install  ## the test suite (fast + slow end-to-end checks)
-	$(BIN)/python -m pytest -q $(ARGS)
+# pytest-xdist workers: one per core, at most 4 (TEST_JOBS=0: no workers, one process); loadgroup keeps the tests that
+# share an expensive fixture on one worker (tests/conftest.py SHARED_FIXTURES)
+TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadgroup
+
+test: install  ## the test suite (fast + slow end-to-end checks), in parallel on the cores (TEST_JOBS=…)
+	$(PYTEST) $(ARGS)
 
 test-fast: install  ## the fast suite only (no `slow` marker)
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
 
 lint: install  ## ruff
 	$(BIN)/ruff check gradft tests

@@ -54,6 +54,50 @@ def spawn(module: str, *args: str, stdout: int = subprocess.DEVNULL) -> subproce
                             stderr=subprocess.PIPE, text=True)
 
 
+@pytest.fixture(scope="session")
+def smoke_grid(tmp_path_factory) -> Path:
+    """The smoke grid (cb, rte × prompt, ours × seed 0 on a tiny BERT), run once per test process: test_grid.py and
+    test_report.py only read it (or work on copies)."""
+    from gradft import grid
+
+    out = tmp_path_factory.mktemp("smoke-grid")
+    assert grid.main(["smoke", "--out", str(out)]) == 0
+    return out
+
+
+# Expensive fixtures built once per test process (module or session scope) -> the xdist group of every test using
+# them: with ``pytest -n N --dist loadgroup`` (make test) those tests run on one worker, which builds the fixture once.
+SHARED_FIXTURES = {"smoke_grid": "smoke_grid", "finished": "smoke_grid", "tree": "smoke_grid", "reported": "smoke_grid",
+                   "resumed": "sweep_resumed", "studies": "tuned_studies", "report": "bench_report",
+                   "pg_url": "postgres"}
+
+
+def _start_order(item) -> tuple[int, float]:
+    """Slow tests first, the longest (``@pytest.mark.slow(minutes=…)``, 1 if not given) first among them: with xdist
+    workers the end-to-end checks then start at once, not last, while the short tests fill the other workers."""
+    slow = item.get_closest_marker("slow")
+    return (0, -float(slow.kwargs.get("minutes", 1))) if slow is not None else (1, 0.0)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=_start_order)  # stable: each module's other tests keep their order (module fixtures built once)
+    for item in items:  # before every other implementation: xdist's reads the groups
+        group = next((SHARED_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in SHARED_FIXTURES), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    result = yield
+    # pytest-xdist 3.8 groups a test by appending "@group" to ``item._nodeid``; pytest 9.2 reads its node ids from
+    # ``item._id``, so without this the groups never reach the scheduler (and every worker built every fixture)
+    from _pytest.nodeid import coerce_node_id
+
+    for item in items:
+        grouped = getattr(item, "_nodeid", None)
+        if isinstance(grouped, str) and grouped != item.nodeid and grouped.startswith(item.nodeid + "@"):
+            item._id = coerce_node_id(grouped)
+    return result
+
+
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():
     """Configs with trainer.threads set it process-wide in run(): give every later test its threads back."""

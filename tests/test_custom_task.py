@@ -17,6 +17,7 @@ import yaml
 from conftest import spawn
 
 from gradft import grid, sweep
+from gradft.grid import compose_run
 
 WORDS = {"negative": ["awful", "bad", "dull", "poor"], "neutral": ["fine", "okay", "plain", "average"],
          "positive": ["great", "good", "superb", "lovely"]}
@@ -70,8 +71,12 @@ def test_inspect_prints_sizes_label_counts_both_heads_baselines_and_warnings(use
     assert "head=lm" in out and "| Review: The film was" in out and "Sentiment:" in out
     assert "train-pool majority" in out and "chance (1/3): 33.3%" in out and "eval majority" in out
     assert "fewer than shots" not in out
-    p = spawn("gradft.data", "--config-dir", str(user["conf"]), "task=reviews", "shots=60", stdout=subprocess.PIPE)
-    out, _ = p.communicate(timeout=300)
+    # too many shots for the pool: the same composition and description as the command, in this process
+    from gradft.data import load_task
+    from gradft.data.inspect import describe
+
+    cfg = compose_run([f"hydra.searchpath=[file://{user['conf']}]", "task=reviews", "shots=60", "paths.output_dir=."])
+    out = describe(cfg.task, load_task(cfg.task, cfg.data), int(cfg.shots), cfg.eval.get("max_examples"))
     assert "fewer than shots=60 // 3 = 20" in out and "the run will fail" in out
 
 
@@ -80,7 +85,9 @@ def test_every_method_both_heads_as_a_grid_from_the_users_config_dir(user, tmp_p
     spec.write_text(yaml.safe_dump({"grid": {
         "name": "reviews", "axes": {"task": ["reviews"], "method": ["full", "adapter", "lora", "prompt", "ours"],
                                     "shots": [6], "seed": [0], "head": ["classifier", "lm"]},
-        "data_seed": "seed", "overrides": ["model=tiny_llama", *TINY, "eval.max_examples=null"]}}))
+        # gradient metrics off: what is pinned here is the user's data through every method and head (metrics with
+        # the user's task: the cross-task test below; every method and head with metrics: test_run.py)
+        "data_seed": "seed", "overrides": ["model=tiny_llama", *TINY, "eval.max_examples=null", "metrics.every=0"]}}))
     searchpath = f"hydra.searchpath=[file://{user['conf']}]"
     assert grid.main([str(spec), "--out", str(tmp_path / "grid"), searchpath]) == 0
     res = _results(tmp_path / "grid")
@@ -114,14 +121,19 @@ def test_sweep_over_the_users_task(user, tmp_path):
     assert len(done) == 2 and all(0 <= t.value <= 1 for t in done)
 
 
-@pytest.mark.parametrize(("target", "source"), [("reviews", "cb"), ("cb", "reviews")])
-def test_cross_task_guidance_with_the_users_task_as_target_and_as_source(user, tmp_path, target, source):
-    """Through the CLI with --config-dir: the source task is found on the same search path as the target."""
-    p = spawn("gradft", "--config-dir", str(user["conf"]), f"task={target}", "method=ours", "model=tiny_bert",
-              "shots=6", f"guidance.source_task={source}", "guidance.lambda3=0.1", *TINY,
-              f"hydra.run.dir={tmp_path / 'run'}")
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err
-    r = json.loads((tmp_path / "run" / "results.json").read_text())
-    cos = [v for _, v in r["trace"]["guide/cos_source"]]
-    assert r["task"] == target and cos and all(-1 <= c <= 1 for c in cos)
+def test_cross_task_guidance_with_the_users_task_as_target_and_as_source(user, tmp_path):
+    """Through the CLI with --config-dir, one multirun: the source task is found on the same search path as the
+    target (reviews guided by cb, cb guided by reviews, and each guided by itself)."""
+    p = spawn("gradft", "--config-dir", str(user["conf"]), "-m", "task=reviews,cb", "guidance.source_task=cb,reviews",
+              "method=ours", "model=tiny_bert", "shots=6", "guidance.lambda3=0.1", *TINY,
+              f"hydra.sweep.dir={tmp_path / 'multi'}")
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    runs = {}
+    for path in (tmp_path / "multi").glob("*/results.json"):
+        source = yaml.safe_load((path.parent / "config.yaml").read_text())["guidance"]["source_task"]
+        runs[(json.loads(path.read_text())["task"], source)] = json.loads(path.read_text())
+    assert set(runs) == {(t, s) for t in ("reviews", "cb") for s in ("cb", "reviews")}
+    for r in runs.values():
+        cos = [v for _, v in r["trace"]["guide/cos_source"]]
+        assert cos and all(-1 <= c <= 1 for c in cos)

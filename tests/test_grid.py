@@ -33,12 +33,10 @@ def cli(*args: str) -> subprocess.Popen:
     return spawn("gradft.grid", *args)
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """The smoke grid (2 tasks × 2 methods × 1 seed), run once; tests work on copies of it."""
-    out = tmp_path_factory.mktemp("grid")
-    assert grid.main(["smoke", "--out", str(out)]) == 0
-    return out
+@pytest.fixture
+def finished(smoke_grid) -> Path:
+    """The smoke grid (2 tasks × 2 methods × 1 seed), run once per test process (conftest); tests work on copies."""
+    return smoke_grid
 
 
 @pytest.fixture

@@ -19,13 +19,11 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def reported(tmp_path_factory) -> tuple[Path, Path]:
-    """The smoke grid (cb, rte × prompt, ours × seed 0), then the report of it."""
-    root = tmp_path_factory.mktemp("grid")
-    assert grid.main(["smoke", "--out", str(root)]) == 0
-    out = root.parent / (root.name + "-reports")
-    report.main(["--root", str(root), "--out", str(out)])
-    return root, out
+def reported(smoke_grid, tmp_path_factory) -> tuple[Path, Path]:
+    """The smoke grid (cb, rte × prompt, ours × seed 0; run once per test process, conftest), then the report of it."""
+    out = tmp_path_factory.mktemp("smoke-reports")
+    report.main(["--root", str(smoke_grid), "--out", str(out)])
+    return smoke_grid, out
 
 
 def rows(path: Path) -> list[dict[str, str]]:

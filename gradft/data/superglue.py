@@ -152,15 +152,29 @@ def _line_numbers(path: Path) -> list[int]:
         return [n for n, line in enumerate(fh, start=1) if line.strip()]
 
 
+# (resolved path, mtime_ns, size) -> the rows `datasets` read: a grid, sweep or test process loads the same splits
+# run after run, and turning the Arrow table back into dicts was ~40% of a tiny run. Callers only read the rows.
+_ROWS: dict[tuple[str, int, int], tuple[dict[str, Any], ...]] = {}
+_ROWS_MAX = 16
+
+
 def read_jsonl(path: Path, hint: str = "") -> list[dict[str, Any]]:
     """Records of a jsonl file, via `datasets` (json builder); on failure re-scan to locate the bad line."""
     if not path.is_file():
         raise DataError(
             f"file not found: looked for {path} (layout <root>/<dir>/<split>.jsonl). {hint}".rstrip()
         )
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key in _ROWS:
+        return list(_ROWS[key])
     try:
         with _quiet_datasets() as datasets:
             rows = list(datasets.load_dataset("json", data_files=str(path), split="train"))
+        if rows:
+            while len(_ROWS) >= _ROWS_MAX:
+                del _ROWS[next(iter(_ROWS))]  # the oldest
+            _ROWS[key] = tuple(rows)
     except Exception as exc:  # noqa: BLE001 - any datasets / arrow failure -> precise re-scan below
         rows = _scan_jsonl(path)
         # Every line is valid JSON: datasets failed for another reason (e.g. mixed types across rows);
