@@ -17,7 +17,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export OMP_WAIT_POLICY ?= PASSIVE   # spinning OpenMP threads ran 3-6x slower when another process held a core (docs/bench.md)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint bench sweep tune dashboard table1 figure2 figure3 heads zeroshot report data clean
+.PHONY: help install run test test-fast lint bench sweep tune dashboard table1 figure2 grid figure3 heads zeroshot report data clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -55,6 +55,8 @@ bench: install  ## step time / memory / FLOP rate per method (reports/bench.json
 	$(BIN)/python -m gradft.bench_scoring $(SCORING_ARGS)
 	$(BIN)/python -m gradft.bench_hvp
 	$(BIN)/python -m gradft.bench_cell
+	$(BIN)/python -m gradft.bench_metrics
+	$(BIN)/python -m gradft.report_estimators --out reports/estimators.md
 
 sweep: install  ## Optuna sweep sweeps/$(SWEEP).yaml (resumable); N_TRIALS=… WORKERS=…
 	$(BIN)/python -m gradft.sweep sweeps/$(SWEEP).yaml $(if $(N_TRIALS),--n-trials $(N_TRIALS)) --workers $(WORKERS) $(ARGS)
@@ -65,11 +67,27 @@ tune: install  ## the fair-tuning protocol: sweeps/tune_$(SETTING)_<m>.yaml for 
 dashboard: install  ## open the sweep's study in optuna-dashboard
 	$(BIN)/python -m gradft.sweep sweeps/$(SWEEP).yaml --dashboard
 
-table1: install  ## run the Table 1 grid (5 methods x 6 tasks x seeds); finished runs are skipped
-	$(BIN)/python -m gradft.grid table1 $(ARGS)
+# --- the fair-comparison protocol (docs: README "Fair tuning"): each step resumes, finished trials / cells are kept ---
+GRID ?= table1
+METHODS := full adapter lora prompt ours
+SEEDS_minilm ?= 100,101,102,103,104
+SEEDS_smollm2 ?= 100,101,102
+CAP_minilm ?= eval.max_examples=1000
+CAP_smollm2 ?= eval.max_examples=700
+table1: install  ## the fair protocol for SETTING=minilm|smollm2: tune all five (same budget) -> tuned grid, fresh seeds -> reports/$(SETTING)/
+	for m in $(METHODS); do $(BIN)/python -m gradft.sweep sweeps/tune_$(SETTING)_$$m.yaml --workers 2 || exit 1; done
+	$(BIN)/python -m gradft.tuned $(foreach m,$(METHODS),sweeps/tune_$(SETTING)_$(m).yaml) --name table1_$(SETTING) --seeds $(SEEDS_$(SETTING)) --overrides $(CAP_$(SETTING))
+	$(BIN)/python -m gradft.grid table1_$(SETTING) --workers 2 --out results/$(SETTING) $(ARGS)
+	$(BIN)/python -m gradft.report --root results/$(SETTING)/table1_$(SETTING) --out reports/$(SETTING) --tuning conf/experiment/table1_$(SETTING).yaml
 
-figure2: install  ## run the Figure 2 grid (methods x shots x seeds); finished runs are skipped
-	$(BIN)/python -m gradft.grid figure2 $(ARGS)
+figure2: install  ## Figure 2 on the same protocol: tuned full/lora/ours, shots 16-256 on cb,copa,rte,wic, 3 fresh seeds -> reports/$(SETTING)/figure2
+	for m in full lora ours; do $(BIN)/python -m gradft.sweep sweeps/tune_$(SETTING)_$$m.yaml --workers 2 || exit 1; done
+	$(BIN)/python -m gradft.tuned $(foreach m,full lora ours,sweeps/tune_$(SETTING)_$(m).yaml) --name figure2_$(SETTING) --seeds 100,101,102 --tasks cb,copa,rte,wic --shots 16,32,64,128,256 --no-ablations --overrides $(CAP_$(SETTING))
+	$(BIN)/python -m gradft.grid figure2_$(SETTING) --workers 2 --out results/$(SETTING) $(ARGS)
+	$(BIN)/python -m gradft.report --root results/$(SETTING)/figure2_$(SETTING) --out reports/$(SETTING)/figure2 --tuning conf/experiment/figure2_$(SETTING).yaml
+
+grid: install  ## any grid of conf/experiment/ (GRID=table1: the untuned 5 methods x 6 tasks x seeds; figure2, smoke, ...)
+	$(BIN)/python -m gradft.grid $(GRID) $(ARGS)
 
 FIG3_MODEL_CLS ?= minilm
 FIG3_MODEL_LM ?= smollm2
