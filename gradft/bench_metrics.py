@@ -18,11 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-
-def stability(norms: list[float]) -> float:
-    mean = sum(norms) / len(norms)
-    std = math.sqrt(sum((x - mean) ** 2 for x in norms) / len(norms))
-    return 1.0 / (1.0 + std / mean) if mean > 0 else math.nan
+from gradft.metrics import stability
 
 
 def alignment(cosines: list[float]) -> float:

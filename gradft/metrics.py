@@ -32,6 +32,13 @@ def f1_macro(preds: Sequence[int], labels: Sequence[int], n_classes: int) -> flo
     return sum(scores) / n_classes
 
 
+def stability(norms: Sequence[float]) -> float:
+    """Gradient stability 1 / (1 + σ/μ) of the measured ‖g_t‖ (population std; 1 = constant norm)."""
+    mean = sum(norms) / len(norms)
+    std = math.sqrt(sum((x - mean) ** 2 for x in norms) / len(norms))
+    return 1.0 / (1.0 + std / mean) if mean > 0 else float("nan")
+
+
 def f1a(preds: Sequence[int], labels: Sequence[int]) -> float:
     """MultiRC F1a: binary F1 of the positive class over all answer options."""
     tp = sum(1 for p, y in zip(preds, labels, strict=True) if p == 1 and y == 1)
@@ -141,7 +148,7 @@ class GradientMonitor:
         mean = sum(self.norms) / len(self.norms)
         std = math.sqrt(sum((x - mean) ** 2 for x in self.norms) / len(self.norms))
         return {
-            "gradient_stability": 1.0 / (1.0 + std / mean) if mean > 0 else float("nan"),
+            "gradient_stability": stability(self.norms),
             "directional_alignment": sum(self.cos_task) / len(self.cos_task),
             "grad_norm_mean": mean,
             "grad_norm_std": std,
