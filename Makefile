@@ -89,14 +89,15 @@ figure2: install  ## Figure 2 on the same protocol: tuned full/lora/ours, shots 
 grid: install  ## any grid of conf/experiment/ (GRID=table1: the untuned 5 methods x 6 tasks x seeds; figure2, smoke, ...)
 	$(BIN)/python -m gradft.grid $(GRID) $(ARGS)
 
-FIG3_MODEL_CLS ?= minilm
-FIG3_MODEL_LM ?= smollm2
-FIG3_OUT ?= outputs/grid
-FIG3_REPORT ?= reports
-figure3: install  ## Figure 3: full/lora/ours x 5 domain tasks x 3 seeds; MiniLM (classifier) + SmolLM2 (LM head) -> reports/figure3.{png,md}
-	$(BIN)/python -m gradft.grid figure3 head=classifier model=$(FIG3_MODEL_CLS) --out $(FIG3_OUT) $(ARGS)
-	$(BIN)/python -m gradft.grid figure3 head=lm model=$(FIG3_MODEL_LM) --out $(FIG3_OUT) $(ARGS)
-	$(BIN)/python -m gradft.report --root $(FIG3_OUT)/figure3 --out $(FIG3_REPORT)
+FIG3_SETTINGS ?= minilm smollm2
+FIG3_TASKS := overruling,promise_nfr,scicite,uk_manifesto,unfair_tos
+figure3: install  ## Figure 3 on the same protocol per setting (minilm: classifier head, smollm2: LM head): tuned full/lora/ours x 5 domain tasks x 3 fresh seeds -> reports/<setting>/figure3
+	for s in $(FIG3_SETTINGS); do \
+	  for m in full lora ours; do $(BIN)/python -m gradft.sweep sweeps/tune_$${s}_$$m.yaml --workers 2 || exit 1; done; \
+	  $(BIN)/python -m gradft.tuned sweeps/tune_$${s}_{full,lora,ours}.yaml --name figure3_$$s --seeds 100,101,102 --tasks $(FIG3_TASKS) --no-ablations || exit 1; \
+	  $(BIN)/python -m gradft.grid figure3_$$s --workers 2 --out results/$$s $(ARGS) || exit 1; \
+	  $(BIN)/python -m gradft.report --root results/$$s/figure3_$$s --out reports/$$s/figure3 || exit 1; \
+	done
 
 heads: install  ## SmolLM2: new classifier head vs prompt + LM head (and zero-shot) on BoolQ/CB/COPA, 3 seeds
 	$(BIN)/python -m gradft.grid heads $(ARGS)
@@ -106,8 +107,15 @@ zeroshot: install  ## SmolLM2 zero-shot prompts on all six tasks (head=lm shots=
 	$(BIN)/python -m gradft.grid table1 model=smollm2 head=lm shots=0 method=lora eval.max_examples=1000 --out outputs/zeroshot $(ARGS)
 	$(BIN)/python -m gradft.report --root outputs/zeroshot --out reports/zeroshot --shots 0
 
-report: install  ## aggregate results.json files -> outputs/reports/ (table1, figure2, loss curves, figure3); ARGS="--out reports" to replace the committed ones
-	$(BIN)/python -m gradft.report $(ARGS)
+REPORT_OUT ?= outputs/reports
+report: install  ## every table and figure from the committed results/<setting>/<grid>/ -> $(REPORT_OUT)/<setting>/... (REPORT_OUT=reports replaces the committed ones; ARGS="--root DIR --out DIR" for one root)
+	@if [ -n "$(ARGS)" ]; then $(BIN)/python -m gradft.report $(ARGS); exit $$?; fi; \
+	for d in results/*/table1_* results/*/figure2_* results/*/figure3_*; do \
+	  [ -d "$$d" ] || continue; s=$$(basename $$(dirname $$d)); g=$$(basename $$d); kind=$${g%_$$s}; \
+	  out=$(REPORT_OUT)/$$s; [ "$$kind" = table1 ] || out=$$out/$$kind; \
+	  tuning=""; [ -f conf/experiment/$$g.yaml ] && tuning="--tuning conf/experiment/$$g.yaml"; \
+	  echo "== $$d -> $$out"; $(BIN)/python -m gradft.report --root $$d --out $$out $$tuning || exit 1; \
+	done
 
 data: install  ## write the SuperGLUE local layout (data.superglue_root) from the HF hub, for users who want files (needs network)
 	HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 $(BIN)/python -m gradft.data.export $(ARGS)

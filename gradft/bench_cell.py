@@ -6,19 +6,24 @@ data (task files + sampling), model_load (backbone + method + collator), tracker
 of the metrics and guidance), steps (optimisation steps alone), metric_passes (the gradient-metric passes), eval,
 select_eval, other (logging) and validate_write_finish (config checks, results.json, W&B finish). The reference is
 a plain loop: the same backbone loaded the same way, peft LoRA, AdamW + linear schedule over the same shots and
-step count, then the same val examples scored in ``inference_mode``, with no gradft code in its loop. Both run in
+step count, then the same val examples scored in ``inference_mode``, with no gradft code in its loop. With
+``head=lm`` (verbalizer tasks: BoolQ, CB, RTE, ...) the twin is the textbook prompt loop: peft LoRA on the causal
+LM, the label words' logits at each prompt's last token (``logits_to_keep``, as gradft does), cross-entropy. Both run in
 this process, one after the other, each timed in wall and process-CPU seconds (CPU time is robust to other load).
 Writes ``reports/bench_cell.json``.
 
-    python -m gradft.bench_cell [--overrides model=smollm2 head=lm task=copa ...] [--threads 2]
+    python -m gradft.bench_cell [--model smollm2 --overrides head=lm ...] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import logging
 import os
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -30,23 +35,44 @@ from gradft.tracking import atomic_write
 CELL = ["task=rte", "method=lora", "shots=32", "trainer.epochs=20", "metrics.every=4", "logger.mode=disabled"]
 
 
+def _lm_label_logits(model, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, C) label-word logits at each row's answer position (right-padded prompts: the last real token)."""
+    ids, answer = b["input_ids"], b["answer_index"]
+    keep = ids.shape[1] - int(answer.min())  # the LM head only on the positions from the earliest answer on
+    logits = model(input_ids=ids, attention_mask=b["attention_mask"], logits_to_keep=keep).logits
+    return logits[torch.arange(len(ids)), answer - (ids.shape[1] - keep)][:, b["label_token_ids"]].float()
+
+
 def plain_loop(cfg) -> dict[str, float]:
     """LoRA fine-tuning and evaluation of the cell's shots and val split with peft + torch alone."""
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import get_linear_schedule_with_warmup
 
     from gradft.models import load_backbone
+    from gradft.prompt_spec import prompt_spec
+    from gradft.prompting import PromptCollator
     from gradft.run import train_steps
 
     t0, c0 = time.perf_counter(), time.process_time()
+    lm = cfg.get("head", "classifier") == "lm"
     task = gdata.load_task(cfg.task, cfg.data)
+    if lm and task.multiple_choice:
+        raise SystemExit("the plain twin of a head=lm cell scores label words: pick a verbalizer task (not COPA), "
+                         "or pass --no-plain")
     shots = gdata.sample_shots(task.train_pool, cfg.shots, cfg.data_seed, cfg.data.balance)
     torch.manual_seed(cfg.seed)
-    model, tok = load_backbone(cfg.model, len(task.labels), cfg.paths.cache_dir)
+    model, tok = load_backbone(cfg.model, len(task.labels), cfg.paths.cache_dir, "lm" if lm else "classifier")
     m = cfg.method
-    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=m.r, lora_alpha=m.alpha,
-                                             lora_dropout=m.dropout, target_modules=m.target_modules))
-    collate = gdata.Collator(tok, cfg.model.max_length, task.multiple_choice)  # tokenisation only
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM if lm else TaskType.SEQ_CLS, r=m.r,
+                                             lora_alpha=m.alpha, lora_dropout=m.dropout,
+                                             target_modules=m.target_modules))
+    if lm:  # tokenisation only: the prompt text and the answer position
+        spec = prompt_spec(cfg.task, len(task.labels), False)
+        collate = PromptCollator(tok, spec.max_length or cfg.model.max_length, spec, "causal")
+        logits_of = functools.partial(_lm_label_logits, model)
+    else:
+        collate = gdata.Collator(tok, cfg.model.max_length, task.multiple_choice)
+        logits_of = lambda b: model(**{k: v for k, v in b.items() if k != "labels"}).logits  # noqa: E731
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=m.lr, weight_decay=cfg.trainer.weight_decay)
     steps = train_steps(cfg, len(shots))
@@ -57,7 +83,7 @@ def plain_loop(cfg) -> dict[str, float]:
     model.train()
     for step in range(steps):
         b = batches[step % len(batches)]
-        model(**b).loss.backward()
+        torch.nn.functional.cross_entropy(logits_of(b), b["labels"]).backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.trainer.max_grad_norm)
         opt.step()
         sched.step()
@@ -68,10 +94,8 @@ def plain_loop(cfg) -> dict[str, float]:
     correct = 0
     with torch.inference_mode():
         for i in range(0, len(eval_set), cfg.eval.batch_size):
-            chunk = eval_set[i:i + cfg.eval.batch_size]
-            b = collate(chunk)
-            pred = model(**{k: v for k, v in b.items() if k != "labels"}).logits.argmax(-1)
-            correct += int((pred == b["labels"]).sum())
+            b = collate(eval_set[i:i + cfg.eval.batch_size])
+            correct += int((logits_of(b).argmax(-1) == b["labels"]).sum())
     end = time.perf_counter()
     return {"wall_s": end - t0, "cpu_s": time.process_time() - c0, "train_s": t_eval - t_train,
             "eval_s": end - t_eval, "setup_s": t_train - t0, "steps": steps, "accuracy": correct / len(eval_set)}
@@ -97,11 +121,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--model", default="minilm")
     p.add_argument("--overrides", nargs="*", default=[], help="on top of the cell: " + " ".join(CELL))
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    p.add_argument("--no-plain", action="store_true", help="profile the cell only (e.g. head=lm: no plain twin)")
+    p.add_argument("--no-plain", action="store_true", help="profile the cell only (no plain twin)")
     p.add_argument("--out", default="reports/bench_cell.json")
     a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [bench_cell] %(levelname)s %(message)s")
     torch.set_num_threads(a.threads)
-    cfg = compose_cfg(a.model, [*CELL, *a.overrides, "paths.output_dir=/tmp/gradft-bench-cell"])
+    run_dir = tempfile.mkdtemp(prefix="gradft-bench-cell-")  # the cell's results.json: not the report, and not shared
+    cfg = compose_cfg(a.model, [*CELL, *a.overrides, f"paths.output_dir={run_dir}"])
     cell = gradft_cell(cfg)
     result: dict[str, Any] = {"model": a.model, "overrides": [*CELL, *a.overrides], "threads": a.threads,
                               "gradft": cell, "loadavg_1min": os.getloadavg()[0],
@@ -112,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for k, v in sorted(cell["profile"].items(), key=lambda kv: -kv[1]):
         print(f"  {k:<14}{v:>8.1f} s  {100 * v / cell['wall_s']:>5.1f}%")
     if not a.no_plain:
+        print("plain peft loop: the same backbone, shots, steps and eval examples ...", flush=True)
         plain = result["plain"] = plain_loop(cfg)
         result["ratio_cell_plain"] = cell["wall_s"] / plain["wall_s"]
         result["ratio_cell_plain_cpu"] = cell["cpu_s"] / plain["cpu_s"]

@@ -210,7 +210,7 @@ def report(root: str | Path = "outputs/grid", out: str | Path = "outputs/reports
     domain = [r for r in recs if is_table_task(r) and (model is None or r["model"] == model)]
     glue = [r for r in recs if not is_table_task(r)]
     if domain:
-        paths = figure3(domain, out, root)
+        paths = figure3(domain, out, root, tuning_node)
         print(f"wrote {', '.join(str(p) for p in paths)} (Figure 3: {len(domain)} domain-task results)")
     table: dict[str, Any] = {}
     models = [m for m, _ in Counter(r["model"] for r in glue).most_common()]

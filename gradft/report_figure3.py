@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gradft.report_table1 import _methods, _num, fmt, mean_std, paired  # noqa: E402
+from gradft.report_table1 import _methods, _num, fmt, mean_std, paired, tuning_lines  # noqa: E402
 
 DOMAIN = {"overruling": "legal", "unfair_tos": "legal (ToS)", "promise_nfr": "technical", "scicite": "science",
           "uk_manifesto": "policy"}  # the paper's "financial" has no data set here (docs/data.md)
@@ -40,7 +40,9 @@ def _base(recs: list[dict], task: str, key: str) -> float:
     return mean_std([_num(r["metrics"].get(key)) for r in recs if r["task"] == task])[0]
 
 
-def figure3(recs: list[dict], out: Path, root: Path) -> list[Path]:
+def figure3(recs: list[dict], out: Path, root: Path, tuning: dict | None = None) -> list[Path]:
+    """figure3.png + figure3.md of the domain-task results; ``tuning``: the grid's ``gradft.tuned`` node, whose
+    values, ranges and budget go under the table."""
     recs = [r for r in recs if r["shots"] > 0]
     if not recs:
         return []
@@ -111,6 +113,11 @@ def figure3(recs: list[dict], out: Path, root: Path) -> list[Path]:
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {mo} | {a} | {b} | {t['n_pairs']} | {t['mean_diff'] * 100:+.2f} | {p(t['p_ttest'])} | "
                   f"{p(t['p_wilcoxon'])} |" for mo, a, b, t in tests]
+    if tuning:
+        tuned_on = sorted({t for v in tuning.values() if isinstance(v, dict) for t in v.get("tasks", [])})
+        lines += ["", f"Hyperparameters: each method's best point of its tuning study on the selection splits of "
+                      f"{', '.join(tuned_on)} (not of these tasks: nothing here was read for a choice), unchanged."]
+    lines += ["", *tuning_lines(tuning)] if tuning else []
     (out / "figure3.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return [out / "figure3.png", out / "figure3.md"]

@@ -100,12 +100,13 @@ def test_prefix_reuse_bench_scores_the_same_tokens_and_computes_fewer(tmp_path):
     assert positive(data["speedup_eval"]) and positive(data["speedup_train"])
 
 
-def test_cell_profile_splits_the_whole_wall_time_and_the_plain_twin_does_the_same_work(tmp_path):
+@pytest.mark.parametrize("model,head", [("tiny_bert", "classifier"), ("tiny_llama", "lm")])
+def test_cell_profile_splits_the_whole_wall_time_and_the_plain_twin_does_the_same_work(tmp_path, model, head):
     from gradft.bench_cell import main as cell_main
 
     out = tmp_path / "cell.json"
-    r = cell_main(["--model", "tiny_bert", "--threads", "1", "--out", str(out), "--overrides", "trainer.steps=4",
-                   "metrics.every=2", "eval.max_examples=24"])
+    r = cell_main(["--model", model, "--threads", "1", "--out", str(out), "--overrides", "trainer.steps=4",
+                   "metrics.every=2", "eval.max_examples=24", f"head={head}"])
     prof = r["gradft"]["profile"]
     assert {"data", "model_load", "d_task", "steps", "metric_passes", "eval"} <= set(prof)
     assert all(v >= 0 for v in prof.values())
@@ -113,6 +114,7 @@ def test_cell_profile_splits_the_whole_wall_time_and_the_plain_twin_does_the_sam
     assert sum(prof.values()) == pytest.approx(r["gradft"]["wall_s"], rel=1e-6)
     assert r["gradft"]["steps"] == r["plain"]["steps"] == 4
     assert r["ratio_cell_plain"] > 0 and json.loads(out.read_text())["plain"]["steps"] == 4
+    assert 0 <= r["plain"]["accuracy"] <= 1 and r["plain"]["eval_s"] > 0  # the twin scored the 24 examples too
 
 
 def test_gradient_metrics_off_skip_d_task_and_every_metric_pass(tmp_path):

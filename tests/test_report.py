@@ -136,9 +136,14 @@ def test_figure3_from_a_tiny_domain_grid_has_bars_and_the_three_baselines(tmp_pa
     assert grid.main(["figure3", "--out", str(root), "task=promise_nfr,overruling", "method=lora,ours", "seed=0,1",
                       "head=classifier", "model=tiny_bert", "trainer.steps=1", "eval.max_examples=16",
                       "logger.mode=disabled", "trainer.threads=1", "metrics.every=0"]) == 0
-    report.main(["--root", str(root), "--out", str(out)])
+    tuned = tmp_path / "figure3_tiny.yaml"  # the tuning node `python -m gradft.tuned` writes
+    tuned.write_text("tuning:\n  written: now\n  lora:\n    n_trials: 2\n    complete: 2\n    pruned: 0\n"
+                     "    failed: 0\n    best: {method.lr: 0.0025}\n    space: {method.lr: {type: float, low: 0.0001, "
+                     "high: 0.03, log: true}}\n    select_accuracy: 0.55\n    tasks: [cb, rte]\n")
+    report.main(["--root", str(root), "--out", str(out), "--tuning", str(tuned)])
     assert (out / "figure3.png").read_bytes().startswith(PNG) and not (out / "table1.md").exists()
     md = (out / "figure3.md").read_text()
     assert "| promise_nfr (technical) | 16 | tiny_bert | lora |" in md and "| overruling (legal) | 16 |" in md
     assert "train-pool majority" in md and "chance" in md and "eval majority" in md
     assert "| tiny_bert | ours | lora | 4 |" in md  # paired over 2 tasks x 2 seeds
+    assert "selection splits of cb, rte" in md and "| lora | 2 (2 / 0 / 0) | method.lr=0.0025 |" in md
