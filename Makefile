@@ -50,11 +50,12 @@ test-fast: install  ## the fast suite only (no `slow` marker)
 lint: install  ## ruff
 	$(BIN)/ruff check gradft tests
 
-bench: install  ## step time / memory / FLOP rate per method (reports/bench.json); COPA prefix reuse (reports/bench_scoring.json)
+bench: install  ## step time / memory / FLOP rate per method (reports/bench.json); COPA prefix reuse; H.v errors; cell profiles (MiniLM, SmolLM2 head=lm) beside plain loops
 	$(BIN)/python -m gradft.bench $(ARGS)
 	$(BIN)/python -m gradft.bench_scoring $(SCORING_ARGS)
 	$(BIN)/python -m gradft.bench_hvp
 	$(BIN)/python -m gradft.bench_cell
+	$(BIN)/python -m gradft.bench_cell --model smollm2 --overrides head=lm --out reports/bench_cell_smollm2_lm.json
 	$(BIN)/python -m gradft.bench_metrics
 	$(BIN)/python -m gradft.report_estimators --out reports/estimators.md
 
