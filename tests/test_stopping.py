@@ -31,6 +31,12 @@ def wait_for(path: Path, needle: str, proc: subprocess.Popen, timeout: float = 2
     raise AssertionError(f"no {needle!r} in {path} after {timeout} s")
 
 
+def _default_sigint() -> None:
+    """A suite started in the background (``make test &``) inherits SIGINT ignored, and Python then keeps it ignored
+    (as it should: that is how a shell protects background jobs from Ctrl-C). The run under test is a foreground one."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow  # a real CLI run: seconds of imports, then 100 steps
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signalled_run_says_where_it_stopped_fails_its_wandb_run_and_writes_no_results(sig, code, tmp_path):
@@ -39,7 +45,7 @@ def test_a_signalled_run_says_where_it_stopped_fails_its_wandb_run_and_writes_no
     # 1000 steps: the signal lands at 10 %, long before the end (100 tiny steps could finish before it arrived)
     proc = subprocess.Popen([sys.executable, "-m", "gradft", *QUICK, "trainer.steps=1000", "logger.mode=offline",
                              f"hydra.run.dir={out}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint)
     wait_for(out / "__main__.log", "step 100/1000", proc)
     proc.send_signal(sig)
     text, _ = proc.communicate(timeout=120)
