@@ -36,11 +36,12 @@ CELL = ["task=rte", "method=lora", "shots=32", "trainer.epochs=20", "metrics.eve
 
 
 def _lm_label_logits(model, b: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, C) label-word logits at each row's answer position (right-padded prompts: the last real token)."""
+    """(B, C) label-word logits at each row's answer position (right-padded prompts: the last real token); the LM
+    head only on the batch's distinct answer positions (``logits_to_keep`` as a tensor), as gradft does."""
     ids, answer = b["input_ids"], b["answer_index"]
-    keep = ids.shape[1] - int(answer.min())  # the LM head only on the positions from the earliest answer on
+    keep = answer.unique()
     logits = model(input_ids=ids, attention_mask=b["attention_mask"], logits_to_keep=keep).logits
-    return logits[torch.arange(len(ids)), answer - (ids.shape[1] - keep)][:, b["label_token_ids"]].float()
+    return logits[torch.arange(len(ids)), torch.searchsorted(keep, answer)][:, b["label_token_ids"]].float()
 
 
 def plain_loop(cfg) -> dict[str, float]:

@@ -54,12 +54,20 @@ def _mean_logprob(pred: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
 
 
 def _verbalizer_logits(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    """Label-word logits at each row's answer position (keep = the positions from the earliest answer on)."""
+    """Label-word logits at each row's answer position. The LM head runs on the batch's distinct answer positions
+    only (≤ B of them, counted from the end so prompt tuning's prepended virtual tokens do not shift them), not on
+    every position from the earliest answer on: with right-padded prompts of mixed length that tail is most of L."""
     ids, answer = batch["input_ids"], batch["answer_index"]
-    keep = ids.shape[1] - int(answer.min())
-    _, logits = _last_logits(model, keep, input_ids=ids, attention_mask=batch["attention_mask"])
+    from_end = answer - ids.shape[1]  # -1 for the longest row
     rows = torch.arange(ids.shape[0], device=ids.device)
-    return logits[rows, answer - (ids.shape[1] - keep)][:, batch["label_token_ids"]]
+    if _takes_logits_to_keep(model):
+        keep = from_end.unique()  # sorted
+        logits = model(input_ids=ids, attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+        col = torch.searchsorted(keep, from_end)
+    else:  # e.g. a masked LM: every position, then the answer's
+        logits = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits
+        col = from_end + logits.shape[1]
+    return logits[rows, col][:, batch["label_token_ids"]]
 
 
 def _candidate_scores(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:

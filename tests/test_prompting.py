@@ -94,6 +94,21 @@ def test_causal_verbalizer_logits_are_the_label_words_next_token_logits_despite_
     assert coll(exs)["input_ids"].shape[1] <= 64
 
 
+def test_verbalizer_logits_under_prompt_tuning_are_read_after_the_virtual_tokens():
+    """peft prepends the virtual tokens: the answer positions, counted from the end, must still be the prompt's."""
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+
+    model, tok = _lm("tiny_llama")
+    _, task, spec = _task("rte")
+    exs = sorted(task.eval[:5], key=lambda e: len(render(e, spec)))  # mixed lengths, right padding
+    model = get_peft_model(model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4)).eval()
+    batch = PromptCollator(tok, 64, spec, "causal")(exs)
+    with torch.no_grad():
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, 4 + L, V)
+        expect = full[torch.arange(len(exs)), 4 + batch["answer_index"]][:, batch["label_token_ids"]]
+        torch.testing.assert_close(logits_of(model, batch), expect, atol=1e-5, rtol=1e-4)
+
+
 def test_masked_lm_reads_the_label_words_at_the_mask():
     model, tok = _lm("tiny_bert")
     _, task, spec = _task("cb")
