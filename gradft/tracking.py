@@ -61,13 +61,16 @@ def write_results(out_dir: str | Path, results: dict[str, Any], cfg: DictConfig)
 
 # where the data is read from (its files' sha256 are results.json "data"), and options at their neutral value (added
 # after results were committed: a result without the key computed exactly what the neutral value computes)
-LOCATION_KEYS = (("data", "superglue_root"), ("data", "fewglue_root"), ("data", "domain_root"), ("data", "source"))
+# (a file task's ``root`` too: it resolves from data.domain_root or names the user's folder)
+LOCATION_KEYS = (("data", "superglue_root"), ("data", "fewglue_root"), ("data", "domain_root"), ("data", "source"),
+                 ("task", "root"))
 NEUTRAL = {("trainer", "precision"): "fp32"}
 
 
 def config_key(cfg: DictConfig | dict, drop: tuple[str, ...] = SEED_KEYS) -> str:
     """A short hash of what a run computes: the resolved config without ``drop``, logger, paths, hydra,
-    trainer.threads/device, the data's location and options at their neutral value. The same in any checkout."""
+    trainer.threads/device, the data's location, options at their neutral value and, with head=classifier, the
+    task's prompt (it is not read). The same in any checkout."""
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
     for k in (*drop, "logger", "paths", "hydra"):
         c.pop(k, None)
@@ -75,6 +78,8 @@ def config_key(cfg: DictConfig | dict, drop: tuple[str, ...] = SEED_KEYS) -> str
         c.get("trainer", {}).pop(k, None)
     for group, key in LOCATION_KEYS:
         c.get(group, {}).pop(key, None)
+    if c.get("head", "classifier") == "classifier":
+        c.get("task", {}).pop("prompt", None)  # a new classifier head never reads the task's prompt
     for (group, key), neutral in NEUTRAL.items():
         if c.get(group, {}).get(key, neutral) == neutral:
             c.get(group, {}).pop(key, None)

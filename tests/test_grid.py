@@ -18,6 +18,7 @@ import pytest
 from conftest import spawn
 
 from gradft import grid
+from gradft.grid import compose_run
 
 ROOT = Path(__file__).resolve().parent.parent
 CELLS = {"cb/prompt/k32/s0", "cb/ours/k32/s0", "rte/prompt/k32/s0", "rte/ours/k32/s0"}
@@ -97,6 +98,23 @@ def test_results_from_another_checkout_or_an_older_gradft_still_count_as_done(tr
     (tree / "smoke" / "cb/prompt/k32/s0" / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert grid.main(["smoke", "--out", str(tree)]) == 0
     assert events(tree)["cb/prompt/k32/s0"] == 2
+
+
+def test_a_file_tasks_key_does_not_depend_on_where_its_data_lives():
+    """A domain task's root resolves from data.domain_root, i.e. from the checkout: committed Figure 3 cells must
+    count as done in any clone (they were rerun before), while what the task computes still changes the key."""
+    from gradft.tracking import config_key
+
+    here = compose_run(["task=promise_nfr", "paths.output_dir=."])
+    there = compose_run(["task=promise_nfr", "data.domain_root=/elsewhere/domain", "paths.output_dir=."])
+    assert there.task.root == "/elsewhere/domain/promise_nfr" != here.task.root
+    assert config_key(here) == config_key(there)
+    assert config_key(compose_run(["task=promise_nfr", "task.split.seed=1", "paths.output_dir=."])) != config_key(here)
+    # the prompt is read by head=lm only: a prompt option changed later does not unmake classifier results
+    prompt = ["task=promise_nfr", "task.prompt.verbalizer=[' yes',' no']", "paths.output_dir=."]
+    assert config_key(compose_run(prompt)) == config_key(here)
+    assert config_key(compose_run([*prompt, "head=lm"])) != config_key(compose_run(["task=promise_nfr", "head=lm",
+                                                                                  "paths.output_dir=."]))
 
 
 def test_failing_cells_are_logged_and_the_grid_goes_on_with_nonzero_exit(tmp_path):
