@@ -32,6 +32,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gradft import data as gdata
+from gradft import stopping
 from gradft.run import CONF_DIR, run
 from gradft.tracking import atomic_write, config_key
 
@@ -256,6 +257,7 @@ def work(p: Plan, t0: float, worker: int = 0, n_workers: int = 1) -> None:
     while pending:
         waiting = []
         for cell in pending:
+            stopping.check()  # never start a cell after a SIGTERM (its exception may have been swallowed)
             if p.is_done(cell) or p.failed_since(cell, t0):
                 continue
             lock = p.cell_dir(cell) / ".lock"

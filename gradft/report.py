@@ -190,9 +190,13 @@ def _tuning(path: str | Path | None) -> dict[str, Any] | None:
         return None
     import yaml
 
-    node = (yaml.safe_load(Path(path).read_text()) or {}).get("tuning")
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    node = doc.get("tuning")
     if not node:
         raise SystemExit(f"{path} has no `tuning` node: pass the file `python -m gradft.tuned` wrote")
+    axes = (doc.get("grid") or {}).get("axes") or {}
+    if axes:  # a table from part of the grid says so (the budget reached, not the planned one)
+        node = {**node, "planned_cells": math.prod(len(v) for v in axes.values())}
     return node
 
 

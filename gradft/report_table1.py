@@ -204,6 +204,11 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
         "|---" * (5 + len(tasks)) + "|",
         *["| " + " | ".join(map(str, r)) + " |" for r in md_rows], "",
     ]
+    planned = (tuning or {}).get("planned_cells")
+    if planned and len(trained) < planned:
+        lines[4:4] = ["", f"**Partial grid: {len(trained)} of the {planned} planned cells have results** (task × "
+                      "method × seed of the grid file): every number here is at the budget reached, not the planned "
+                      "one; rerun the grid to finish it (finished cells are kept)."]
     if tests:
         lines += [f"## Paired over (task, seed): {OURS} vs each baseline, each ablation vs {OURS}, each LM-head method "
                   "vs its new-head twin", "",

@@ -24,8 +24,23 @@ class RunInterrupted(KeyboardInterrupt):
         self.exit_code = EXIT_CODES.get(signal_name, 130)
 
 
+_requested: str | None = None  # a SIGTERM arrived (set by the handler; cleared when an outermost block starts)
+_depth = 0
+
+
 def _raise_interrupted(signum: int, frame: object) -> None:
+    global _requested
+    _requested = "SIGTERM"
     raise RunInterrupted("SIGTERM", "SIGTERM")
+
+
+def check() -> None:
+    """Raise ``RunInterrupted`` if a SIGTERM arrived and the process went on. A handler's exception is lost when
+    the signal lands inside a finalizer (``__del__``, a gc or weakref callback: Python prints "Exception ignored"),
+    so the trainer's step loop, the grid's cell loop and the sweep's trial loop call this: a sweep worker once
+    started a new trial after its SIGTERM was swallowed, and was killed in it, leaving the trial RUNNING."""
+    if _requested:
+        raise RunInterrupted(_requested, _requested)
 
 
 @contextlib.contextmanager
@@ -34,10 +49,15 @@ def sigterm_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _requested, _depth
+    if _depth == 0:
+        _requested = None  # a new outermost block (a test process runs many): an old stop is not this one's
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    _depth += 1
     try:
         yield
     finally:
+        _depth -= 1
         signal.signal(signal.SIGTERM, previous)
 
 

@@ -31,6 +31,7 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from gradft import stopping
 from gradft.config import CONF_DIR
 from gradft.stopping import sigterm_interrupts
 from gradft.sweep_spec import (  # noqa: F401  (load_spec, Spec, ... stay importable from here)
@@ -122,6 +123,7 @@ class Objective:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"select accuracy {acc:.4f} at step {base + step}")
 
+            stopping.check()
             try:
                 res = run(cfg, out, report if spec.prune_on == "steps" else None)
             except NonFiniteError as e:  # a point where training diverges is a bad point, not a broken trial:
@@ -155,6 +157,7 @@ def work(spec: Spec, extra: list[str], worker: int = 0, n_workers: int = 1) -> i
     objective = Objective(spec, extra, lock, f"{socket.gethostname()}:{os.getpid()}:w{worker}")
     waited_for: set[int] = set()
     while True:
+        stopping.check()  # never start a trial after a SIGTERM (its exception may have been swallowed)
         lock.acquire()
         try:
             optuna.storages.fail_stale_trials(study)  # RUNNING trials of killed workers (no heartbeat) -> FAIL

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from gradft import stopping
 from gradft.data import iterate_batches
 from gradft.forward import task_loss, to_device
 from gradft.gradients import ParamSpace
@@ -164,6 +165,7 @@ class Trainer:
         bar = tqdm(range(steps), desc=desc, disable=None)  # silent when not on a terminal: then a log line
         try:
             for _ in bar:
+                stopping.check()  # a SIGTERM whose exception a finalizer swallowed still stops the run here
                 logs = self.step(to_device(next(batches), self.device))
                 self.log_fn(logs, self.state.step)
                 bar.set_postfix(loss=f"{logs['train/loss']:.4f}")

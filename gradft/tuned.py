@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -91,6 +92,18 @@ def grid_doc(name: str, studies: list[dict[str, Any]], seeds: list[int], partial
                        **{s["method"]: {k: v for k, v in s.items() if k not in ("method", "base")} for s in studies}}}
 
 
+def command(name: str, spec_paths: list[str], seeds: list[int], partial: bool, tasks: list[str],
+            shots: list[int], ablations: bool, extra: list[str]) -> str:
+    """The ``python -m gradft.tuned`` line that writes this grid again (options at their default left out)."""
+    opts = [*map(str, spec_paths), "--name", name, "--seeds", ",".join(map(str, seeds))]
+    opts += ["--tasks", ",".join(tasks)] if list(tasks) != TASKS else []
+    opts += ["--shots", ",".join(map(str, shots))] if list(shots) != [32] else []
+    opts += [] if ablations else ["--no-ablations"]
+    opts += ["--partial"] if partial else []
+    opts += ["--overrides", *extra] if extra else []  # last: it takes every argument after it
+    return shlex.join(["python", "-m", "gradft.tuned", *opts])
+
+
 def write(name: str, spec_paths: list[str], seeds: list[int], partial: bool = False,
           conf_dir: Path = CONF_DIR, tasks: list[str] = TASKS, shots: list[int] = (32,),
           ablations: bool = True, extra: list[str] = ()) -> Path:
@@ -100,8 +113,8 @@ def write(name: str, spec_paths: list[str], seeds: list[int], partial: bool = Fa
         raise ValueError(f"evaluation seeds {sorted(clash)} were tuning seeds: use fresh ones")
     doc = grid_doc(name, studies, seeds, partial, tasks, shots, ablations, extra)
     edges = [f"{s['method']}: {k} at the {e} end" for s in studies for k, e in s["at_edge"].items()]
-    header = (f"# @package _global_\n# python -m gradft.grid {name} --workers 2    (written by: python -m gradft.tuned "
-              f"{' '.join(spec_paths)} --name {name}{' --partial' if partial else ''})\n"
+    header = (f"# @package _global_\n# python -m gradft.grid {name} --workers 2    (written by: "
+              f"{command(name, spec_paths, seeds, partial, tasks, shots, ablations, extra)})\n"
               f"# Each method at its best point of a sweep with the same budget ({studies[0]['n_trials']} trials) on "
               f"the selection split; fresh seeds {seeds}.\n"
               + ("# PARTIAL: some studies have not met their budget.\n" if partial else "")

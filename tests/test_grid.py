@@ -168,7 +168,7 @@ def test_two_grid_processes_on_one_tree_run_each_cell_once(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_mid_grid_then_rerun_redoes_only_the_interrupted_cell(tmp_path):
-    slow = "trainer.steps=60"  # a cell lasts a few seconds: long enough to be killed in the middle
+    slow = "trainer.steps=30"  # a cell lasts ~2 s: long enough to be killed in the middle
     proc = cli("smoke", "--out", str(tmp_path), slow)
     deadline = time.time() + 300
     while time.time() < deadline and not (events(tmp_path, "done") and len(events(tmp_path)) >= 2):

@@ -98,7 +98,7 @@ def test_two_workers_on_one_postgresql_study_finish_the_budget_without_lost_or_r
 def test_a_sigkilled_worker_on_postgresql_has_its_trial_failed_and_replaced(pg_url, tmp_path, caplog):
     spec = pg_spec(tmp_path, pg_url, "sigkill")
     optuna.create_study(study_name="sigkill", storage=pg_url, direction="maximize")
-    slow = ["trainer.steps=60"]
+    slow = ["trainer.steps=30"]  # a trial (cb + rte) lasts ~5 s: long enough to be killed in; the restart is FAST
     p = cli(str(spec), "--n-trials", "3", "--conf-dir", str(tmp_path / "conf"), *slow)
     deadline, ts = time.time() + 300, []
     while time.time() < deadline and p.poll() is None:
@@ -112,7 +112,7 @@ def test_a_sigkilled_worker_on_postgresql_has_its_trial_failed_and_replaced(pg_u
     assert len(killed) == 1, ts
 
     caplog.set_level("INFO", logger="gradft.sweep")
-    assert run_sweep(spec, "--n-trials", "3", *slow) == 0
+    assert run_sweep(spec, "--n-trials", "3", *FAST) == 0
     after = study_trials(pg_url, "sigkill")
     assert after[killed[0]].state == TrialState.FAIL
     assert sum(t.state == TrialState.COMPLETE for t in after) == 3 and len(set(points(after))) == len(after)

@@ -71,3 +71,16 @@ def test_tuning_block_prints_values_ranges_budget_and_edge_warnings():
     assert "| lora | 8 (5 / 3 / 1) | method.lr=0.00249 | method.lr [0.0001, 0.03] log | 55.3 | — |" in text
     assert "method.lr at the high end" in text and "PARTIAL" not in text
     assert "PARTIAL" in "\n".join(tuning_lines({**tuning, "partial": True}))
+
+
+def test_a_table_from_part_of_its_grid_says_how_many_of_the_planned_cells_it_has(tmp_path):
+    from gradft.report import _tuning
+
+    grid_file = tmp_path / "t1.yaml"  # the shape `python -m gradft.tuned` writes: 6 tasks × 6 methods × 5 seeds
+    grid_file.write_text("grid:\n  axes:\n    task: [" + ", ".join(TASKS) + "]\n    method: [" + ", ".join(SHIFT)
+                         + "]\n    shots: [32]\n    seed: [100, 101, 102, 103, 104]\ntuning:\n  written: now\n")
+    node = _tuning(grid_file)
+    assert node["planned_cells"] == 180
+    part = table1(records(seeds=[100]), tmp_path, tmp_path, node)["markdown"]
+    assert "**Partial grid: 36 of the 180 planned cells have results**" in part
+    assert "Partial grid" not in table1(records(), tmp_path, tmp_path, node)["markdown"]

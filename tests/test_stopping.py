@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+from gradft import stopping
 from gradft.run import run
 
 QUICK = ["model=tiny_bert", "eval.max_examples=16", "metrics.every=0", "trainer.threads=1"]
@@ -67,3 +68,21 @@ def test_progress_gives_the_global_step_when_training_in_chunks(cfg_factory, cap
     steps = [m.split(": step ")[1].split(",")[0] for m in caplog.messages if ": step " in m]
     assert steps == [f"{s}/40" for s in range(4, 41, 4)], steps  # every 10 %, global step / total
     assert any("ETA" in m for m in caplog.messages)
+
+
+def test_a_sigterm_swallowed_by_a_finalizer_still_stops_the_next_run_before_its_first_step(cfg_factory, tmp_path):
+    """A signal handler that raises inside ``__del__`` loses its exception ("Exception ignored in"): the stop is
+    remembered and the trainer's step loop raises it, so no run (no sweep trial, no grid cell) goes on after it."""
+
+    class SignalsWhenCollected:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGTERM)  # the handler runs here, inside the finalizer, and is ignored
+
+    with stopping.sigterm_interrupts():
+        SignalsWhenCollected()  # collected at once
+        cfg = cfg_factory(*QUICK, "trainer.steps=5")
+        with pytest.raises(stopping.RunInterrupted, match=r"SIGTERM: interrupted at step 0/5; no results written"):
+            run(cfg)
+    assert not list(tmp_path.rglob("results.json"))
+    with stopping.sigterm_interrupts():  # a new outermost block (the next run of this process) starts clean
+        stopping.check()

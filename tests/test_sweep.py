@@ -205,7 +205,7 @@ def test_sigkilled_worker_keeps_finished_trials_and_its_running_trial_fails_on_r
     spec = make_spec(tmp_path)
     s = sweep.load_spec(spec)
     optuna.create_study(study_name=s.study_name, storage=s.storage, direction="maximize")  # once, before workers
-    slow = ["trainer.steps=60"]  # a trial lasts a few seconds: long enough to be killed in it
+    slow = ["trainer.steps=30"]  # a trial (cb + rte) lasts ~5 s: long enough to be killed in; the restart is FAST
     p = cli(str(spec), "--n-trials", "3", "--conf-dir", str(tmp_path / "conf"), *slow)
     deadline = time.time() + 300
     ts = []
@@ -221,7 +221,7 @@ def test_sigkilled_worker_keeps_finished_trials_and_its_running_trial_fails_on_r
     killed = [n for n, (s, _) in before.items() if s == TrialState.RUNNING]
     assert len(killed) == 1, before
 
-    assert run_sweep(spec, "--n-trials", "3", *slow) == 0
+    assert run_sweep(spec, "--n-trials", "3", *FAST) == 0
     after = trials(spec)
     for n, (state, value) in before.items():
         if state == TrialState.COMPLETE:

@@ -87,7 +87,11 @@ def test_a_figure2_grid_takes_its_tasks_and_shots_from_the_axes_not_from_the_tun
     conf = tmp / "conf"
     assert tuned.main([*map(str, paths), "--name", "f2", "--conf-dir", str(conf), "--seeds", "100", "--tasks",
                        "cb,rte", "--shots", "16,64", "--no-ablations", "--overrides", "eval.max_examples=700"]) == 0
-    g = yaml.safe_load((conf / "experiment" / "f2.yaml").read_text())["grid"]
+    text = (conf / "experiment" / "f2.yaml").read_text()
+    g = yaml.safe_load(text)["grid"]
+    # the header's command writes the same grid again: every option that shaped it is in it
+    assert (f"python -m gradft.tuned {paths[0]} {paths[1]} --name f2 --seeds 100 --tasks cb,rte --shots 16,64 "
+            "--no-ablations --overrides eval.max_examples=700)") in text
     assert g["axes"]["task"] == ["cb", "rte"] and g["axes"]["shots"] == [16, 64]
     assert g["axes"]["method"] == ["lora", "ours"]  # no ablation rows
     assert not any(o.startswith("shots=") for o in g["overrides"]) and g["overrides"][-1] == "eval.max_examples=700"
