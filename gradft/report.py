@@ -201,16 +201,18 @@ def _tuning(path: str | Path | None) -> dict[str, Any] | None:
 
 
 def report(root: str | Path = "outputs/grid", out: str | Path = "outputs/reports", shots: int | None = None,
-           model: str | None = None, project: str = "gradft", tuning: str | Path | None = None) -> dict[str, Any]:
+           model: str | None = None, project: str = "gradft", tuning: str | Path | None = None,
+           seeds: list[int] | None = None) -> dict[str, Any]:
     """Figure 3 from the table (domain / user) tasks' results, every model in one figure; Table 1 + Figure 2 from
     the SuperGLUE results, one set per model (``<out>/<model>/`` when several are found and --model is not given)."""
     from gradft.report_figure3 import figure3, is_table_task
 
     root, out = Path(root), Path(out)
     tuning_node = _tuning(tuning)
-    recs = collect(root)
+    recs = [r for r in collect(root) if seeds is None or r["seed"] in seeds]  # e.g. the seeds a partial grid finished
     if not recs:
-        raise SystemExit(f"no results.json under {root}: run `make table1` (or python -m gradft.grid ...) first")
+        raise SystemExit(f"no results.json under {root}{f' with seeds {seeds}' if seeds else ''}: run `make table1` "
+                         "(or python -m gradft.grid ...) first")
     domain = [r for r in recs if is_table_task(r) and (model is None or r["model"] == model)]
     glue = [r for r in recs if not is_table_task(r)]
     if domain:
@@ -240,9 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--project", default="gradft", help="W&B project of the report run")
     ap.add_argument("--tuning", help="the grid's experiment file from `python -m gradft.tuned` (conf/experiment/"
                                      "<name>.yaml): its tuned values, ranges and budget go under Table 1")
+    ap.add_argument("--seeds", help="only these seeds (comma-separated), e.g. the ones a partial grid has finished")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [report] %(levelname)s %(message)s")
-    report(args.root, args.out, args.shots, args.model, args.project, args.tuning)
+    report(args.root, args.out, args.shots, args.model, args.project, args.tuning,
+           [int(x) for x in args.seeds.split(",")] if args.seeds else None)
     return 0
 
 

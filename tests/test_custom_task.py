@@ -121,6 +121,7 @@ def test_sweep_over_the_users_task(user, tmp_path):
     assert len(done) == 2 and all(0 <= t.value <= 1 for t in done)
 
 
+@pytest.mark.slow  # a CLI multirun: ~12 s of imports in its own process, then 4 runs
 def test_cross_task_guidance_with_the_users_task_as_target_and_as_source(user, tmp_path):
     """Through the CLI with --config-dir, one multirun: the source task is found on the same search path as the
     target (reviews guided by cb, cb guided by reviews, and each guided by itself)."""
