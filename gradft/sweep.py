@@ -123,7 +123,6 @@ class Objective:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"select accuracy {acc:.4f} at step {base + step}")
 
-            stopping.check()
             try:
                 res = run(cfg, out, report if spec.prune_on == "steps" else None)
             except NonFiniteError as e:  # a point where training diverges is a bad point, not a broken trial:

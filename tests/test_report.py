@@ -131,7 +131,6 @@ def test_results_of_two_models_make_one_table_per_model(reported, tmp_path):
         assert f"Model **{model}**" in md and "From 4 results.json" in md
 
 
-
 def test_seeds_restricts_the_table_to_the_seeds_given(reported, tmp_path):
     """A copy of the smoke results relabelled seed 7: --seeds 7 reads only the copy, an unknown seed is refused."""
     import json
@@ -150,6 +149,7 @@ def test_seeds_restricts_the_table_to_the_seeds_given(reported, tmp_path):
     assert "seeds 7 " in md and "From 4 results.json" in md
     with pytest.raises(SystemExit, match="with seeds \\[3\\]"):
         report.main(["--root", str(both), "--out", str(tmp_path / "none"), "--seeds", "3"])
+
 
 def test_figure3_from_a_tiny_domain_grid_has_bars_and_the_three_baselines(tmp_path):
     root, out = tmp_path / "grid", tmp_path / "reports"
