@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,7 +43,8 @@ def _default_sigint() -> None:
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signalled_run_says_where_it_stopped_fails_its_wandb_run_and_writes_no_results(sig, code, tmp_path):
     out = tmp_path / "run"
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true"}
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    env.pop("WANDB_SILENT", None)  # W&B's own warnings (e.g. "git root ... does not exist") must not reach the user
     # 1000 steps: the signal lands at 10 %, long before the end (100 tiny steps could finish before it arrived)
     proc = subprocess.Popen([sys.executable, "-m", "gradft", *QUICK, "trainer.steps=1000", "logger.mode=offline",
                              f"hydra.run.dir={out}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -55,6 +57,10 @@ def test_a_signalled_run_says_where_it_stopped_fails_its_wandb_run_and_writes_no
     assert len(lines) == 1 and f"{sig.name}: interrupted at step" in lines[0] and "/1000; no results written" in \
         lines[0], text[-3000:]
     assert "Traceback" not in text
+    # the whole console is gradft's own log lines: no library noise (transformers' FutureWarnings, W&B's banners)
+    ours = re.compile(r"\[[^]]+\]\[gradft[\w.]*\]\[(INFO|WARNING)\] - ")
+    noise = [line for line in text.splitlines() if not ours.match(line)]
+    assert not noise, noise
     assert not (out / "results.json").exists()
     (debug,) = out.glob("wandb/offline-run-*/logs/debug.log")
     assert "got exitcode: 1" in debug.read_text()  # finished as failed, not left running/crashed
