@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import yaml
@@ -119,6 +120,23 @@ class Plan:
         line = {"time": time.time(), "event": kind, "cell": cell.rel, "pid": os.getpid(), "host": HOST, **extra}
         with open(self.root / "runs.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
+
+    def eta(self, todo: list[Cell], workers: int) -> tuple[float | None, str]:
+        """Seconds to run ``todo`` with ``workers`` processes, and what the estimate rests on: the measured
+        ``wall_time_s`` of this grid's finished cells (same task and method, else same task, else all of them), else
+        the grid file's ``est_seconds_per_cell``, else nothing."""
+        seen: dict[tuple[str, str], list[float]] = {}
+        for c in set(self.cells) - set(todo):  # the finished ones
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                w = json.loads((self.cell_dir(c) / "results.json").read_text())["wall_time_s"]
+                seen.setdefault((c.task, c.method), []).append(float(w))
+        every = [w for ws in seen.values() for w in ws]
+        if not every:
+            return ((len(todo) * self.est_seconds / max(1, workers), "est_seconds_per_cell of the grid file")
+                    if self.est_seconds else (None, "no cell measured yet"))
+        by_task = {t: [w for (t2, _), ws in seen.items() if t2 == t for w in ws] for t, _ in seen}
+        total = sum(fmean(seen.get((c.task, c.method)) or by_task.get(c.task) or every) for c in todo)
+        return total / max(1, workers), f"measured on {len(every)} finished cells"
 
 
 def grid_spec(grid: str) -> dict[str, Any]:
@@ -246,6 +264,18 @@ def run_cell(p: Plan, cell: Cell) -> None:
     p.event("done", cell, seconds=round(time.perf_counter() - t, 2), accuracy=res["metrics"].get("accuracy"))
 
 
+def _hours(seconds: float | None) -> str:
+    return "unknown" if seconds is None else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def log_progress(p: Plan, workers: int) -> None:
+    """``grid <name>: 12/54 cells done, 42 to run, ETA ~1.3 h`` (every process sharing the tree counts)."""
+    todo = [c for c in p.cells if not p.is_done(c)]
+    eta, basis = p.eta(todo, workers)
+    log.info("grid %s: %d/%d cells done, %d to run, ETA ~%s with %d worker(s) (%s)", p.name,
+             len(p.cells) - len(todo), len(p.cells), len(todo), _hours(eta), workers, basis)
+
+
 def work(p: Plan, t0: float, worker: int = 0, n_workers: int = 1) -> None:
     """Run every cell that is not done, not failed in this round, and not locked by a live process; cells locked by
     others are retried until they are done (or their holder dies and the lock goes stale)."""
@@ -267,6 +297,7 @@ def work(p: Plan, t0: float, worker: int = 0, n_workers: int = 1) -> None:
             try:
                 if not (p.is_done(cell) or p.failed_since(cell, t0)):  # finished while we were taking the lock
                     run_cell(p, cell)
+                    log_progress(p, n_workers)
             finally:
                 lock.unlink(missing_ok=True)
         pending = waiting
@@ -312,8 +343,10 @@ def execute(p: Plan, workers: int = 1) -> int:
     p.root.mkdir(parents=True, exist_ok=True)
     atomic_write(p.root / "skipped.json", json.dumps(p.skipped, indent=1))
     todo = [c for c in p.cells if not p.is_done(c)]
-    log.info("grid %s: %d cells, %d done, %d to run, %d skipped (skipped.json says why) -> %s", p.name, len(p.cells),
-             len(p.cells) - len(todo), len(todo), len(p.skipped), p.root)
+    eta, basis = p.eta(todo, workers)
+    log.info("grid %s: %d cells, %d done, %d to run (ETA ~%s with %d worker(s), %s), %d skipped (skipped.json says "
+             "why) -> %s", p.name, len(p.cells), len(p.cells) - len(todo), len(todo), _hours(eta), workers, basis,
+             len(p.skipped), p.root)
     if todo and workers <= 1:
         work(p, t0)
     elif todo:  # a worker that dies leaves its cell's lock stale: the others (or a rerun) take it over
@@ -332,9 +365,10 @@ def dry_run(p: Plan, workers: int) -> None:
         print(f"  {state:6s} {c.rel}  data_seed={c.data_seed}")
     for s in p.skipped:
         print(f"  skip   {s['task']}/{s['method']}/k{s['shots']}/s{s['seed']}: {s['reason']}")
-    n = len(p.cells) - len(done)
-    eta = f", ~{n * p.est_seconds / 3600:.1f} h on 2 cores (more workers help on more cores)" if p.est_seconds else ""
-    print(f"grid {p.name}: {len(p.cells)} cells ({len(done)} done, {n} to run{eta}), {len(p.skipped)} skipped; "
+    todo = [c for c in p.cells if c not in done]
+    eta, basis = p.eta(todo, workers)
+    print(f"grid {p.name}: {len(p.cells)} cells ({len(done)} done, {len(todo)} to run, ETA ~{_hours(eta)} with "
+          f"{workers} worker(s), {basis}), {len(p.skipped)} skipped; "
           f"every cell: {' '.join(p.common) or '(no extra overrides)'} -> {p.root}")
 
 

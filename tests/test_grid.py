@@ -66,6 +66,22 @@ def test_deleting_one_results_json_reruns_only_that_cell(tree):
     assert events(tree) == Counter({**dict.fromkeys(CELLS, 1), "rte/ours/k32/s0": 2})
 
 
+def test_the_eta_rests_on_measured_cell_times_and_progress_is_logged_per_cell(tree, capsys, caplog):
+    (tree / "smoke" / "rte/ours/k32/s0" / "results.json").unlink()
+    p = grid.plan("smoke", [], tree)
+    todo = [c for c in p.cells if not p.is_done(c)]
+    same_task = json.loads((tree / "smoke" / "rte/prompt/k32/s0" / "results.json").read_text())["wall_time_s"]
+    assert [c.rel for c in todo] == ["rte/ours/k32/s0"]
+    assert p.eta(todo, 1) == (pytest.approx(same_task), "measured on 3 finished cells")  # no rte/ours: rte's mean
+    assert p.eta(todo, 2)[0] == pytest.approx(same_task / 2)
+    assert p.eta(p.cells, 2) == (4 * 3 / 2, "est_seconds_per_cell of the grid file")  # as if nothing had run
+    assert grid.main(["smoke", "--out", str(tree), "--dry-run"]) == 0
+    assert "1 to run, ETA ~0 min with 1 worker(s), measured on 3 finished cells" in capsys.readouterr().out
+    with caplog.at_level("INFO", logger="gradft.grid"):
+        assert grid.main(["smoke", "--out", str(tree)]) == 0
+    assert "grid smoke: 4/4 cells done, 0 to run" in caplog.text
+
+
 def test_unreadable_results_json_counts_as_not_done(tree):
     path = tree / "smoke" / "cb/prompt/k32/s0" / "results.json"
     path.write_text(path.read_text()[:100])  # what a non-atomic writer could leave behind
