@@ -11,6 +11,7 @@ training loss per step), Figure 3 for the domain tasks (``gradft.report_figure3`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -55,15 +56,20 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
     return list(newest.values())
 
 
+def _skipped(root: Path) -> list[dict[str, Any]]:
+    """The cells the grids under ``root`` skipped because the pool was too small (their skipped.json files)."""
+    out: list[dict[str, Any]] = []
+    for path in Path(root).rglob("skipped.json"):
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            out += [s for s in json.loads(path.read_text()) if isinstance(s, dict) and "shots" in s and "task" in s]
+    return out
+
+
 def skipped_cells(root: Path) -> dict[str, set[int]]:
     """task -> shot counts a grid skipped because the pool was too small (from the grids' skipped.json)."""
     out: dict[str, set[int]] = defaultdict(set)
-    for path in Path(root).rglob("skipped.json"):
-        try:
-            for s in json.loads(path.read_text()):
-                out[s["task"]].add(int(s["shots"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
+    for s in _skipped(root):
+        out[s["task"]].add(int(s["shots"]))
     return out
 
 
@@ -173,7 +179,7 @@ def model_report(recs: list[dict], out: Path, root: Path, model: str, shots: int
     if not any(r["shots"] == shots for r in at_k):
         raise SystemExit(f"no {model} results at shots={shots} under {root} (have {sorted(shot_counts)})")
     out.mkdir(parents=True, exist_ok=True)
-    table = table1(at_k, out, root, tuning)
+    table = table1(at_k, out, root, planned_at(tuning, root, shots))
     images = list(table["figures"])
     if any(r["shots"] for r in recs):  # zero-shot results alone: a table, no curve
         images = [figure2(recs, out, root)]
@@ -195,9 +201,18 @@ def _tuning(path: str | Path | None) -> dict[str, Any] | None:
     if not node:
         raise SystemExit(f"{path} has no `tuning` node: pass the file `python -m gradft.tuned` wrote")
     axes = (doc.get("grid") or {}).get("axes") or {}
-    if axes:  # a table from part of the grid says so (the budget reached, not the planned one)
-        node = {**node, "planned_cells": math.prod(len(v) for v in axes.values())}
-    return node
+    return {**node, "grid_axes": axes} if axes else node
+
+
+def planned_at(tuning: dict[str, Any] | None, root: Path, shots: int) -> dict[str, Any] | None:
+    """The tuning node with ``planned_cells``: the grid's cells at this shot count (every axis but shots), less those
+    its skipped.json lists as infeasible at it — so that a table from part of the grid says so (the budget reached,
+    not the planned one), and a finished one does not."""
+    axes = (tuning or {}).get("grid_axes") or {}
+    if shots not in axes.get("shots", []):
+        return tuning
+    skipped = sum(int(s["shots"]) == shots for s in _skipped(root))
+    return {**tuning, "planned_cells": math.prod(len(v) for a, v in axes.items() if a != "shots") - skipped}
 
 
 def report(root: str | Path = "outputs/grid", out: str | Path = "outputs/reports", shots: int | None = None,

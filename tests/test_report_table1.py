@@ -74,13 +74,18 @@ def test_tuning_block_prints_values_ranges_budget_and_edge_warnings():
 
 
 def test_a_table_from_part_of_its_grid_says_how_many_of_the_planned_cells_it_has(tmp_path):
-    from gradft.report import _tuning
+    from gradft.report import _tuning, planned_at
 
     grid_file = tmp_path / "t1.yaml"  # the shape `python -m gradft.tuned` writes: 6 tasks × 6 methods × 5 seeds
     grid_file.write_text("grid:\n  axes:\n    task: [" + ", ".join(TASKS) + "]\n    method: [" + ", ".join(SHIFT)
-                         + "]\n    shots: [32]\n    seed: [100, 101, 102, 103, 104]\ntuning:\n  written: now\n")
-    node = _tuning(grid_file)
-    assert node["planned_cells"] == 180
+                         + "]\n    shots: [32, 256]\n    seed: [100, 101, 102, 103, 104]\ntuning:\n  written: now\n")
+    node = planned_at(_tuning(grid_file), tmp_path, 32)
+    assert node["planned_cells"] == 180  # per shot count: the table is at one k
     part = table1(records(seeds=[100]), tmp_path, tmp_path, node)["markdown"]
     assert "**Partial grid: 36 of the 180 planned cells have results**" in part
     assert "Partial grid" not in table1(records(), tmp_path, tmp_path, node)["markdown"]
+    # cells the grid skipped as infeasible (pool too small) are not planned: here 2 at k=256, none at k=32
+    (tmp_path / "skipped.json").write_text('[{"task": "cb", "method": "ours", "shots": 256, "seed": 100},'
+                                           ' {"task": "cb", "method": "full", "shots": 256, "seed": 100}]')
+    assert planned_at(_tuning(grid_file), tmp_path, 256)["planned_cells"] == 178
+    assert planned_at(_tuning(grid_file), tmp_path, 32)["planned_cells"] == 180
