@@ -57,7 +57,11 @@ def pg_url() -> Iterator[str]:
         except KeyError:
             _missing("running as root and there is no `postgres` user to run the server as")
         os.chown(root, user.pw_uid, user.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
+        runuser = shutil.which("runuser") or next((p for p in ("/usr/sbin/runuser", "/sbin/runuser")
+                                                    if os.path.exists(p)), None)  # sbin may be off a user's PATH
+        if runuser is None:
+            _missing("running as root and there is no `runuser` to start the server as `postgres`")
+        as_user = [runuser, "-u", "postgres", "--"]
     data, port = root / "data", 55432 + os.getpid() % 1000
     subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"], check=True,
                    capture_output=True, timeout=120)
