@@ -125,17 +125,18 @@ class Plan:
         """Seconds to run ``todo`` with ``workers`` processes, and what the estimate rests on: the measured
         ``wall_time_s`` of this grid's finished cells (same task and method, else same task, else all of them), else
         the grid file's ``est_seconds_per_cell``, else nothing."""
-        seen: dict[tuple[str, str], list[float]] = {}
+        seen: dict[tuple[str, str] | str, list[float]] = {}  # (task, method) and task -> measured seconds
+        every: list[float] = []
         for c in set(self.cells) - set(todo):  # the finished ones
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                w = json.loads((self.cell_dir(c) / "results.json").read_text())["wall_time_s"]
-                seen.setdefault((c.task, c.method), []).append(float(w))
-        every = [w for ws in seen.values() for w in ws]
+                w = float(json.loads((self.cell_dir(c) / "results.json").read_text())["wall_time_s"])
+                for key in ((c.task, c.method), c.task):
+                    seen.setdefault(key, []).append(w)
+                every.append(w)
         if not every:
             return ((len(todo) * self.est_seconds / max(1, workers), "est_seconds_per_cell of the grid file")
                     if self.est_seconds else (None, "no cell measured yet"))
-        by_task = {t: [w for (t2, _), ws in seen.items() if t2 == t for w in ws] for t, _ in seen}
-        total = sum(fmean(seen.get((c.task, c.method)) or by_task.get(c.task) or every) for c in todo)
+        total = sum(fmean(seen.get((c.task, c.method)) or seen.get(c.task) or every) for c in todo)
         return total / max(1, workers), f"measured on {len(every)} finished cells"
 
 

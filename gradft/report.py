@@ -201,18 +201,20 @@ def _tuning(path: str | Path | None) -> dict[str, Any] | None:
     if not node:
         raise SystemExit(f"{path} has no `tuning` node: pass the file `python -m gradft.tuned` wrote")
     axes = (doc.get("grid") or {}).get("axes") or {}
-    return {**node, "grid_axes": axes} if axes else node
+    if axes:  # what the grid plans at each of its shot counts (planned_at subtracts the infeasible cells)
+        node = {**node, "planned_shots": list(axes.get("shots", [])),
+                "planned_per_shots": math.prod(len(v) for a, v in axes.items() if a != "shots")}
+    return node
 
 
 def planned_at(tuning: dict[str, Any] | None, root: Path, shots: int) -> dict[str, Any] | None:
     """The tuning node with ``planned_cells``: the grid's cells at this shot count (every axis but shots), less those
     its skipped.json lists as infeasible at it — so that a table from part of the grid says so (the budget reached,
     not the planned one), and a finished one does not."""
-    axes = (tuning or {}).get("grid_axes") or {}
-    if shots not in axes.get("shots", []):
+    if shots not in (tuning or {}).get("planned_shots", []):
         return tuning
     skipped = sum(int(s["shots"]) == shots for s in _skipped(root))
-    return {**tuning, "planned_cells": math.prod(len(v) for a, v in axes.items() if a != "shots") - skipped}
+    return {**tuning, "planned_cells": tuning["planned_per_shots"] - skipped}
 
 
 def report(root: str | Path = "outputs/grid", out: str | Path = "outputs/reports", shots: int | None = None,

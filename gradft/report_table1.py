@@ -133,7 +133,7 @@ def tuning_lines(tuning: dict[str, Any] | None) -> list[str]:
             "| Method | trials (complete / pruned / failed) | tuned values | ranges | select acc | warning |",
             "|---|---|---|---|---|---|"]
     for m, s in tuning.items():
-        if not isinstance(s, dict) or "best" not in s:  # e.g. grid_axes
+        if not isinstance(s, dict):
             continue
         best = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in s["best"].items())
         ranges = ", ".join(f"{k} [{d['low']:g}, {d['high']:g}]{' log' if d.get('log') else ''}"

@@ -81,6 +81,7 @@ def test_a_table_from_part_of_its_grid_says_how_many_of_the_planned_cells_it_has
                          + "]\n    shots: [32, 256]\n    seed: [100, 101, 102, 103, 104]\ntuning:\n  written: now\n")
     node = planned_at(_tuning(grid_file), tmp_path, 32)
     assert node["planned_cells"] == 180  # per shot count: the table is at one k
+    assert "| planned" not in "\n".join(tuning_lines(node))  # the grid's plan is no row of the tuning block
     part = table1(records(seeds=[100]), tmp_path, tmp_path, node)["markdown"]
     assert "**Partial grid: 36 of the 180 planned cells have results**" in part
     assert "Partial grid" not in table1(records(), tmp_path, tmp_path, node)["markdown"]
