@@ -131,10 +131,17 @@ def _finite_everywhere(node: Any, prefix: str = "") -> None:
 
 def train_steps(cfg: DictConfig, n_shots: int) -> int:
     """``trainer.steps`` if set, else epochs × steps per epoch, capped at ``trainer.max_steps``."""
-    if cfg.trainer.steps is not None:
-        return int(cfg.trainer.steps)
-    per_epoch = math.ceil(n_shots / min(cfg.trainer.batch_size, n_shots))  # 32 shots / batch 8 = 4 steps
-    return min(int(cfg.trainer.max_steps), math.ceil(cfg.trainer.epochs * per_epoch))
+    return steps_for(cfg.trainer, n_shots)
+
+
+def steps_for(trainer: Any, n_shots: int) -> int:
+    """``train_steps`` on the trainer node alone (a DictConfig or a plain dict, as ``config_key`` holds it)."""
+    if trainer["steps"] is not None:
+        return int(trainer["steps"])
+    if not n_shots:
+        return 0
+    per_epoch = math.ceil(n_shots / min(trainer["batch_size"], n_shots))  # 32 shots / batch 8 = 4 steps
+    return min(int(trainer["max_steps"]), math.ceil(trainer["epochs"] * per_epoch))
 
 
 def _choice(key: str, v: Any, options: tuple[str, ...]) -> None:

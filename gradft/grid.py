@@ -3,8 +3,9 @@
 Owns: the grid specs (node ``grid`` of ``conf/experiment/<grid>.yaml``) expanded into cells (task × method × shots ×
 seed), each a normal ``run()`` in ``<out>/<grid>/<task>/<method>/k<shots>/s<seed>/``; cells whose pool cannot supply
 k shots (skipped, listed in ``skipped.json``); finished cells (results.json with matching config_key, seed, data_seed:
-skipped); one lock file per cell (O_CREAT|O_EXCL, broken when its PID is dead) so that workers and concurrent grid
-processes never run a cell twice at once; the runs log ``runs.jsonl``; the exit code (non-zero if a cell failed).
+skipped, or copied from a sibling grid under the same ``--out`` that ran the same cell); one lock per cell
+(``gradft.locks``) so that workers and concurrent grid processes never run a cell twice at once; the runs log
+``runs.jsonl``; the exit code (non-zero if a cell failed).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import logging
 import multiprocessing as mp
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -34,13 +34,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gradft import data as gdata
 from gradft import stopping
+from gradft.locks import HOST, acquire
 from gradft.run import CONF_DIR, run
 from gradft.tracking import atomic_write, config_key
 
 log = logging.getLogger("gradft.grid")
 AXES = ("task", "method", "shots", "seed")
 OPTIONAL_AXES = ("head",)  # head: classifier | lm (absent: the composed config's)
-HOST = socket.gethostname()
 POLL_S = 2.0
 
 
@@ -99,15 +99,27 @@ class Plan:
     def cell_dir(self, cell: Cell) -> Path:
         return self.root / cell.rel
 
-    def is_done(self, cell: Cell) -> bool:
-        """A complete, matching results.json (anything unreadable counts as not done). The key is recomputed from
-        the config.yaml beside it, so results written by an older gradft or another checkout still count."""
+    def is_done(self, cell: Cell, d: Path | None = None) -> bool:
+        """A complete, matching results.json in ``d`` (the cell's folder; anything unreadable counts as not done).
+        The key is recomputed from the config.yaml beside it: results of an older gradft or another checkout count."""
+        d = d or self.cell_dir(cell)
         try:
-            r = json.loads((self.cell_dir(cell) / "results.json").read_text())
-            stored = yaml.safe_load((self.cell_dir(cell) / "config.yaml").read_text())
+            r = json.loads((d / "results.json").read_text())
+            stored = yaml.safe_load((d / "config.yaml").read_text())
             return (config_key(stored), r["seed"], r["data_seed"]) == (self.keys[cell], cell.seed, cell.data_seed)
         except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
             return False
+
+    def adopt(self, cell: Cell) -> bool:
+        """Take a finished cell with the same key from a sibling grid under the same ``--out`` (Figure 2's 32-shot
+        cells are Table 1's): the same computation, so its config.yaml and results.json are copied as they are."""
+        for other in sorted(d for d in self.root.parent.iterdir() if d.is_dir() and d != self.root):
+            if self.is_done(cell, other / cell.rel):
+                for name in ("config.yaml", "results.json"):  # results.json last: it is what marks a cell done
+                    atomic_write(self.cell_dir(cell) / name, (other / cell.rel / name).read_text())
+                self.event("adopt", cell, source=str(other / cell.rel))
+                return True
+        return False
 
     def failed_since(self, cell: Cell, t0: float) -> bool:
         try:
@@ -187,66 +199,6 @@ def plan(grid: str, extra: list[str] = (), out: str | Path = "outputs/grid") -> 
             p.cells.append(cell)  # shots is a plain value (= the override); the key ignores seed and data_seed
             p.keys[cell] = config_key(OmegaConf.merge(base, {"shots": cell.shots}))  # head is in base
     return p
-
-
-def _pid_alive(pid: int) -> bool:
-    """Alive and not a zombie (a killed process that its parent has not reaped yet)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (ProcessLookupError, FileNotFoundError):
-        return False
-    except (OSError, IndexError):  # PermissionError: alive, someone else's; no /proc: trust kill(0)
-        return True
-
-
-def _is_stale(lock: Path) -> bool:
-    """Stale: written on this host by a process that is gone. Locks from other hosts are never broken here."""
-    try:
-        info = json.loads(lock.read_text())
-        return info.get("host") == HOST and not _pid_alive(int(info.get("pid", -1)))
-    except FileNotFoundError:
-        return True
-    except (OSError, ValueError):  # being written right now (O_EXCL, then the pid), or garbage left by a crash
-        return time.time() - lock.stat().st_mtime > 60 if lock.exists() else True
-
-
-def _break_stale(lock: Path) -> None:
-    """Remove a stale lock, one breaker at a time (a guard file), so that a lock taken meanwhile is never removed."""
-    guard = lock.with_name(lock.name + ".break")
-    try:
-        fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:  # another process is breaking it; a guard left by a crash expires after a minute
-        with contextlib.suppress(FileNotFoundError):
-            if time.time() - guard.stat().st_mtime > 60:
-                guard.unlink()
-        return
-    try:
-        if _is_stale(lock):
-            log.warning("breaking stale lock %s", lock)
-            lock.unlink(missing_ok=True)
-    finally:
-        os.close(fd)
-        guard.unlink(missing_ok=True)
-
-
-def acquire(lock: Path) -> bool:
-    """Take the cell's lock (O_CREAT|O_EXCL), breaking a stale one; False when a live process holds it."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if not _is_stale(lock):
-                return False
-            _break_stale(lock)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps({"pid": os.getpid(), "host": HOST, "time": time.time()}))
-        return True
-    return False
 
 
 def run_cell(p: Plan, cell: Cell) -> None:
@@ -343,6 +295,10 @@ def execute(p: Plan, workers: int = 1) -> int:
     t0 = time.time()
     p.root.mkdir(parents=True, exist_ok=True)
     atomic_write(p.root / "skipped.json", json.dumps(p.skipped, indent=1))
+    adopted = sum(p.adopt(c) for c in p.cells if not p.is_done(c))
+    if adopted:
+        log.info("grid %s: %d cells adopted from sibling grids under %s (same config key, seed and data seed)",
+                 p.name, adopted, p.root.parent)
     todo = [c for c in p.cells if not p.is_done(c)]
     eta, basis = p.eta(todo, workers)
     log.info("grid %s: %d cells, %d done, %d to run (ETA ~%s with %d worker(s), %s), %d skipped (skipped.json says "

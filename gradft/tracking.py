@@ -70,7 +70,8 @@ NEUTRAL = {("trainer", "precision"): "fp32"}
 def config_key(cfg: DictConfig | dict, drop: tuple[str, ...] = SEED_KEYS) -> str:
     """A short hash of what a run computes: the resolved config without ``drop``, logger, paths, hydra,
     trainer.threads/device, the data's location, options at their neutral value and, with head=classifier, the
-    task's prompt (it is not read). The same in any checkout."""
+    task's prompt (it is not read); the training length as its step count, however it was given. The same in any
+    checkout."""
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
     for k in (*drop, "logger", "paths", "hydra"):
         c.pop(k, None)
@@ -83,6 +84,13 @@ def config_key(cfg: DictConfig | dict, drop: tuple[str, ...] = SEED_KEYS) -> str
     for (group, key), neutral in NEUTRAL.items():
         if c.get(group, {}).get(key, neutral) == neutral:
             c.get(group, {}).pop(key, None)
+    tr = c.get("trainer", {})
+    if {"steps", "epochs", "max_steps", "batch_size"} <= tr.keys() and "shots" in c:
+        from gradft.config import steps_for  # (config imports this module)
+
+        # trainer.steps=40 and epochs=10 of 32 shots / batch 8 compute the same run: the key holds the count
+        tr["steps"] = steps_for(tr, int(c["shots"]))
+        del tr["epochs"], tr["max_steps"]
     return hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 

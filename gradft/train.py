@@ -131,6 +131,9 @@ class Trainer:
             finite = math.isfinite(gnorm)
         if finite:
             self.opt.step()
+            # bf16: autocast keeps its low-precision copy of each trainable weight for the whole autocast region (the
+            # run): without this the next forward would still see the weights of step 0, and nothing would train
+            torch.clear_autocast_cache()
             if self.guidance is not None:
                 if g is None and self.guidance.cfg.d_prior == "ema":
                     g = self.space.read_grads()

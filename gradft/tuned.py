@@ -68,7 +68,9 @@ def study_summary(spec_path: str | Path, partial: bool = False) -> dict[str, Any
             "select_accuracy_std": best.user_attrs.get("select_accuracy_std"),
             "best": dict(best.params), "space": spec.space, "tasks": spec.tasks, "tuning_seeds": spec.n_seeds,
             "at_edge": {k: e for k, v in best.params.items() if (e := at_edge(v, spec.space[k]))},
-            "base": [o for o in spec.base if not o.startswith(("method=", "metrics.every=", "shots="))]}  # axes
+            # guidance.* options of the method's own (ours' fd_r; guidance=none has none): its rows, not every cell's
+            "own": [o for o in spec.base if o.startswith("guidance.")],
+            "base": [o for o in spec.base if not o.startswith(("method=", "metrics.every=", "shots=", "guidance."))]}
 
 
 def grid_doc(name: str, studies: list[dict[str, Any]], seeds: list[int], partial: bool,
@@ -77,8 +79,8 @@ def grid_doc(name: str, studies: list[dict[str, Any]], seeds: list[int], partial
     bases = {tuple(s["base"]) for s in studies}
     if len(bases) != 1 or len({s["n_trials"] for s in studies}) != 1:
         raise ValueError("the studies differ in their base settings or trial budget: not a fair comparison")
-    per_method = {s["method"]: [f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in s["best"].items()]
-                  for s in studies}
+    per_method = {s["method"]: [*s["own"], *(f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}"
+                                             for k, v in s["best"].items())] for s in studies}
     methods = [s["method"] for s in studies]
     if "ours" in per_method and ablations:
         for ablation, dropped in ABLATIONS.items():
@@ -89,7 +91,8 @@ def grid_doc(name: str, studies: list[dict[str, Any]], seeds: list[int], partial
                      "data_seed": "seed", "overrides": [*next(iter(bases)), *extra], "per_method": per_method,
                      "est_seconds_per_cell": 300},
             "tuning": {"partial": partial, "written": f"{datetime.now():%Y-%m-%d %H:%M}",
-                       **{s["method"]: {k: v for k, v in s.items() if k not in ("method", "base")} for s in studies}}}
+                       **{s["method"]: {k: v for k, v in s.items() if k not in ("method", "base", "own")}
+                          for s in studies}}}
 
 
 def command(name: str, spec_paths: list[str], seeds: list[int], partial: bool, tasks: list[str],

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import spawn
 
-from gradft import grid
+from gradft import grid, locks
 from gradft.grid import compose_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,6 +116,30 @@ def test_results_from_another_checkout_or_an_older_gradft_still_count_as_done(tr
     assert events(tree)["cb/prompt/k32/s0"] == 2
 
 
+def test_the_key_holds_the_step_count_however_the_training_length_was_given():
+    from gradft.tracking import config_key
+
+    by_epochs = compose_run(["trainer.epochs=10", "paths.output_dir=."])  # 32 shots / batch 8 × 10 epochs = 40 steps
+    assert config_key(by_epochs) == config_key(compose_run(["trainer.steps=40", "paths.output_dir=."]))
+    assert config_key(by_epochs) != config_key(compose_run(["trainer.steps=41", "paths.output_dir=."]))
+    assert config_key(by_epochs) != config_key(compose_run(["trainer.epochs=10", "shots=64", "paths.output_dir=."]))
+
+
+def test_a_cell_finished_by_a_sibling_grid_is_adopted_not_rerun(tree, caplog):
+    """Figure 2's 32-shot cells are Table 1's: under the same --out, a grid copies a sibling's finished cell with the
+    same key (here the sibling gave 2 steps as trainer.steps=2, this grid as half an epoch of 32 shots / batch 8)."""
+    (tree / "smoke").rename(tree / "table1_like")
+    with caplog.at_level("INFO", logger="gradft.grid"):
+        assert grid.main(["smoke", "--out", str(tree), "trainer.steps=null", "trainer.epochs=0.5"]) == 0
+    assert "4 cells adopted from sibling grids" in caplog.text
+    assert events(tree) == Counter() and events(tree, "adopt") == Counter(dict.fromkeys(CELLS, 1))
+    for cell in CELLS:
+        for name in ("results.json", "config.yaml"):
+            assert (tree / "smoke" / cell / name).read_bytes() == (tree / "table1_like" / cell / name).read_bytes()
+    assert grid.main(["smoke", "--out", str(tree), "task=cb", "method=prompt", "trainer.steps=3"]) == 0
+    assert events(tree) == Counter({"cb/prompt/k32/s0": 1})  # another step count: run, not adopted
+
+
 def test_a_file_tasks_key_does_not_depend_on_where_its_data_lives():
     """A domain task's root resolves from data.domain_root, i.e. from the checkout: committed Figure 3 cells must
     count as done in any clone (they were rerun before), while what the task computes still changes the key."""
@@ -162,14 +186,14 @@ def test_table1_grid_has_90_cells_with_seeded_data_draws(tmp_path):
 
 def test_a_lock_held_by_a_live_process_is_respected_and_a_dead_ones_is_broken(tmp_path):
     lock = tmp_path / "cell" / ".lock"
-    assert grid.acquire(lock) and not grid.acquire(lock)  # held by this (live) process
+    assert locks.acquire(lock) and not locks.acquire(lock)  # held by this (live) process
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lock.write_text(json.dumps({"pid": dead.pid, "host": grid.HOST, "time": time.time()}))
-    assert grid.acquire(lock)
+    assert locks.acquire(lock)
     assert json.loads(lock.read_text())["pid"] == os.getpid()
     lock.write_text(json.dumps({"pid": dead.pid, "host": "another-host", "time": time.time()}))
-    assert not grid.acquire(lock)  # another machine's lock: never broken from here
+    assert not locks.acquire(lock)  # another machine's lock: never broken from here
 
 
 @pytest.mark.slow

@@ -83,6 +83,19 @@ def test_seed_changes_the_run(cfg_factory):
     assert a["history"] != b["history"]
 
 
+@pytest.mark.parametrize("method", ["lora", "ours"])
+def test_a_bf16_run_trains_as_its_fp32_twin_does(cfg_factory, method):
+    """bf16 autocast spans the run: its cached bf16 copy of each trainable weight must follow every update (a stale
+    cache once made every bf16 run score the step-0 weights: identical losses at any learning rate)."""
+    quick = [*QUICK, "task=cb", f"method={method}", "method.lr=3e-2", "trainer.steps=8", "metrics.every=0",
+             "trainer.schedule=constant"]
+    fp32 = run(cfg_factory(*quick))["history"]["train/loss"]
+    bf16 = run(cfg_factory(*quick, "trainer.precision=bf16"))["history"]["train/loss"]
+    slow = run(cfg_factory(*quick, "trainer.precision=bf16", "method.lr=1e-5"))["history"]["train/loss"]
+    assert bf16 == pytest.approx(fp32, rel=0.05)  # bf16 round-off, not another trajectory
+    assert abs(bf16[-1] - slow[-1]) > 0.1 * abs(fp32[-1] - fp32[0]) > 0  # the learning rate changes what it learns
+
+
 def test_gradient_metrics_can_be_measured_in_the_trainable_space(cfg_factory):
     r = run(cfg_factory("method=lora", *QUICK, "metrics.space=trainable"))
     assert r["metric_space_params"] == r["trainable_params"]

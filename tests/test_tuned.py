@@ -13,11 +13,11 @@ from gradft import grid, sweep, tuned
 FAST = ["trainer.steps=1"]
 
 
-def spec(tmp: Path, method: str, space: dict, n_trials: int = 2) -> Path:
+def spec(tmp: Path, method: str, space: dict, n_trials: int = 2, own: tuple[str, ...] = ()) -> Path:
     doc = {"study_name": f"tune_{method}", "storage": f"sqlite:///{tmp}/{method}.db", "out_dir": str(tmp / "out"),
            "n_trials": n_trials, "tasks": ["cb"], "n_seeds": 2, "space": space, "sampler": {"name": "random"},
            "base": [f"method={method}", "model=tiny_bert", "trainer.threads=1", "metrics.every=0",
-                    "logger.mode=disabled", "eval.max_examples=8"],
+                    "logger.mode=disabled", "eval.max_examples=8", *own],
            "heartbeat": {"interval": 1, "grace_period": 3}}
     path = tmp / f"{method}.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -31,7 +31,8 @@ LR = {"method.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
 def studies(tmp_path_factory) -> tuple[Path, list[Path]]:
     tmp = tmp_path_factory.mktemp("tuned")
     paths = [spec(tmp, "lora", LR),
-             spec(tmp, "ours", {**LR, "guidance.lambda1": {"type": "float", "low": 0.01, "high": 1.0, "log": True}})]
+             spec(tmp, "ours", {**LR, "guidance.lambda1": {"type": "float", "low": 0.01, "high": 1.0, "log": True}},
+                  own=("guidance.fd_r=0.02",))]  # an option of ours' own: in its study's base, not lora's
     for p in paths:
         assert sweep.main([str(p), "--conf-dir", str(tmp / "conf"), *FAST]) == 0
     return tmp, paths
@@ -57,6 +58,8 @@ def test_the_grid_runs_each_method_at_its_best_point_and_ablations_drop_their_te
     assert cfgs["ours_mag"].guidance.lambda1 == 0.0  # its switched-off term is not overwritten by ours' value
     assert cfgs["ours_mag"].method.lr == pytest.approx(best["ours"]["method.lr"])
     assert cfgs["ours_init"].guidance.d_prior == "init"
+    assert "guidance.fd_r=0.02" not in g["overrides"]  # lora's cells have no guidance node to set it on
+    assert all(cfgs[m].guidance.fd_r == 0.02 for m in ("ours", "ours_mag", "ours_dir", "ours_every4", "ours_init"))
     assert cfgs["ours_init"].guidance.lambda1 == pytest.approx(best["ours"]["guidance.lambda1"])
     assert doc["tuning"]["lora"]["n_trials"] == 2 and doc["tuning"]["lora"]["best"] == best["lora"]
 

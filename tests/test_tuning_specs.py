@@ -19,8 +19,9 @@ METHODS = ["full", "adapter", "lora", "prompt", "ours"]
 def test_every_method_of_a_setting_gets_the_same_budget_tasks_and_base(setting):
     specs = {m: sweep.load_spec(SWEEPS / f"tune_{setting}_{m}.yaml") for m in METHODS}
     assert len({(s.n_trials, s.n_seeds, tuple(s.tasks), s.prune_on, s.out_dir) for s in specs.values()}) == 1
-    bases = {tuple(o for o in s.base if not o.startswith("method=")) for s in specs.values()}
-    assert len(bases) == 1, bases
+    bases = {tuple(o for o in s.base if not o.startswith(("method=", "guidance."))) for s in specs.values()}
+    assert len(bases) == 1, bases  # guidance.* options (ours' fd_r) are ours' own: the baselines have no guidance
+    assert not [o for m, s in specs.items() if m != "ours" for o in s.base if o.startswith("guidance.")]
     for m, s in specs.items():
         assert f"method={m}" in s.base and "method.lr" in s.space
         assert len(s.enqueue) == 1 and set(s.enqueue[0]) == set(s.space)  # the defaults, as one of the budget
