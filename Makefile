@@ -75,18 +75,25 @@ SEEDS_minilm ?= 100,101,102,103,104
 SEEDS_smollm2 ?= 100,101,102
 CAP_minilm ?= eval.max_examples=1000
 CAP_smollm2 ?= eval.max_examples=700
+# head=lm (smollm2) adds the zero-shot prompt: one deterministic cell per task (k = 0), Table 1's row and Figure 2's point
+SHOTS_minilm ?= 32
+SHOTS_smollm2 ?= 0,32
+FIG2_SHOTS_minilm ?= 16,32,64,128,256
+FIG2_SHOTS_smollm2 ?= 0,16,32,64,128,256
 table1: install  ## the fair protocol for SETTING=minilm|smollm2: tune all five (same budget) -> tuned grid, fresh seeds -> reports/$(SETTING)/
 	for m in $(METHODS); do $(BIN)/python -m gradft.sweep sweeps/tune_$(SETTING)_$$m.yaml --workers 2 || exit 1; done
-	$(BIN)/python -m gradft.tuned $(foreach m,$(METHODS),sweeps/tune_$(SETTING)_$(m).yaml) --name table1_$(SETTING) --seeds $(SEEDS_$(SETTING)) --overrides $(CAP_$(SETTING))
+	$(BIN)/python -m gradft.tuned $(foreach m,$(METHODS),sweeps/tune_$(SETTING)_$(m).yaml) --name table1_$(SETTING) --seeds $(SEEDS_$(SETTING)) --shots $(SHOTS_$(SETTING)) --overrides $(CAP_$(SETTING))
 	$(BIN)/python -m gradft.grid table1_$(SETTING) --workers 2 --out results/$(SETTING) $(ARGS)
 	$(BIN)/python -m gradft.report --root results/$(SETTING)/table1_$(SETTING) --out reports/$(SETTING) --tuning conf/experiment/table1_$(SETTING).yaml
 
 # Figure 2 keeps the tuned 40 steps at every k (the lr was tuned for 40 steps; 10 epochs would be 20-320 steps,
 # ~3.5x the compute): the curve measures more data at equal compute. FIG2_STEPS= restores epochs-scaled steps.
+# Its k=32 cells are Table 1's (same key: the step count, not how it was given): the grid copies them from
+# results/$(SETTING)/table1_$(SETTING) instead of running them again.
 FIG2_STEPS ?= trainer.steps=40
 figure2: install  ## Figure 2 on the same protocol: tuned full/lora/ours, shots 16-256 on cb,copa,rte,wic, 3 fresh seeds -> reports/$(SETTING)/figure2
 	for m in full lora ours; do $(BIN)/python -m gradft.sweep sweeps/tune_$(SETTING)_$$m.yaml --workers 2 || exit 1; done
-	$(BIN)/python -m gradft.tuned $(foreach m,full lora ours,sweeps/tune_$(SETTING)_$(m).yaml) --name figure2_$(SETTING) --seeds 100,101,102 --tasks cb,copa,rte,wic --shots 16,32,64,128,256 --no-ablations --overrides $(CAP_$(SETTING)) $(FIG2_STEPS)
+	$(BIN)/python -m gradft.tuned $(foreach m,full lora ours,sweeps/tune_$(SETTING)_$(m).yaml) --name figure2_$(SETTING) --seeds 100,101,102 --tasks cb,copa,rte,wic --shots $(FIG2_SHOTS_$(SETTING)) --no-ablations --overrides $(CAP_$(SETTING)) $(FIG2_STEPS)
 	$(BIN)/python -m gradft.grid figure2_$(SETTING) --workers 2 --out results/$(SETTING) $(ARGS)
 	$(BIN)/python -m gradft.report --root results/$(SETTING)/figure2_$(SETTING) --out reports/$(SETTING)/figure2 --tuning conf/experiment/figure2_$(SETTING).yaml
 

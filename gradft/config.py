@@ -136,10 +136,10 @@ def train_steps(cfg: DictConfig, n_shots: int) -> int:
 
 def steps_for(trainer: Any, n_shots: int) -> int:
     """``train_steps`` on the trainer node alone (a DictConfig or a plain dict, as ``config_key`` holds it)."""
+    if not n_shots:  # zero-shot: no training, whatever the trainer says
+        return 0
     if trainer["steps"] is not None:
         return int(trainer["steps"])
-    if not n_shots:
-        return 0
     per_epoch = math.ceil(n_shots / min(trainer["batch_size"], n_shots))  # 32 shots / batch 8 = 4 steps
     return min(int(trainer["max_steps"]), math.ceil(trainer["epochs"] * per_epoch))
 

@@ -123,6 +123,8 @@ def test_the_key_holds_the_step_count_however_the_training_length_was_given():
     assert config_key(by_epochs) == config_key(compose_run(["trainer.steps=40", "paths.output_dir=."]))
     assert config_key(by_epochs) != config_key(compose_run(["trainer.steps=41", "paths.output_dir=."]))
     assert config_key(by_epochs) != config_key(compose_run(["trainer.epochs=10", "shots=64", "paths.output_dir=."]))
+    zero = ["model=tiny_llama", "head=lm", "shots=0", "paths.output_dir=."]  # no training: Table 1's k=0 is Figure 2's
+    assert config_key(compose_run(zero)) == config_key(compose_run([*zero, "trainer.steps=40"]))
 
 
 def test_a_cell_finished_by_a_sibling_grid_is_adopted_not_rerun(tree, caplog):
