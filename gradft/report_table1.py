@@ -144,6 +144,13 @@ def tuning_lines(tuning: dict[str, Any] | None) -> list[str]:
     return [*rows, ""]
 
 
+def _head(recs: list[dict]) -> str:
+    """The head every row shares, for the header: the LM head's rows carry no ``-lm`` suffix then."""
+    heads = {r.get("head", "classifier") for r in recs}
+    return {frozenset({"lm"}): " with the **prompt + pretrained LM head** (head=lm) in every row",
+            frozenset({"classifier"}): " with a **new classifier head**"}.get(frozenset(heads), "")
+
+
 def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | None = None) -> dict[str, Any]:
     tasks = sorted({r["task"] for r in recs})
     methods = _methods(recs)
@@ -188,7 +195,8 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
     n_eval = {t: sorted({r.get("eval_examples") for r in recs if r["task"] == t}) for t in tasks}
     lines = [
         "# Table 1: comparison of fine-tuning methods", "",
-        f"Model **{recs[0]['model']}**, **{trained[0]['shots']}** shots, seeds {', '.join(map(str, seeds))} "
+        f"Model **{recs[0]['model']}**{_head(recs)}, **{trained[0]['shots']}** shots, "
+        f"seeds {', '.join(map(str, seeds))} "
         f"(data_seed {'= seed' if all(r['seed'] == r['data_seed'] for r in recs) else 'varies'}), "
         f"{'/'.join(map(str, steps))} training steps. Accuracy (%) on the official SuperGLUE val split "
         f"({', '.join(f'{t} {n_eval[t][0] if len(n_eval[t]) == 1 else n_eval[t]}' for t in tasks)} examples); "

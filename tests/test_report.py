@@ -42,7 +42,8 @@ def test_table_has_a_row_per_method_and_the_majority_baseline_with_finite_number
         assert all(math.isfinite(float(r[k])) for k in keys), r
         assert 0 <= float(r["avg_acc_mean"]) <= 1
     md = (out / "table1.md").read_text()
-    assert "Model **tiny_bert**, **32** shots, seeds 0" in md and "2 training steps" in md
+    assert "Model **tiny_bert** with a **new classifier head**, **32** shots, seeds 0" in md
+    assert "2 training steps" in md
     assert float(table["baseline_chance"]["cb_acc_mean"]) == pytest.approx(1 / 3)
     for name in ("| prompt |", "| ours |", "| train-pool majority |", "| chance (1/C) |", "| eval majority",
                  "ours vs each baseline", "| ours | prompt | 2 |"):
@@ -103,6 +104,19 @@ def test_zero_shot_and_lm_head_runs_are_rows_of_their_own_and_zero_shot_runs_onc
     assert (out / "figure2.png").read_bytes().startswith(PNG)
     (paired_row,) = rows(out / "table1_paired.csv")  # the LM head against its new-head twin, per (task, seed)
     assert (paired_row["method"], paired_row["baseline"], paired_row["n_pairs"]) == ("lora-lm", "lora", "2")
+
+
+def test_a_table_of_lm_head_runs_alone_names_rows_by_method_so_ours_meets_its_baselines(tmp_path):
+    """The SmolLM2 setting: every row is head=lm; the rows are plain method names (ours is compared with lora, Holm),
+    the zero-shot row stays, and the header names the head."""
+    root, out = tmp_path / "grid", tmp_path / "reports"
+    assert grid.main(["smoke", "--out", str(root), "model=tiny_llama", "head=lm", "method=lora,ours", "task=cb",
+                      "shots=0,32", "seed=0,1"]) == 0
+    report.main(["--root", str(root), "--out", str(out)])
+    assert [r["method"] for r in rows(out / "table1.csv")][:3] == ["zero-shot", "lora", "ours"]
+    paired = {(r["method"], r["baseline"]): r for r in rows(out / "table1_paired.csv")}
+    assert paired[("ours", "lora")]["family"] == "holm" and paired[("ours", "lora")]["n_pairs"] == "2"
+    assert "prompt + pretrained LM head** (head=lm) in every row" in (out / "table1.md").read_text()
 
 
 def test_default_out_is_outputs_reports_never_the_committed_reports(reported, tmp_path, monkeypatch):
