@@ -17,7 +17,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export OMP_WAIT_POLICY ?= PASSIVE   # spinning OpenMP threads ran 3-6x slower when another process held a core (docs/bench.md)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint bench sweep tune dashboard table1 figure2 grid figure3 heads zeroshot report data clean
+.PHONY: help install run test test-fast lint bench sweep tune dashboard table1 figure2 grid figure3 heads zeroshot report compute data clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -127,6 +127,9 @@ report: install  ## every table and figure from the committed results/<setting>/
 	  tuning=""; [ -f conf/experiment/$$g.yaml ] && tuning="--tuning conf/experiment/$$g.yaml"; \
 	  echo "== $$d -> $$out"; $(BIN)/python -m gradft.report --root $$d --out $$out $$tuning || exit 1; \
 	done
+
+compute: install  ## worker-hours spent per grid and tuning study, from the committed results/ (the protocol's budget)
+	$(BIN)/python -m gradft.compute results
 
 data: install  ## write the SuperGLUE local layout (data.superglue_root) from the HF hub, for users who want files (needs network)
 	HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 $(BIN)/python -m gradft.data.export $(ARGS)
