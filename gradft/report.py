@@ -183,7 +183,7 @@ def model_report(recs: list[dict], out: Path, root: Path, model: str, shots: int
     out.mkdir(parents=True, exist_ok=True)
     table = table1(at_k, out, root, planned_at(tuning, root, shots))
     images = list(table["figures"])
-    if any(r["shots"] for r in recs):  # zero-shot results alone: a table, no curve
+    if len({r["shots"] for r in recs}) > 1:  # a curve needs two shot counts (k = 0 counts: the zero-shot point)
         images = [figure2(recs, out, root)]
     if any(r["shots"] for r in at_k):
         images.append(loss_curves([r for r in at_k if r["shots"]], out))
