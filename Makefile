@@ -9,6 +9,7 @@ N_TRIALS ?=
 WORKERS ?= 1
 SETTING ?= minilm
 TUNE ?= lora full adapter prompt ours
+GRID_WORKERS ?= 2  # runs side by side in tune/table1/figure2/figure3: 2 × 1 thread on the 2-core CPU; more on a GPU
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
@@ -62,8 +63,8 @@ bench: install  ## step time / memory / FLOP rate per method (reports/bench.json
 sweep: install  ## Optuna sweep sweeps/$(SWEEP).yaml (resumable); N_TRIALS=… WORKERS=…
 	$(BIN)/python -m gradft.sweep sweeps/$(SWEEP).yaml $(if $(N_TRIALS),--n-trials $(N_TRIALS)) --workers $(WORKERS) $(ARGS)
 
-tune: install  ## the fair-tuning protocol: sweeps/tune_$(SETTING)_<m>.yaml for m in $(TUNE), in turn, 2 workers (resumable)
-	for m in $(TUNE); do $(BIN)/python -m gradft.sweep sweeps/tune_$(SETTING)_$$m.yaml --workers 2 $(ARGS) || exit 1; done
+tune: install  ## the fair-tuning protocol: sweeps/tune_$(SETTING)_<m>.yaml for m in $(TUNE), in turn, GRID_WORKERS workers (resumable)
+	for m in $(TUNE); do $(BIN)/python -m gradft.sweep sweeps/tune_$(SETTING)_$$m.yaml --workers $(GRID_WORKERS) $(ARGS) || exit 1; done
 
 dashboard: install  ## open the sweep's study in optuna-dashboard
 	$(BIN)/python -m gradft.sweep sweeps/$(SWEEP).yaml --dashboard
@@ -81,9 +82,9 @@ SHOTS_smollm2 ?= 0,32
 FIG2_SHOTS_minilm ?= 16,32,64,128,256
 FIG2_SHOTS_smollm2 ?= 0,16,32,64,128,256
 table1: install  ## the fair protocol for SETTING=minilm|smollm2: tune all five (same budget) -> tuned grid, fresh seeds -> reports/$(SETTING)/
-	for m in $(METHODS); do $(BIN)/python -m gradft.sweep sweeps/tune_$(SETTING)_$$m.yaml --workers 2 || exit 1; done
+	for m in $(METHODS); do $(BIN)/python -m gradft.sweep sweeps/tune_$(SETTING)_$$m.yaml --workers $(GRID_WORKERS) || exit 1; done
 	$(BIN)/python -m gradft.tuned $(foreach m,$(METHODS),sweeps/tune_$(SETTING)_$(m).yaml) --name table1_$(SETTING) --seeds $(SEEDS_$(SETTING)) --shots $(SHOTS_$(SETTING)) --overrides $(CAP_$(SETTING))
-	$(BIN)/python -m gradft.grid table1_$(SETTING) --workers 2 --out results/$(SETTING) $(ARGS)
+	$(BIN)/python -m gradft.grid table1_$(SETTING) --workers $(GRID_WORKERS) --out results/$(SETTING) $(ARGS)
 	$(BIN)/python -m gradft.report --root results/$(SETTING)/table1_$(SETTING) --out reports/$(SETTING) --tuning conf/experiment/table1_$(SETTING).yaml
 
 # Figure 2 keeps the tuned 40 steps at every k (the lr was tuned for 40 steps; 10 epochs would be 20-320 steps,
@@ -92,9 +93,9 @@ table1: install  ## the fair protocol for SETTING=minilm|smollm2: tune all five 
 # results/$(SETTING)/table1_$(SETTING) instead of running them again.
 FIG2_STEPS ?= trainer.steps=40
 figure2: install  ## Figure 2 on the same protocol: tuned full/lora/ours, shots 16-256 on cb,copa,rte,wic, 3 fresh seeds -> reports/$(SETTING)/figure2
-	for m in full lora ours; do $(BIN)/python -m gradft.sweep sweeps/tune_$(SETTING)_$$m.yaml --workers 2 || exit 1; done
+	for m in full lora ours; do $(BIN)/python -m gradft.sweep sweeps/tune_$(SETTING)_$$m.yaml --workers $(GRID_WORKERS) || exit 1; done
 	$(BIN)/python -m gradft.tuned $(foreach m,full lora ours,sweeps/tune_$(SETTING)_$(m).yaml) --name figure2_$(SETTING) --seeds 100,101,102 --tasks cb,copa,rte,wic --shots $(FIG2_SHOTS_$(SETTING)) --no-ablations --overrides $(CAP_$(SETTING)) $(FIG2_STEPS)
-	$(BIN)/python -m gradft.grid figure2_$(SETTING) --workers 2 --out results/$(SETTING) $(ARGS)
+	$(BIN)/python -m gradft.grid figure2_$(SETTING) --workers $(GRID_WORKERS) --out results/$(SETTING) $(ARGS)
 	$(BIN)/python -m gradft.report --root results/$(SETTING)/figure2_$(SETTING) --out reports/$(SETTING)/figure2 --tuning conf/experiment/figure2_$(SETTING).yaml
 
 grid: install  ## any grid of conf/experiment/ (GRID=table1: the untuned 5 methods x 6 tasks x seeds; figure2, smoke, ...)
@@ -104,9 +105,9 @@ FIG3_SETTINGS ?= minilm smollm2
 FIG3_TASKS := overruling,promise_nfr,scicite,uk_manifesto,unfair_tos
 figure3: install  ## Figure 3 on the same protocol per setting (minilm: classifier head, smollm2: LM head): tuned full/lora/ours x 5 domain tasks x 3 fresh seeds -> reports/<setting>/figure3
 	for s in $(FIG3_SETTINGS); do \
-	  for m in full lora ours; do $(BIN)/python -m gradft.sweep sweeps/tune_$${s}_$$m.yaml --workers 2 || exit 1; done; \
+	  for m in full lora ours; do $(BIN)/python -m gradft.sweep sweeps/tune_$${s}_$$m.yaml --workers $(GRID_WORKERS) || exit 1; done; \
 	  $(BIN)/python -m gradft.tuned sweeps/tune_$${s}_{full,lora,ours}.yaml --name figure3_$$s --seeds 100,101,102 --tasks $(FIG3_TASKS) --no-ablations || exit 1; \
-	  $(BIN)/python -m gradft.grid figure3_$$s --workers 2 --out results/$$s $(ARGS) || exit 1; \
+	  $(BIN)/python -m gradft.grid figure3_$$s --workers $(GRID_WORKERS) --out results/$$s $(ARGS) || exit 1; \
 	  $(BIN)/python -m gradft.report --root results/$$s/figure3_$$s --out reports/$$s/figure3 || exit 1; \
 	done
 

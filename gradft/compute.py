@@ -3,8 +3,10 @@
 Owns the accounting behind issue 11's budget (≤ 12 hours of this 2-core machine for the whole protocol): the
 ``wall_time_s`` of every results.json under the root, summed per tree — a grid (``results/<setting>/<grid>``) or a
 tuning study (``results/tuning/<setting>/<study>``, its trials together) — in worker-hours, and in machine-hours at
-``--workers`` runs side by side (2 workers × 1 thread on the 2 cores: half the worker-hours). Runs that failed or
-were pruned before writing results.json are not counted (a pruned trial's finished runs are). Reads results only.
+``--workers`` runs side by side (2 workers × 1 thread on the 2 cores: half the worker-hours), one row per tree and
+hardware (results.json "env"; runs from before it was recorded ran on the project's 2-core CPU). A lent GPU's rows
+give worker-hours only: its runs shared one GPU, many at a time. Runs that failed or were pruned before writing
+results.json are not counted (a pruned trial's finished runs are). Reads results only.
 """
 
 from __future__ import annotations
@@ -27,18 +29,23 @@ def tree_of(path: Path, root: Path, task: str) -> str:
     return "/".join(head) or "."
 
 
-def spent(root: str | Path) -> dict[str, dict[str, Any]]:
-    """tree -> {runs, worker_hours, models, precisions} over every readable results.json under root."""
+CPU_BEFORE_ENV = "2-core CPU (before env was recorded)"
+
+
+def spent(root: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """(tree, hardware) -> {runs, worker_hours, models, precisions, gpu} over every readable results.json under root."""
     root = Path(root)
-    out: dict[str, dict[str, Any]] = defaultdict(lambda: {"runs": 0, "worker_hours": 0.0, "models": set(),
-                                                          "precisions": set()})
+    out: dict[tuple[str, str], dict[str, Any]] = defaultdict(lambda: {"runs": 0, "worker_hours": 0.0,
+                                                                      "models": set(), "precisions": set()})
     for path in sorted(root.rglob("results.json")):
         try:
             r = json.loads(path.read_text())
             seconds = float(r["wall_time_s"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        t = out[tree_of(path, root, str(r.get("task", "")))]
+        env = r.get("env") or {}
+        t = out[(tree_of(path, root, str(r.get("task", ""))), env.get("hardware", CPU_BEFORE_ENV))]
+        t["gpu"] = env.get("device") == "cuda"
         t["runs"] += 1
         t["worker_hours"] += seconds / 3600
         t["models"].add(str(r.get("model")))
@@ -47,14 +54,18 @@ def spent(root: str | Path) -> dict[str, dict[str, Any]]:
     return dict(out)
 
 
-def table(trees: dict[str, dict[str, Any]], workers: int) -> str:
-    lines = [f"| tree | runs | worker-hours | machine-hours ({workers} workers) | model | precision |",
-             "|---|---|---|---|---|---|"]
-    for name, t in sorted(trees.items()):
-        lines.append(f"| {name} | {t['runs']} | {t['worker_hours']:.2f} | {t['worker_hours'] / workers:.2f} | "
+def table(trees: dict[tuple[str, str], dict[str, Any]], workers: int) -> str:
+    lines = [f"| tree | hardware | runs | worker-hours | machine-hours ({workers} workers) | model | precision |",
+             "|---|---|---|---|---|---|---|"]
+    for (name, hw), t in sorted(trees.items()):
+        machine = "—" if t["gpu"] else f"{t['worker_hours'] / workers:.2f}"
+        lines.append(f"| {name} | {hw} | {t['runs']} | {t['worker_hours']:.2f} | {machine} | "
                      f"{', '.join(sorted(t['models']))} | {', '.join(sorted(t['precisions']))} |")
-    total = sum(t["worker_hours"] for t in trees.values())
-    lines.append(f"| **all** | {sum(t['runs'] for t in trees.values())} | {total:.2f} | {total / workers:.2f} | | |")
+    for hw in sorted({hw for _, hw in trees}):
+        mine = [t for (_, h), t in trees.items() if h == hw]
+        total = sum(t["worker_hours"] for t in mine)
+        machine = "—" if mine[0]["gpu"] else f"{total / workers:.2f}"
+        lines.append(f"| **all** | {hw} | {sum(t['runs'] for t in mine)} | {total:.2f} | {machine} | | |")
     return "\n".join(lines)
 
 

@@ -37,7 +37,7 @@ from gradft.metrics import GradientMonitor, baselines
 from gradft.models import backbone_parameters, head_kind, load_backbone
 from gradft.prompting import PromptCollator, prompt_spec
 from gradft.stopping import interrupted, sigterm_interrupts
-from gradft.tracking import Tracker, config_key, write_results
+from gradft.tracking import Tracker, config_key, hardware, write_results
 from gradft.train import Phases, Trainer, epoch_batches
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
         results: dict[str, Any] = {
             "method": cfg.method.name, "task": task.name, "shots": cfg.shots, "seed": cfg.seed,
             "data_seed": cfg.data_seed, "model": cfg.model.name, "head": head, "guidance": cfg.guidance.name,
-            "config_key": config_key(cfg), "metrics": metrics, "eval_examples": len(eval_set),
+            "config_key": config_key(cfg), "env": hardware(device), "metrics": metrics, "eval_examples": len(eval_set),
             "shot_ids": [e.idx for e in shots], "data": task.info,
             "trainable_params": space.numel if shots else 0, "metric_space_params": metric_space.numel,
             "steps": steps, "skipped_nonfinite": state.skipped_nonfinite if state else 0,

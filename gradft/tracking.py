@@ -5,6 +5,7 @@ crash never leaves a half-written file that looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -50,6 +51,26 @@ def _clean(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_clean(v) for v in x]
     return x
+
+
+def hardware(device: Any) -> dict[str, Any]:
+    """Where a run executed (results.json "env"): the processor or GPU by name, its threads, torch and transformers.
+    config_key ignores it (the same config computes the same thing anywhere), but floating-point results differ in
+    their last bits across hardware, so a mixed grid says which cells ran where (``make compute`` sums per name)."""
+    import platform
+
+    import torch
+    import transformers
+
+    if getattr(device, "type", str(device)) == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        with contextlib.suppress(OSError):
+            name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                         if line.startswith("model name")), name)
+    return {"device": getattr(device, "type", str(device)), "hardware": name, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def write_results(out_dir: str | Path, results: dict[str, Any], cfg: DictConfig) -> Path:

@@ -1,5 +1,5 @@
 """The compute accounting behind the budget: every finished run's wall time, summed per grid and per tuning study
-(its trials together), from the smoke grid's real results.json files."""
+(its trials together) and per hardware, from the smoke grid's real results.json files."""
 
 from __future__ import annotations
 
@@ -18,14 +18,35 @@ def test_wall_time_is_summed_per_grid_and_per_study_with_its_trials_together(smo
     for trial in ("trial_0", "trial_3"):  # a study's runs: <study>/trial_<n>/<task>/s<seed>
         shutil.copytree(cell, root / "tuning" / "minilm" / "tune_x" / trial / "cb" / "s0")
     seconds = {p: json.loads(p.read_text())["wall_time_s"] for p in (root / "minilm").rglob("results.json")}
+    hw = json.loads((cell / "results.json").read_text())["env"]["hardware"]  # the processor this test runs on
     trees = compute.spent(root)
-    assert set(trees) == {"minilm/smoke", "tuning/minilm/tune_x"}
-    assert trees["minilm/smoke"]["runs"] == 4 == len(seconds)
-    assert trees["minilm/smoke"]["worker_hours"] == pytest.approx(sum(seconds.values()) / 3600)
+    assert set(trees) == {("minilm/smoke", hw), ("tuning/minilm/tune_x", hw)}
+    smoke, study = trees[("minilm/smoke", hw)], trees[("tuning/minilm/tune_x", hw)]
+    assert smoke["runs"] == 4 == len(seconds)
+    assert smoke["worker_hours"] == pytest.approx(sum(seconds.values()) / 3600)
     one = json.loads((cell / "results.json").read_text())["wall_time_s"]
-    assert trees["tuning/minilm/tune_x"]["runs"] == 2
-    assert trees["tuning/minilm/tune_x"]["worker_hours"] == pytest.approx(2 * one / 3600)
-    assert trees["minilm/smoke"]["models"] == {"tiny_bert"} and trees["minilm/smoke"]["precisions"] == {"fp32"}
+    assert study["runs"] == 2
+    assert study["worker_hours"] == pytest.approx(2 * one / 3600)
+    assert smoke["models"] == {"tiny_bert"} and smoke["precisions"] == {"fp32"}
     assert compute.main([str(root), "--workers", "2"]) == 0
     out = capsys.readouterr().out
-    assert f"| tuning/minilm/tune_x | 2 | {2 * one / 3600:.2f} | {one / 3600:.2f} |" in out
+    assert f"| tuning/minilm/tune_x | {hw} | 2 | {2 * one / 3600:.2f} | {one / 3600:.2f} |" in out
+
+
+def test_runs_on_other_hardware_are_counted_apart_and_gpu_rows_have_no_machine_hours(smoke_grid, tmp_path, capsys):
+    root = tmp_path / "results"
+    shutil.copytree(smoke_grid / "smoke", root / "minilm" / "smoke")
+    cells = sorted((root / "minilm" / "smoke").rglob("results.json"))
+    r = json.loads(cells[0].read_text())
+    r["env"] = {**r["env"], "device": "cuda", "hardware": "NVIDIA H200"}  # one cell as a lent GPU records it
+    cells[0].write_text(json.dumps(r))
+    del_env = json.loads(cells[1].read_text())
+    del del_env["env"]  # a result from before env was recorded
+    cells[1].write_text(json.dumps(del_env))
+    trees = compute.spent(root)
+    assert trees[("minilm/smoke", "NVIDIA H200")]["runs"] == 1 and trees[("minilm/smoke", "NVIDIA H200")]["gpu"]
+    assert trees[("minilm/smoke", compute.CPU_BEFORE_ENV)]["runs"] == 1
+    assert sum(t["runs"] for t in trees.values()) == 4
+    assert compute.main([str(root)]) == 0
+    gpu_row = r["wall_time_s"] / 3600
+    assert f"| minilm/smoke | NVIDIA H200 | 1 | {gpu_row:.2f} | — |" in capsys.readouterr().out

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import transformers
 from conftest import make_cfg
 
 from gradft.config import validate
@@ -108,6 +110,13 @@ def test_results_json_is_written_with_nan_as_null(cfg_factory, tmp_path):
     on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
     assert on_disk["metrics"]["grad_cos_consecutive"] is None  # one measured step: no consecutive pair
     assert math.isnan(r["metrics"]["grad_cos_consecutive"])
+
+
+def test_results_json_says_on_which_hardware_and_versions_the_run_executed(cfg_factory, tmp_path):
+    run(cfg_factory(*QUICK, "trainer.steps=1", "trainer.device=cpu"))
+    env = json.loads((tmp_path / "run" / "results.json").read_text())["env"]
+    assert env["device"] == "cpu" and env["hardware"] and env["torch"] == torch.__version__
+    assert env["transformers"] == transformers.__version__ and env["threads"] >= 1
 
 
 @pytest.mark.parametrize("override,needle", [
