@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,13 @@ def tuning_lines(tuning: dict[str, Any] | None) -> list[str]:
     return [*rows, ""]
 
 
+def hardware_line(recs: list[dict]) -> str:
+    """Where the runs executed (results.json "env"), by count: a grid may be finished on other hardware than it
+    started on (same configs, same keys; floating-point results differ in their last bits)."""
+    where = Counter((r.get("env") or {}).get("hardware", "the 2-core CPU (before env was recorded)") for r in recs)
+    return "Ran on: " + ", ".join(f"{n} on {hw}" for hw, n in where.most_common()) + "."
+
+
 def _head(recs: list[dict]) -> str:
     """The head every row shares, for the header: the LM head's rows carry no ``-lm`` suffix then."""
     heads = {r.get("head", "classifier") for r in recs}
@@ -207,7 +214,7 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
         "majority = always the train pool's most frequent class (knowable without eval labels); chance = 1/C; eval "
         "majority = the eval split's own majority rate (the best constant, which needs eval labels). Ablations: "
         "ours-mag = λ1 = 0 (magnitude term only), ours-dir = λ2 = 0 (direction term only), ours-every4 = guidance "
-        "on every 4th step, ours-init = d_prior from the step-0 k-shot gradient.", "",
+        "on every 4th step, ours-init = d_prior from the step-0 k-shot gradient. " + hardware_line(recs), "",
         "| Method | Avg accuracy | 95% CI | Gradient stability | Directional alignment | " + " | ".join(tasks) + " |",
         "|---" * (5 + len(tasks)) + "|",
         *["| " + " | ".join(map(str, r)) + " |" for r in md_rows], "",

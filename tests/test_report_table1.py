@@ -90,3 +90,13 @@ def test_a_table_from_part_of_its_grid_says_how_many_of_the_planned_cells_it_has
                                            ' {"task": "cb", "method": "full", "shots": 256, "seed": 100}]')
     assert planned_at(_tuning(grid_file), tmp_path, 256)["planned_cells"] == 178
     assert planned_at(_tuning(grid_file), tmp_path, 32)["planned_cells"] == 180
+
+
+def test_the_table_says_how_many_cells_ran_on_which_hardware(tmp_path):
+    recs = records()
+    for i, r in enumerate(recs):  # a grid finished on a lent GPU after it started on the CPU
+        if i % 3 == 0:
+            r["env"] = {"device": "cuda", "hardware": "NVIDIA H200"}
+    md = table1(recs, tmp_path, tmp_path)["markdown"]
+    gpu = sum(1 for r in recs if r.get("env"))
+    assert f"Ran on: {len(recs) - gpu} on the 2-core CPU (before env was recorded), {gpu} on NVIDIA H200." in md
