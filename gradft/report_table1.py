@@ -139,7 +139,9 @@ def tuning_lines(tuning: dict[str, Any] | None) -> list[str]:
         ranges = ", ".join(f"{k} [{d['low']:g}, {d['high']:g}]{' log' if d.get('log') else ''}"
                            if d["type"] != "categorical" else f"{k} {d['choices']}" for k, d in s["space"].items())
         edge = ", ".join(f"{k} at the {e} end" for k, e in (s.get("at_edge") or {}).items()) or "—"
-        rows.append(f"| {m} | {s['n_trials']} ({s['complete']} / {s['pruned']} / {s['failed']}) | {best} | {ranges} "
+        widened = f" = {s['n_trials'] - s['widened']} + {s['widened']} after widening" if s.get("widened") else ""
+        rows.append(f"| {m} | {s['n_trials']}{widened} ({s['complete']} / {s['pruned']} / {s['failed']}) | {best} "
+                    f"| {ranges} "
                     f"| {100 * s['select_accuracy']:.1f} | {edge} |")
     return [*rows, ""]
 

@@ -39,6 +39,10 @@ class Spec:
     heartbeat: dict[str, Any] = field(default_factory=lambda: {"interval": 30, "grace_period": 120})
     out_dir: str = "outputs/sweeps"
     prune_on: str = "steps"  # steps: select accuracy every eval.select_every steps | runs: running mean after each run
+    # trials added after a best point sat at the edge of its range and the range was widened (issue 11's rule: the
+    # range was wrong, continue the study); they are part of n_trials, and `gradft.tuned` checks that n_trials -
+    # widened is the same for every method of a comparison, and prints both
+    widened: int = 0
 
     def __post_init__(self) -> None:
         self.storage = self.storage or f"sqlite:///{self.out_dir}/{self.study_name}.db"
@@ -55,6 +59,8 @@ class Spec:
         if pruned and not (every and int(every[-1]) > 0):
             raise ValueError("a pruner needs intermediate values: add eval.select_every=N (N>0) to base, "
                              "or prune_on: runs")
+        if not 0 <= self.widened < self.n_trials:
+            raise ValueError(f"widened={self.widened}: must be at least 0 and below n_trials={self.n_trials}")
         if not (self.heartbeat or {}).get("interval"):
             raise ValueError("heartbeat.interval is required: it is how the trials of killed workers are failed")
 

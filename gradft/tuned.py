@@ -61,6 +61,7 @@ def study_summary(spec_path: str | Path, partial: bool = False) -> dict[str, Any
     best = study.best_trial
     method = next(o.split("=", 1)[1] for o in spec.base if o.startswith("method="))
     return {"method": method, "study": spec.study_name, "spec": str(spec_path), "n_trials": spec.n_trials,
+            "widened": spec.widened,
             "complete": sum(t.state == TrialState.COMPLETE for t in trials),
             "pruned": sum(t.state == TrialState.PRUNED for t in trials),
             "failed": sum(t.state == TrialState.FAIL for t in trials),
@@ -73,11 +74,17 @@ def study_summary(spec_path: str | Path, partial: bool = False) -> dict[str, Any
             "base": [o for o in spec.base if not o.startswith(("method=", "metrics.every=", "shots=", "guidance."))]}
 
 
+def widened_note(studies: list[dict[str, Any]]) -> str:
+    """`; adapter +1 after widening its range` where a study continued past the common budget (the edge rule)."""
+    extra = [f"{s['method']} +{s['widened']}" for s in studies if s.get("widened")]
+    return f"; {', '.join(extra)} after widening a range whose best point sat at its edge" if extra else ""
+
+
 def grid_doc(name: str, studies: list[dict[str, Any]], seeds: list[int], partial: bool,
              tasks: list[str] = TASKS, shots: list[int] = (32,), ablations: bool = True,
              extra: list[str] = ()) -> dict[str, Any]:
     bases = {tuple(s["base"]) for s in studies}
-    if len(bases) != 1 or len({s["n_trials"] for s in studies}) != 1:
+    if len(bases) != 1 or len({s["n_trials"] - s.get("widened", 0) for s in studies}) != 1:
         raise ValueError("the studies differ in their base settings or trial budget: not a fair comparison")
     per_method = {s["method"]: [*s["own"], *(f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}"
                                              for k, v in s["best"].items())] for s in studies}
@@ -116,10 +123,11 @@ def write(name: str, spec_paths: list[str], seeds: list[int], partial: bool = Fa
         raise ValueError(f"evaluation seeds {sorted(clash)} were tuning seeds: use fresh ones")
     doc = grid_doc(name, studies, seeds, partial, tasks, shots, ablations, extra)
     edges = [f"{s['method']}: {k} at the {e} end" for s in studies for k, e in s["at_edge"].items()]
+    budget = studies[0]["n_trials"] - studies[0].get("widened", 0)
     header = (f"# @package _global_\n# python -m gradft.grid {name} --workers 2    (written by: "
               f"{command(name, spec_paths, seeds, partial, tasks, shots, ablations, extra)})\n"
-              f"# Each method at its best point of a sweep with the same budget ({studies[0]['n_trials']} trials) on "
-              f"the selection split; fresh seeds {seeds}.\n"
+              f"# Each method at its best point of a sweep with the same budget ({budget} trials"
+              f"{widened_note(studies)}) on the selection split; fresh seeds {seeds}.\n"
               + ("# PARTIAL: some studies have not met their budget.\n" if partial else "")
               + "".join(f"# WARNING {e}: widen the range and continue the study.\n" for e in edges)
               + "# This file only describes the grid (the `grid` and `tuning` nodes are inert in a run).\n")

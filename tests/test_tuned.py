@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gradft import grid, sweep, tuned
+from gradft import grid, report_table1, sweep, tuned
 
 FAST = ["trainer.steps=1"]
 
@@ -100,3 +100,23 @@ def test_a_figure2_grid_takes_its_tasks_and_shots_from_the_axes_not_from_the_tun
     assert not any(o.startswith("shots=") for o in g["overrides"]) and g["overrides"][-1] == "eval.max_examples=700"
     p = grid.plan(str(conf / "experiment" / "f2.yaml"), ["task=cb", "method=lora"], tmp / "grid2")
     assert sorted(grid.compose_run([*p.cell_overrides(c), "paths.output_dir=."]).shots for c in p.cells) == [16, 64]
+
+
+def test_a_study_continued_after_widening_its_range_still_meets_the_common_budget_and_says_so(studies, tmp_path):
+    tmp, paths = studies
+    doc = yaml.safe_load(paths[0].read_text())  # lora: widen its lr range, continue by one enqueued trial
+    doc.update(n_trials=3, space={"method.lr": {**LR["method.lr"], "high": 0.1}}, enqueue=[{"method.lr": 0.05}])
+    widened = tmp_path / "lora.yaml"
+    widened.write_text(yaml.safe_dump(doc))
+    assert sweep.main([str(widened), "--conf-dir", str(tmp_path / "conf"), *FAST]) == 0  # the 3rd trial runs
+    conf = str(tmp_path / "conf")
+    # 3 trials against ours' 2, unexplained: refused
+    assert tuned.main([str(widened), str(paths[1]), "--name", "w", "--conf-dir", conf, "--seeds", "100"]) == 2
+    doc["widened"] = 1
+    widened.write_text(yaml.safe_dump(doc))
+    assert tuned.main([str(widened), str(paths[1]), "--name", "w", "--conf-dir", conf, "--seeds", "100"]) == 0
+    text = (tmp_path / "conf" / "experiment" / "w.yaml").read_text()
+    assert "same budget (2 trials; lora +1 after widening a range whose best point sat at its edge)" in text
+    t = yaml.safe_load(text)["tuning"]["lora"]
+    assert (t["n_trials"], t["widened"], t["complete"]) == (3, 1, 3)
+    assert "| lora | 3 = 2 + 1 after widening (3 / 0 / 0) |" in "\n".join(report_table1.tuning_lines({"lora": t}))

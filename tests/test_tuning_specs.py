@@ -18,13 +18,16 @@ METHODS = ["full", "adapter", "lora", "prompt", "ours"]
 @pytest.mark.parametrize("setting", ["minilm", "smollm2"])
 def test_every_method_of_a_setting_gets_the_same_budget_tasks_and_base(setting):
     specs = {m: sweep.load_spec(SWEEPS / f"tune_{setting}_{m}.yaml") for m in METHODS}
-    assert len({(s.n_trials, s.n_seeds, tuple(s.tasks), s.prune_on, s.out_dir) for s in specs.values()}) == 1
+    # the common budget: n_trials less the trials a study added after widening a range at whose edge its best sat
+    assert len({(s.n_trials - s.widened, s.n_seeds, tuple(s.tasks), s.prune_on, s.out_dir)
+                for s in specs.values()}) == 1
     bases = {tuple(o for o in s.base if not o.startswith(("method=", "guidance."))) for s in specs.values()}
     assert len(bases) == 1, bases  # guidance.* options (ours' fd_r) are ours' own: the baselines have no guidance
     assert not [o for m, s in specs.items() if m != "ours" for o in s.base if o.startswith("guidance.")]
     for m, s in specs.items():
         assert f"method={m}" in s.base and "method.lr" in s.space
-        assert len(s.enqueue) == 1 and set(s.enqueue[0]) == set(s.space)  # the defaults, as one of the budget
+        assert len(s.enqueue) == 1 + s.widened  # the defaults, as one of the budget (+ each widening trial's point)
+        assert all(set(p) == set(s.space) for p in s.enqueue)
     assert {"guidance.lambda1", "guidance.lambda2", "guidance.tau"} <= set(specs["ours"].space)
 
 
