@@ -210,7 +210,8 @@ def run_cell(p: Plan, cell: Cell) -> None:
         res = run(cfg, d)
     except Exception as e:  # noqa: BLE001 — a failing cell is logged and the grid goes on
         log.exception("cell %s failed", cell.rel)
-        atomic_write(d / "error.json", json.dumps({"time": time.time(), "error": repr(e), "pid": os.getpid()}))
+        atomic_write(d / "error.json", json.dumps({"time": time.time(), "error": repr(e), "pid": os.getpid(),
+                                                   "host": HOST, "diverged": type(e).__name__ == "NonFiniteError"}))
         p.event("fail", cell, error=repr(e)[:500])
         return
     (d / "error.json").unlink(missing_ok=True)

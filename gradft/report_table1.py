@@ -153,6 +153,17 @@ def hardware_line(recs: list[dict]) -> str:
     return "Ran on: " + ", ".join(f"{n} on {hw}" for hw, n in where.most_common()) + "."
 
 
+def diverged_line(root: Path) -> str:
+    """Cells whose run diverged (a non-finite loss or gradient more often than trainer.max_skipped allows): no
+    results.json, so they are missing from every mean and paired test; said here, never silently left out."""
+    cells = sorted(str(e.parent.relative_to(root)) for e in Path(root).rglob("error.json")
+                   if "NonFiniteError" in e.read_text(errors="ignore") and not (e.parent / "results.json").exists())
+    if not cells:
+        return ""
+    return (f"**Diverged, no result** ({len(cells)} cell{'s' * (len(cells) > 1)}: non-finite losses beyond "
+            f"trainer.max_skipped; left out of the means and the paired tests): {', '.join(cells)}.")
+
+
 def _head(recs: list[dict]) -> str:
     """The head every row shares, for the header: the LM head's rows carry no ``-lm`` suffix then."""
     heads = {r.get("head", "classifier") for r in recs}
@@ -216,7 +227,8 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
         "majority = always the train pool's most frequent class (knowable without eval labels); chance = 1/C; eval "
         "majority = the eval split's own majority rate (the best constant, which needs eval labels). Ablations: "
         "ours-mag = λ1 = 0 (magnitude term only), ours-dir = λ2 = 0 (direction term only), ours-every4 = guidance "
-        "on every 4th step, ours-init = d_prior from the step-0 k-shot gradient. " + hardware_line(recs), "",
+        "on every 4th step, ours-init = d_prior from the step-0 k-shot gradient. " + hardware_line(recs),
+        *([diverged_line(root)] if diverged_line(root) else []), "",
         "| Method | Avg accuracy | 95% CI | Gradient stability | Directional alignment | " + " | ".join(tasks) + " |",
         "|---" * (5 + len(tasks)) + "|",
         *["| " + " | ".join(map(str, r)) + " |" for r in md_rows], "",

@@ -100,3 +100,20 @@ def test_the_table_says_how_many_cells_ran_on_which_hardware(tmp_path):
     md = table1(recs, tmp_path, tmp_path)["markdown"]
     gpu = sum(1 for r in recs if r.get("env"))
     assert f"Ran on: {len(recs) - gpu} on the 2-core CPU (before env was recorded), {gpu} on NVIDIA H200." in md
+
+
+def test_cells_that_diverged_are_named_not_silently_left_out(tmp_path):
+    def cell(rel: str, error: str, finished: bool = False) -> None:
+        d = tmp_path / rel
+        d.mkdir(parents=True)
+        (d / "error.json").write_text(f'{{"error": "{error}", "diverged": true}}')
+        if finished:  # a later retry finished the cell: no longer missing
+            (d / "results.json").write_text("{}")
+
+    assert "Diverged" not in table1(records(), tmp_path / "out", tmp_path)["markdown"]
+    cell("cb/ours_init/k32/s101", "NonFiniteError('4 steps had a non-finite loss')")
+    cell("rte/ours/k32/s100", "NonFiniteError('4 steps had a non-finite loss')", finished=True)
+    cell("wic/lora/k32/s100", "RuntimeError('CUDA out of memory')")  # a crash, retried by the grid: not an outcome
+    md = table1(records(), tmp_path / "out", tmp_path)["markdown"]
+    assert "**Diverged, no result** (1 cell: non-finite losses" in md and "cb/ours_init/k32/s101." in md
+    assert "rte/ours" not in md and "wic/lora" not in md
