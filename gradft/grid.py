@@ -135,21 +135,33 @@ class Plan:
 
     def eta(self, todo: list[Cell], workers: int) -> tuple[float | None, str]:
         """Seconds to run ``todo`` with ``workers`` processes, and what the estimate rests on: the measured
-        ``wall_time_s`` of this grid's finished cells (same task and method, else same task, else all of them), else
-        the grid file's ``est_seconds_per_cell``, else nothing."""
-        seen: dict[tuple[str, str] | str, list[float]] = {}  # (task, method) and task -> measured seconds
-        every: list[float] = []
+        ``wall_time_s`` of this grid's finished cells (same task and method, else same task, else all of them) that
+        ran on this kind of device (a grid begun on a GPU and finished on a CPU: the GPU's times would mislead;
+        results without ``env`` ran on a CPU), else those of any device, else the grid file's
+        ``est_seconds_per_cell``, else nothing."""
+        import torch
+
+        here = "cuda" if torch.cuda.is_available() else "cpu"
+        timed: list[tuple[Cell, float, bool]] = []
         for c in set(self.cells) - set(todo):  # the finished ones
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                w = float(json.loads((self.cell_dir(c) / "results.json").read_text())["wall_time_s"])
-                for key in ((c.task, c.method), c.task):
-                    seen.setdefault(key, []).append(w)
-                every.append(w)
+                r = json.loads((self.cell_dir(c) / "results.json").read_text())
+                timed.append((c, float(r["wall_time_s"]), (r.get("env") or {}).get("device", "cpu") == here))
+        note = ""
+        if any(same for _, _, same in timed):
+            timed = [t for t in timed if t[2]]
+        elif timed:
+            note = f" on another device than this {here}"
+        seen: dict[tuple[str, str] | str, list[float]] = {}  # (task, method) and task -> measured seconds
+        for c, w, _ in timed:
+            for key in ((c.task, c.method), c.task):
+                seen.setdefault(key, []).append(w)
+        every = [w for _, w, _ in timed]
         if not every:
             return ((len(todo) * self.est_seconds / max(1, workers), "est_seconds_per_cell of the grid file")
                     if self.est_seconds else (None, "no cell measured yet"))
         total = sum(fmean(seen.get((c.task, c.method)) or seen.get(c.task) or every) for c in todo)
-        return total / max(1, workers), f"measured on {len(every)} finished cells"
+        return total / max(1, workers), f"measured on {len(every)} finished cells{note}"
 
 
 def grid_spec(grid: str) -> dict[str, Any]:

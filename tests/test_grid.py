@@ -82,6 +82,23 @@ def test_the_eta_rests_on_measured_cell_times_and_progress_is_logged_per_cell(tr
     assert "grid smoke: 4/4 cells done, 0 to run" in caplog.text
 
 
+def test_the_eta_of_a_grid_begun_on_other_hardware_uses_this_devices_cells_when_it_has_some(tree):
+    def as_gpu(rel: str, seconds: float) -> None:  # a cell as a lent GPU would have left it
+        path = tree / "smoke" / rel / "results.json"
+        r = json.loads(path.read_text())
+        path.write_text(json.dumps({**r, "wall_time_s": seconds, "env": {**r["env"], "device": "cuda"}}))
+
+    (tree / "smoke" / "rte/ours/k32/s0" / "results.json").unlink()
+    p = grid.plan("smoke", [], tree)
+    todo = [c for c in p.cells if not p.is_done(c)]
+    cpu_rte = json.loads((tree / "smoke" / "rte/prompt/k32/s0" / "results.json").read_text())["wall_time_s"]
+    as_gpu("cb/ours/k32/s0", 1000.0)  # another task: left out, the CPU's own rte cell decides
+    assert p.eta(todo, 1) == (pytest.approx(cpu_rte), "measured on 2 finished cells")
+    for rel in ("cb/prompt/k32/s0", "rte/prompt/k32/s0"):
+        as_gpu(rel, 7.0)
+    assert p.eta(todo, 1) == (pytest.approx(7.0), "measured on 3 finished cells on another device than this cpu")
+
+
 def test_unreadable_results_json_counts_as_not_done(tree):
     path = tree / "smoke" / "cb/prompt/k32/s0" / "results.json"
     path.write_text(path.read_text()[:100])  # what a non-atomic writer could leave behind
