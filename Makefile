@@ -120,14 +120,17 @@ zeroshot: install  ## SmolLM2 zero-shot prompts on all six tasks (head=lm shots=
 	$(BIN)/python -m gradft.report --root outputs/zeroshot --out reports/zeroshot --shots 0
 
 REPORT_OUT ?= outputs/reports
-report: install  ## every table and figure from the committed results/<setting>/<grid>/ -> $(REPORT_OUT)/<setting>/... (REPORT_OUT=reports replaces the committed ones; ARGS="--root DIR --out DIR" for one root)
+report: install  ## every table and figure from the committed results/<setting>/<grid>/ -> $(REPORT_OUT)/<setting>/..., and one Figure 3 of every setting -> $(REPORT_OUT)/figure3.{png,md} (REPORT_OUT=reports replaces the committed ones; ARGS="--root DIR --out DIR" for one root)
 	@if [ -n "$(ARGS)" ]; then $(BIN)/python -m gradft.report $(ARGS); exit $$?; fi; \
 	for d in results/*/table1_* results/*/figure2_* results/*/figure3_*; do \
 	  [ -d "$$d" ] || continue; s=$$(basename $$(dirname $$d)); g=$$(basename $$d); kind=$${g%_$$s}; \
 	  out=$(REPORT_OUT)/$$s; [ "$$kind" = table1 ] || out=$$out/$$kind; \
 	  tuning=""; [ -f conf/experiment/$$g.yaml ] && tuning="--tuning conf/experiment/$$g.yaml"; \
 	  echo "== $$d -> $$out"; $(BIN)/python -m gradft.report --root $$d --out $$out $$tuning || exit 1; \
-	done
+	done; \
+	roots=$$(for d in results/*/figure3_*; do [ -d "$$d" ] && printf -- '--root %s ' $$d; done); \
+	if [ -n "$$roots" ]; then echo "== every setting's Figure 3 -> $(REPORT_OUT)/figure3.{png,md}"; \
+	  $(BIN)/python -m gradft.report $$roots --out $(REPORT_OUT) || exit 1; fi
 
 compute: install  ## worker-hours spent per grid and tuning study, from the committed results/ (the protocol's budget)
 	$(BIN)/python -m gradft.compute results

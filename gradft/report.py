@@ -219,16 +219,18 @@ def planned_at(tuning: dict[str, Any] | None, root: Path, shots: int) -> dict[st
     return {**tuning, "planned_cells": tuning["planned_per_shots"] - skipped}
 
 
-def report(root: str | Path = "outputs/grid", out: str | Path = "outputs/reports", shots: int | None = None,
-           model: str | None = None, project: str = "gradft", tuning: str | Path | None = None,
-           seeds: list[int] | None = None) -> dict[str, Any]:
+def report(root: str | Path | list[str | Path] = "outputs/grid", out: str | Path = "outputs/reports",
+           shots: int | None = None, model: str | None = None, project: str = "gradft",
+           tuning: str | Path | None = None, seeds: list[int] | None = None) -> dict[str, Any]:
     """Figure 3 from the table (domain / user) tasks' results, every model in one figure; Table 1 + Figure 2 from
-    the SuperGLUE results, one set per model (``<out>/<model>/`` when several are found and --model is not given)."""
+    the SuperGLUE results, one set per model (``<out>/<model>/`` when several are found and --model is not given).
+    Several roots (e.g. each setting's Figure 3 grid) are read together; their cells must not overlap."""
     from gradft.report_figure3 import figure3, is_table_task
 
-    root, out = Path(root), Path(out)
+    roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
+    root, out = (roots[0] if len(roots) == 1 else roots), Path(out)
     tuning_node = _tuning(tuning)
-    recs = [r for r in collect(root) if seeds is None or r["seed"] in seeds]  # e.g. the seeds a partial grid finished
+    recs = [r for d in roots for r in collect(d) if seeds is None or r["seed"] in seeds]  # e.g. a partial grid's
     if not recs:
         raise SystemExit(f"no results.json under {root}{f' with seeds {seeds}' if seeds else ''}: run `make table1` "
                          "(or python -m gradft.grid ...) first")
@@ -238,6 +240,9 @@ def report(root: str | Path = "outputs/grid", out: str | Path = "outputs/reports
         paths = figure3(domain, out, root, tuning_node)
         print(f"wrote {', '.join(str(p) for p in paths)} (Figure 3: {len(domain)} domain-task results)")
     table: dict[str, Any] = {}
+    if glue and len(roots) > 1:
+        raise SystemExit("several --root are read together for Figure 3 (domain tasks) only: give Table 1 / Figure 2 "
+                         "one root each")
     models = [m for m, _ in Counter(r["model"] for r in glue).most_common()]
     if model:
         if glue and model not in models:
@@ -253,7 +258,8 @@ def report(root: str | Path = "outputs/grid", out: str | Path = "outputs/reports
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gradft.report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--root", default="outputs/grid", help="searched recursively for results.json")
+    ap.add_argument("--root", action="append", help="searched recursively for results.json (default outputs/grid); "
+                                                    "several --root: read together (one Figure 3 of every setting)")
     ap.add_argument("--out", default="outputs/reports",
                     help="default outputs/reports; --out reports replaces the committed reports/")
     ap.add_argument("--shots", type=int, help="Table 1's shot count (default 32, else the most common)")
@@ -264,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", help="only these seeds (comma-separated), e.g. the ones a partial grid has finished")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [report] %(levelname)s %(message)s")
-    report(args.root, args.out, args.shots, args.model, args.project, args.tuning,
+    report(args.root or "outputs/grid", args.out, args.shots, args.model, args.project, args.tuning,
            [int(x) for x in args.seeds.split(",")] if args.seeds else None)
     return 0
 

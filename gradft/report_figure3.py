@@ -40,7 +40,7 @@ def _base(recs: list[dict], task: str, key: str) -> float:
     return mean_std([_num(r["metrics"].get(key)) for r in recs if r["task"] == task])[0]
 
 
-def figure3(recs: list[dict], out: Path, root: Path, tuning: dict | None = None) -> list[Path]:
+def figure3(recs: list[dict], out: Path, root: Path | list[Path], tuning: dict | None = None) -> list[Path]:
     """figure3.png + figure3.md of the domain-task results; ``tuning``: the grid's ``gradft.tuned`` node, whose
     values, ranges and budget go under the table."""
     recs = [r for r in recs if r["shots"] > 0]
@@ -81,9 +81,10 @@ def figure3(recs: list[dict], out: Path, root: Path, tuning: dict | None = None)
     plt.close(fig)
 
     n_eval = {t: sorted({r.get("eval_examples") for r in recs if r["task"] == t}) for t in tasks}
+    where = " + ".join(map(str, root)) if isinstance(root, list) else root
     lines = ["# Figure 3: few-shot accuracy on domain tasks", "",
              f"k = {'/'.join(map(str, shots))} shots, seeds {', '.join(map(str, seeds))}; mean ± std over seeds "
-             f"(sample std). From {len(recs)} results.json under `{root}`, {datetime.now():%Y-%m-%d %H:%M}. "
+             f"(sample std). From {len(recs)} results.json under `{where}`, {datetime.now():%Y-%m-%d %H:%M}. "
              "Accuracy and macro-F1 (%) on each task's seeded eval split; beside each row the three baselines: "
              "train-pool majority (the constant a user can know without eval labels; its macro-F1 in brackets), "
              "chance (1/C), and the eval split's own majority rate. The paper's *financial* domain has no data set "

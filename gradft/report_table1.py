@@ -153,10 +153,12 @@ def hardware_line(recs: list[dict]) -> str:
     return "Ran on: " + ", ".join(f"{n} on {hw}" for hw, n in where.most_common()) + "."
 
 
-def diverged_line(root: Path) -> str:
+def diverged_line(root: Path | list[Path]) -> str:
     """Cells whose run diverged (a non-finite loss or gradient more often than trainer.max_skipped allows): no
     results.json, so they are missing from every mean and paired test; said here, never silently left out."""
-    cells = sorted(str(e.parent.relative_to(root)) for e in Path(root).rglob("error.json")
+    roots = [Path(r) for r in root] if isinstance(root, list) else [Path(root)]
+    cells = sorted(str(e.parent.relative_to(r if len(roots) == 1 else r.parent)) for r in roots
+                   for e in r.rglob("error.json")
                    if "NonFiniteError" in e.read_text(errors="ignore") and not (e.parent / "results.json").exists())
     if not cells:
         return ""

@@ -181,3 +181,18 @@ def test_figure3_from_a_tiny_domain_grid_has_bars_and_the_three_baselines(tmp_pa
     assert "train-pool majority" in md and "chance" in md and "eval majority" in md
     assert "| tiny_bert | ours | lora | 4 |" in md  # paired over 2 tasks x 2 seeds
     assert "selection splits of cb, rte" in md and "| lora | 2 (2 / 0 / 0) | method.lr=0.0025 |" in md
+
+
+def test_one_figure3_reads_each_settings_grid_together_and_table1_roots_stay_one_each(tmp_path, reported):
+    common = ["task=promise_nfr", "method=lora,ours", "seed=0", "eval.max_examples=16", "logger.mode=disabled",
+              "trainer.threads=1", "metrics.every=0", "trainer.steps=1"]
+    roots = {"bert": tmp_path / "bert", "llama": tmp_path / "llama"}
+    assert grid.main(["figure3", "--out", str(roots["bert"]), "model=tiny_bert", "head=classifier", *common]) == 0
+    assert grid.main(["figure3", "--out", str(roots["llama"]), "model=tiny_llama", "head=lm", *common]) == 0
+    out = tmp_path / "reports"
+    report.main(["--root", str(roots["bert"]), "--root", str(roots["llama"]), "--out", str(out)])
+    md = (out / "figure3.md").read_text()
+    assert "| promise_nfr (technical) | 16 | tiny_bert | lora |" in md and "| tiny_llama | lora-lm |" in md
+    assert f"under `{roots['bert']} + {roots['llama']}`" in md and "From 4 results.json" in md
+    with pytest.raises(SystemExit, match="Figure 3 \\(domain tasks\\) only"):  # SuperGLUE results: one root each
+        report.main(["--root", str(reported[0]), "--root", str(roots["bert"]), "--out", str(tmp_path / "x")])
