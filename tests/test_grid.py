@@ -248,3 +248,13 @@ def test_sigkill_mid_grid_then_rerun_redoes_only_the_interrupted_cell(tmp_path):
     assert set(starts) == CELLS
     for c in CELLS:
         json.loads((tmp_path / "smoke" / c / "results.json").read_text())
+
+
+@pytest.mark.parametrize("path", ["results/smollm2/table1_smollm2/cb/ours/k32/s100/.lock",
+                                  "results/tuning/smollm2/.tune_smollm2_ours.budget.lock"])
+def test_locks_of_running_cells_and_studies_under_results_are_never_committed(path):
+    repo = Path(__file__).resolve().parent.parent
+    if not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    # a committed lock holds this host's pid: a clone on another host would see the cell as taken, for good
+    assert subprocess.run(["git", "check-ignore", "-q", path], cwd=repo).returncode == 0
