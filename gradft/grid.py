@@ -3,7 +3,8 @@
 Owns: the grid specs (node ``grid`` of ``conf/experiment/<grid>.yaml``) expanded into cells (task × method × shots ×
 seed), each a normal ``run()`` in ``<out>/<grid>/<task>/<method>/k<shots>/s<seed>/``; cells whose pool cannot supply
 k shots (skipped, listed in ``skipped.json``); finished cells (results.json with matching config_key, seed, data_seed:
-skipped, or copied from a sibling grid under the same ``--out`` that ran the same cell); one lock per cell
+skipped, or copied from a sibling grid under the same ``--out`` that ran the same cell); cells whose run diverged
+with the same config (error.json ``diverged``: kept as an outcome, ``--retry-diverged`` runs them); one lock per cell
 (``gradft.locks``) so that workers and concurrent grid processes never run a cell twice at once; the runs log
 ``runs.jsonl``; the exit code (non-zero if a cell failed).
 """
@@ -91,6 +92,7 @@ class Plan:
     skipped: list[dict[str, Any]] = field(default_factory=list)   # infeasible cells and why
     per_method: dict[str, list[str]] = field(default_factory=dict)  # e.g. tuned values: before the common ones
     est_seconds: float | None = None
+    retry_diverged: bool = False    # run again the cells whose run diverged with this very config (--retry-diverged)
 
     def cell_overrides(self, cell: Cell) -> list[str]:
         """The cell's axes, then its method's own overrides (``grid.per_method``), then the common ones."""
@@ -109,6 +111,20 @@ class Plan:
             return (config_key(stored), r["seed"], r["data_seed"]) == (self.keys[cell], cell.seed, cell.data_seed)
         except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
             return False
+
+    def diverged(self, cell: Cell) -> bool:
+        """This config and seeds diverged here before (error.json: a non-finite loss beyond trainer.max_skipped, with
+        the same key): an outcome of the method, as reproducible as a result, not a crash to retry every round."""
+        try:
+            e = json.loads((self.cell_dir(cell) / "error.json").read_text())
+            return bool(e.get("diverged")) and (e.get("config_key"), e.get("seed"), e.get("data_seed")) == (
+                self.keys[cell], cell.seed, cell.data_seed)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
+
+    def settled(self, cell: Cell) -> bool:
+        """Nothing left to run: done, or diverged with this config (unless retry_diverged)."""
+        return self.is_done(cell) or (not self.retry_diverged and self.diverged(cell))
 
     def adopt(self, cell: Cell) -> bool:
         """Take a finished cell with the same key from a sibling grid under the same ``--out`` (Figure 2's 32-shot
@@ -217,13 +233,16 @@ def run_cell(p: Plan, cell: Cell) -> None:
     d = p.cell_dir(cell)
     p.event("start", cell)
     t = time.perf_counter()
+    cfg = None
     try:
         cfg = compose_run([*p.cell_overrides(cell), f"paths.output_dir={d}"])
         res = run(cfg, d)
     except Exception as e:  # noqa: BLE001 — a failing cell is logged and the grid goes on
         log.exception("cell %s failed", cell.rel)
-        atomic_write(d / "error.json", json.dumps({"time": time.time(), "error": repr(e), "pid": os.getpid(),
-                                                   "host": HOST, "diverged": type(e).__name__ == "NonFiniteError"}))
+        atomic_write(d / "error.json", json.dumps({
+            "time": time.time(), "error": repr(e), "pid": os.getpid(), "host": HOST,
+            "diverged": type(e).__name__ == "NonFiniteError", "seed": cell.seed, "data_seed": cell.data_seed,
+            "config_key": config_key(cfg) if cfg is not None else None}))
         p.event("fail", cell, error=repr(e)[:500])
         return
     (d / "error.json").unlink(missing_ok=True)
@@ -236,7 +255,7 @@ def _hours(seconds: float | None) -> str:
 
 def log_progress(p: Plan, workers: int) -> None:
     """``grid <name>: 12/54 cells done, 42 to run, ETA ~1.3 h`` (every process sharing the tree counts)."""
-    todo = [c for c in p.cells if not p.is_done(c)]
+    todo = [c for c in p.cells if not p.settled(c)]
     eta, basis = p.eta(todo, workers)
     log.info("grid %s: %d/%d cells done, %d to run, ETA ~%s with %d worker(s) (%s)", p.name,
              len(p.cells) - len(todo), len(p.cells), len(todo), _hours(eta), workers, basis)
@@ -254,7 +273,7 @@ def work(p: Plan, t0: float, worker: int = 0, n_workers: int = 1) -> None:
         waiting = []
         for cell in pending:
             stopping.check()  # never start a cell after a SIGTERM (its exception may have been swallowed)
-            if p.is_done(cell) or p.failed_since(cell, t0):
+            if p.settled(cell) or p.failed_since(cell, t0):
                 continue
             lock = p.cell_dir(cell) / ".lock"
             if not acquire(lock):
@@ -312,7 +331,11 @@ def execute(p: Plan, workers: int = 1) -> int:
     if adopted:
         log.info("grid %s: %d cells adopted from sibling grids under %s (same config key, seed and data seed)",
                  p.name, adopted, p.root.parent)
-    todo = [c for c in p.cells if not p.is_done(c)]
+    diverged = [c.rel for c in p.cells if not p.is_done(c) and p.settled(c)]
+    if diverged:
+        log.info("grid %s: %d cell(s) diverged with this config before, kept as such (--retry-diverged runs them): %s",
+                 p.name, len(diverged), ", ".join(diverged))
+    todo = [c for c in p.cells if not p.settled(c)]
     eta, basis = p.eta(todo, workers)
     log.info("grid %s: %d cells, %d done, %d to run (ETA ~%s with %d worker(s), %s), %d skipped (skipped.json says "
              "why) -> %s", p.name, len(p.cells), len(p.cells) - len(todo), len(todo), _hours(eta), workers, basis,
@@ -321,21 +344,24 @@ def execute(p: Plan, workers: int = 1) -> int:
         work(p, t0)
     elif todo:  # a worker that dies leaves its cell's lock stale: the others (or a rerun) take it over
         run_workers(work, [(p, t0, i, workers) for i in range(workers)])
-    left = [c.rel for c in p.cells if not p.is_done(c)]
+    left = [c.rel for c in p.cells if not (p.is_done(c) or p.diverged(c))]  # diverged (again, if retried): an outcome
     failed = [c.rel for c in p.cells if c.rel in left and p.failed_since(c, t0)]
-    log.info("grid %s: %d/%d cells done; failed (see <cell>/error.json): %s; not run: %d", p.name,
-             len(p.cells) - len(left), len(p.cells), ", ".join(failed) or "none", len(left) - len(failed))
+    diverged = [c.rel for c in p.cells if not p.is_done(c) and p.diverged(c)]
+    log.info("grid %s: %d/%d cells done (%d of them diverged: no result, see <cell>/error.json); failed: %s; "
+             "not run: %d", p.name, len(p.cells) - len(left), len(p.cells), len(diverged),
+             ", ".join(failed) or "none", len(left) - len(failed))
     return 1 if left else 0
 
 
 def dry_run(p: Plan, workers: int) -> None:
     done = [c for c in p.cells if p.is_done(c)]
     for c in p.cells:
-        state = "done" if c in done else "LOCKED" if (p.cell_dir(c) / ".lock").exists() else "todo"
+        state = ("done" if c in done else "DIVERGED" if p.settled(c) else "LOCKED" if (p.cell_dir(c) / ".lock").exists()
+                 else "todo")
         print(f"  {state:6s} {c.rel}  data_seed={c.data_seed}")
     for s in p.skipped:
         print(f"  skip   {s['task']}/{s['method']}/k{s['shots']}/s{s['seed']}: {s['reason']}")
-    todo = [c for c in p.cells if c not in done]
+    todo = [c for c in p.cells if not p.settled(c)]
     eta, basis = p.eta(todo, workers)
     print(f"grid {p.name}: {len(p.cells)} cells ({len(done)} done, {len(todo)} to run, ETA ~{_hours(eta)} with "
           f"{workers} worker(s), {basis}), {len(p.skipped)} skipped; "
@@ -349,9 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default="outputs/grid", help="output root (default outputs/grid)")
     ap.add_argument("--dry-run", action="store_true", help="list the cells and what is done; run nothing")
+    ap.add_argument("--retry-diverged", action="store_true",
+                    help="run again the cells whose run diverged with the same config (kept as diverged otherwise)")
     args = ap.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [grid] %(levelname)s %(message)s")
     p = plan(args.grid, args.overrides, args.out)
+    p.retry_diverged = args.retry_diverged
     if args.dry_run:
         dry_run(p, args.workers)
         return 0

@@ -258,3 +258,21 @@ def test_locks_of_running_cells_and_studies_under_results_are_never_committed(pa
         pytest.skip("not a git checkout")
     # a committed lock holds this host's pid: a clone on another host would see the cell as taken, for good
     assert subprocess.run(["git", "check-ignore", "-q", path], cwd=repo).returncode == 0
+
+
+def test_a_cell_that_diverged_is_kept_as_an_outcome_and_run_again_only_when_asked(tmp_path, caplog):
+    def starts() -> int:
+        lines = (tmp_path / "smoke" / "runs.jsonl").read_text().splitlines()
+        return sum(json.loads(x)["event"] == "start" for x in lines)
+
+    # one update puts the weights at ~1e30: every later loss is non-finite, past trainer.max_skipped=1
+    args = ["smoke", "--out", str(tmp_path), "task=cb", "method=full", "trainer.steps=4", "trainer.max_skipped=1",
+            "method.lr=1e30"]
+    with caplog.at_level("INFO", logger="gradft.grid"):
+        assert grid.main(args) == 0  # the grid is complete: its one cell's outcome is "diverged"
+    err = json.loads((tmp_path / "smoke" / "cb/full/k32/s0" / "error.json").read_text())
+    assert err["diverged"] and err["seed"] == 0 and err["config_key"]
+    assert "1/1 cells done (1 of them diverged" in caplog.text
+    assert grid.main(args) == 0 and starts() == 1  # kept: the same config diverges the same way
+    assert grid.main([*args, "--retry-diverged"]) == 0 and starts() == 2
+    assert grid.main([*args[:-1], "method.lr=1e31"]) == 0 and starts() == 3  # another config: another cell
