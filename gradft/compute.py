@@ -18,6 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from gradft.tracking import ran_on
+
 
 def tree_of(path: Path, root: Path, task: str) -> str:
     """The tree a run belongs to: its path under root up to the run's task folder, less a study's ``trial_<n>``."""
@@ -27,9 +29,6 @@ def tree_of(path: Path, root: Path, task: str) -> str:
     if head and head[-1].startswith("trial_"):
         head.pop()
     return "/".join(head) or "."
-
-
-CPU_BEFORE_ENV = "2-core CPU (before env was recorded)"
 
 
 def spent(root: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
@@ -43,9 +42,8 @@ def spent(root: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
             seconds = float(r["wall_time_s"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        env = r.get("env") or {}
-        t = out[(tree_of(path, root, str(r.get("task", ""))), env.get("hardware", CPU_BEFORE_ENV))]
-        t["gpu"] = env.get("device") == "cuda"
+        t = out[(tree_of(path, root, str(r.get("task", ""))), ran_on(r))]
+        t["gpu"] = (r.get("env") or {}).get("device") == "cuda"
         t["runs"] += 1
         t["worker_hours"] += seconds / 3600
         t["models"].add(str(r.get("model")))

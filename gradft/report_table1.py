@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gradft.stats import bootstrap_average_ci, holm, paired_comparison  # noqa: E402
+from gradft.tracking import ran_on  # noqa: E402
 
 ABLATIONS = ["ours-mag", "ours-dir", "ours-every4", "ours-init"]  # ours with λ1 = 0 / λ2 = 0 / every=4 / init prior
 ORDER = ["zero-shot", "full", "adapter", "lora", "prompt", "ours", *ABLATIONS]
@@ -149,21 +150,20 @@ def tuning_lines(tuning: dict[str, Any] | None) -> list[str]:
 def hardware_line(recs: list[dict]) -> str:
     """Where the runs executed (results.json "env"), by count: a grid may be finished on other hardware than it
     started on (same configs, same keys; floating-point results differ in their last bits)."""
-    where = Counter((r.get("env") or {}).get("hardware", "the 2-core CPU (before env was recorded)") for r in recs)
+    where = Counter(ran_on(r) for r in recs)
     return "Ran on: " + ", ".join(f"{n} on {hw}" for hw, n in where.most_common()) + "."
 
 
-def diverged_line(root: Path | list[Path]) -> str:
+def diverged_lines(root: Path | list[Path]) -> list[str]:
     """Cells whose run diverged (a non-finite loss or gradient more often than trainer.max_skipped allows): no
-    results.json, so they are missing from every mean and paired test; said here, never silently left out."""
+    results.json, so they are missing from every mean and paired test; said here (one line, or none), never silently
+    left out."""
     roots = [Path(r) for r in root] if isinstance(root, list) else [Path(root)]
     cells = sorted(str(e.parent.relative_to(r if len(roots) == 1 else r.parent)) for r in roots
                    for e in r.rglob("error.json")
                    if "NonFiniteError" in e.read_text(errors="ignore") and not (e.parent / "results.json").exists())
-    if not cells:
-        return ""
-    return (f"**Diverged, no result** ({len(cells)} cell{'s' * (len(cells) > 1)}: non-finite losses beyond "
-            f"trainer.max_skipped; left out of the means and the paired tests): {', '.join(cells)}.")
+    return [f"**Diverged, no result** ({len(cells)} cell{'s' * (len(cells) > 1)}: non-finite losses beyond "
+            f"trainer.max_skipped; left out of the means and the paired tests): {', '.join(cells)}."] if cells else []
 
 
 def _head(recs: list[dict]) -> str:
@@ -230,7 +230,7 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
         "majority = the eval split's own majority rate (the best constant, which needs eval labels). Ablations: "
         "ours-mag = λ1 = 0 (magnitude term only), ours-dir = λ2 = 0 (direction term only), ours-every4 = guidance "
         "on every 4th step, ours-init = d_prior from the step-0 k-shot gradient. " + hardware_line(recs),
-        *([diverged_line(root)] if diverged_line(root) else []), "",
+        *diverged_lines(root), "",
         "| Method | Avg accuracy | 95% CI | Gradient stability | Directional alignment | " + " | ".join(tasks) + " |",
         "|---" * (5 + len(tasks)) + "|",
         *["| " + " | ".join(map(str, r)) + " |" for r in md_rows], "",

@@ -53,6 +53,14 @@ def _clean(x: Any) -> Any:
     return x
 
 
+CPU_BEFORE_ENV = "the 2-core CPU (before env was recorded)"
+
+
+def ran_on(results: dict[str, Any]) -> str:
+    """The hardware a results.json names; runs from before ``env`` was recorded ran on the project's 2-core CPU."""
+    return (results.get("env") or {}).get("hardware", CPU_BEFORE_ENV)
+
+
 def hardware(device: Any) -> dict[str, Any]:
     """Where a run executed (results.json "env"): the processor or GPU by name, its threads, torch and transformers.
     config_key ignores it (the same config computes the same thing anywhere), but floating-point results differ in

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from gradft import compute
+from gradft import compute, tracking
 
 
 def test_wall_time_is_summed_per_grid_and_per_study_with_its_trials_together(smoke_grid, tmp_path, capsys):
@@ -40,12 +40,12 @@ def test_runs_on_other_hardware_are_counted_apart_and_gpu_rows_have_no_machine_h
     r = json.loads(cells[0].read_text())
     r["env"] = {**r["env"], "device": "cuda", "hardware": "NVIDIA H200"}  # one cell as a lent GPU records it
     cells[0].write_text(json.dumps(r))
-    del_env = json.loads(cells[1].read_text())
-    del del_env["env"]  # a result from before env was recorded
-    cells[1].write_text(json.dumps(del_env))
+    old = json.loads(cells[1].read_text())
+    del old["env"]  # a result from before env was recorded
+    cells[1].write_text(json.dumps(old))
     trees = compute.spent(root)
     assert trees[("minilm/smoke", "NVIDIA H200")]["runs"] == 1 and trees[("minilm/smoke", "NVIDIA H200")]["gpu"]
-    assert trees[("minilm/smoke", compute.CPU_BEFORE_ENV)]["runs"] == 1
+    assert trees[("minilm/smoke", tracking.CPU_BEFORE_ENV)]["runs"] == 1
     assert sum(t["runs"] for t in trees.values()) == 4
     assert compute.main([str(root)]) == 0
     gpu_row = r["wall_time_s"] / 3600
