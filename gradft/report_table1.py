@@ -52,14 +52,25 @@ def mean_std(values: list[float]) -> tuple[float, float, int]:
     return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else float("nan"), len(v)
 
 
-def fmt(m: float, s: float, n: int, scale: float = 1.0, digits: int = 1) -> str:
+def fmt(m: float, s: float, n: int, scale: float = 1.0, digits: int = 1, full: int = 0) -> str:
+    """``mean ± std``; ``(n=k)`` beside it when fewer than ``full`` seeds (a partial grid's cell) or only one."""
     if not math.isfinite(m):
         return "—"
-    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}" if n > 1 else f"{m * scale:.{digits}f} (n=1)"
+    if n <= 1:
+        return f"{m * scale:.{digits}f} (n=1)"
+    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}" + (f" (n={n})" if n < full else "")
 
 
 def _p(x: float) -> str:
     return f"{x:.3g}" if math.isfinite(x) else "—"
+
+
+def complete_seeds(cells: dict[tuple[str, int], float], tasks: list[str]) -> dict[tuple[str, int], float]:
+    """The (task, seed) cells of the seeds that have every task: the seeds a six-task average exists for."""
+    have: dict[int, set[str]] = defaultdict(set)
+    for t, s in cells:
+        have[s].add(t)
+    return {(t, s): v for (t, s), v in cells.items() if set(tasks) <= have[s]}
 
 
 def seed_means(recs: list[dict], tasks: list[str], metric: str) -> list[float]:
@@ -186,12 +197,13 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
     for m in methods:
         cols = [mean_std(seed_means(by_m[m], tasks, k)) for k in ("accuracy", "gradient_stability",
                                                                       "directional_alignment")]
-        lo, hi = bootstrap_average_ci(acc[m]) if cols[0][2] else (math.nan, math.nan)
+        # the CI resamples the same complete seeds the mean averages (a partial grid's stray cells would move it)
+        lo, hi = bootstrap_average_ci(complete_seeds(acc[m], tasks)) if cols[0][2] else (math.nan, math.nan)
         per_task = [mean_std([_num(r["metrics"]["accuracy"]) for r in by_m[m] if r["task"] == t]) for t in tasks]
         rows.append([m, cols[0][2], *cols[0][:2], lo, hi, *[x for c in cols[1:] + per_task for x in c[:2]]])
         ci = f"[{100 * lo:.1f}, {100 * hi:.1f}]" if math.isfinite(lo) else "—"
-        md_rows.append([m, fmt(*cols[0], 100), ci, fmt(*cols[1], digits=3), fmt(*cols[2], digits=3),
-                        *[fmt(*c, 100) for c in per_task]])
+        md_rows.append([m, fmt(*cols[0], 100, full=len(seeds)), ci, fmt(*cols[1], digits=3, full=len(seeds)),
+                        fmt(*cols[2], digits=3, full=len(seeds)), *[fmt(*c, 100, full=len(seeds)) for c in per_task]])
     trained = [r for r in recs if r["shots"] > 0] or recs
     for key, name in BASELINES.items():  # floors from results.json; older results (drawn-shots majority): "—"
         first = {(r["task"], r["seed"]): _num(r["metrics"].get(key)) for r in trained}

@@ -117,3 +117,20 @@ def test_cells_that_diverged_are_named_not_silently_left_out(tmp_path):
     md = table1(records(), tmp_path / "out", tmp_path)["markdown"]
     assert "**Diverged, no result** (1 cell: non-finite losses" in md and "cb/ours_init/k32/s101." in md
     assert "rte/ours" not in md and "wic/lora" not in md
+
+
+def test_a_partial_row_shows_its_seed_count_and_its_ci_resamples_only_the_seeds_its_mean_has(tmp_path):
+    recs = [r for r in records(seeds=[100, 101, 102])
+            if not (r["method"] == "ours" and r["seed"] != 100 and r["task"] == "wic")  # 1 complete seed of 3
+            and not (r["method"] == "lora" and r["seed"] == 102 and r["task"] == "cb")]  # 2 complete seeds of 3
+    t = table1(recs, tmp_path, tmp_path)
+    rows = {r[0]: dict(zip(t["header"], r, strict=True)) for r in t["rows"]}
+    assert rows["ours"]["n_seeds"] == 1 and np.isnan(rows["ours"]["avg_acc_ci_low"])  # no CI from one seed
+    lora = rows["lora"]
+    assert lora["n_seeds"] == 2 and lora["avg_acc_ci_low"] <= lora["avg_acc_mean"] <= lora["avg_acc_ci_high"]
+    line: dict[str, str] = {}
+    for ln in t["markdown"].splitlines():  # the first table's row per method (the paired table repeats names)
+        if ln.startswith("| "):
+            line.setdefault(ln.split(" | ")[0].strip("| "), ln)
+    assert "(n=2)" in line["lora"].split(" | ")[1] and "(n=2)" in line["lora"].split(" | ")[6]  # avg and cb
+    assert "(n=1)" in line["ours"].split(" | ")[1] and "(n=" not in line["full"]  # full has all 3 seeds
