@@ -116,7 +116,7 @@ heads: install  ## SmolLM2: new classifier head vs prompt + LM head (and zero-sh
 	$(BIN)/python -m gradft.report --root outputs/grid/heads --out reports/heads
 
 zeroshot: install  ## SmolLM2 zero-shot prompts on all six tasks (head=lm shots=0) -> reports/zeroshot
-	$(BIN)/python -m gradft.grid table1 model=smollm2 head=lm shots=0 method=lora eval.max_examples=1000 --out outputs/zeroshot $(ARGS)
+	$(BIN)/python -m gradft.grid table1 model=smollm2 head=lm shots=0 eval.max_examples=1000 --out outputs/zeroshot $(ARGS)
 	$(BIN)/python -m gradft.report --root outputs/zeroshot --out reports/zeroshot --shots 0
 
 REPORT_OUT ?= outputs/reports

@@ -192,8 +192,9 @@ def grid_spec(grid: str) -> dict[str, Any]:
 
 def plan(grid: str, extra: list[str] = (), out: str | Path = "outputs/grid") -> Plan:
     """Expand the grid: narrow axes with ``axis=a,b`` overrides, pass the rest to every cell, drop infeasible cells.
-    Zero-shot (shots=0, head=lm) is deterministic and applies no method: one cell per task and head (the first
-    method and seed of the axes); the report shows it as the row ``zero-shot``."""
+    Zero-shot (shots=0, head=lm) is deterministic and applies no method: one cell per task and head, always under
+    the grid file's first method and seed, however the axes are narrowed (``method=lora,ours`` finds the committed
+    ``full/k0`` cell, not a new ``lora/k0`` twin); the report shows it as the row ``zero-shot``."""
     spec = grid_spec(grid)
     axes = {"head": [None], **{k: list(v) for k, v in spec["axes"].items()}}
     common = [str(o) for o in spec["overrides"]]
@@ -207,15 +208,17 @@ def plan(grid: str, extra: list[str] = (), out: str | Path = "outputs/grid") -> 
     p = Plan(spec["name"], Path(out) / spec["name"], common, [], {}, est_seconds=spec.get("est_seconds_per_cell"),
              per_method={m: [str(o) for o in ov] for m, ov in (spec.get("per_method") or {}).items()})
     pools: dict[str, list] = {}
-    for task, method, head in product(axes["task"], axes["method"], axes["head"]):
+    zero = (spec["axes"]["method"][0], int(spec["axes"]["seed"][0]))  # where the zero-shot cell lives
+    methods = axes["method"] + [zero[0]] * (0 in axes["shots"] and zero[0] not in axes["method"])
+    for task, method, head in product(axes["task"], methods, axes["head"]):
         base = compose_run([f"task={task}", f"method={method}", *([f"head={head}"] if head else []),
                             *p.per_method.get(method, []), *common, "paths.output_dir=."])
         if task not in pools:
             pools[task] = gdata.load_task(base.task, base.data).train_pool
-        for shots, seed in product(axes["shots"], axes["seed"]):
+        # zero-shot: the same model and numbers for every method and seed, so one cell; the rest as the axes say
+        pairs = [(s, sd) for s in axes["shots"] if s for sd in axes["seed"]] if method in axes["method"] else []
+        for shots, seed in [(0, zero[1])] * (0 in axes["shots"] and method == zero[0]) + pairs:
             cell = Cell(task, method, int(shots), int(seed), int(seed) if ds == "seed" else int(ds), head)
-            if shots == 0 and (method, seed) != (axes["method"][0], axes["seed"][0]):
-                continue  # zero-shot: the same model and numbers for every method and seed
             try:
                 if shots == 0 and base.head != "lm":
                     raise gdata.DataError("shots=0 (zero-shot) needs head=lm: a new classifier head is untrained")

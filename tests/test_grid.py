@@ -195,6 +195,25 @@ def test_figure2_skips_and_records_cells_whose_pool_is_too_small(tmp_path):
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
+def test_the_zero_shot_cell_stays_under_the_grid_files_first_method_and_seed_however_the_axes_are_narrowed(tmp_path):
+    """Zero-shot applies no method: one cell per task, always full/k0/s100 here, so a narrowed run finds the finished
+    one instead of computing a lora/k0 twin with another key."""
+    spec = tmp_path / "zs.yaml"
+    spec.write_text("grid:\n  axes:\n    task: [cb, copa]\n    method: [full, lora, ours]\n    shots: [0, 32]\n"
+                    "    seed: [100, 101]\n  overrides: [model=tiny_llama, head=lm, trainer.steps=2]\n")
+    whole = grid.plan(str(spec), [], tmp_path)
+    zero = sorted(c.rel for c in whole.cells if c.shots == 0)
+    assert zero == ["cb/full/k0/s100", "copa/full/k0/s100"] and len(whole.cells) == 2 * (1 + 3 * 2)
+    for narrowed in (["method=lora,ours"], ["method=ours", "seed=101"], ["seed=101"]):
+        p = grid.plan(str(spec), narrowed, tmp_path)
+        assert sorted(c.rel for c in p.cells if c.shots == 0) == zero
+        assert {p.keys[c] for c in p.cells if c.shots == 0} == {whole.keys[c] for c in whole.cells if c.shots == 0}
+        trained = {c.method for c in p.cells if c.shots}  # full trains only where the axes say
+        assert trained == ({"lora", "ours"} if narrowed[0] == "method=lora,ours" else
+                           {"ours"} if narrowed[0] == "method=ours" else {"full", "lora", "ours"})
+    assert not any(c.shots == 0 for c in grid.plan(str(spec), ["shots=32"], tmp_path).cells)
+
+
 def test_table1_grid_has_90_cells_with_seeded_data_draws(tmp_path):
     p = grid.plan("table1", [], tmp_path)
     assert len(p.cells) == 90 and not p.skipped
