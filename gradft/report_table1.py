@@ -177,6 +177,25 @@ def diverged_lines(root: Path | list[Path]) -> list[str]:
             f"trainer.max_skipped; left out of the means and the paired tests): {', '.join(cells)}."] if cells else []
 
 
+RUNAWAY = 1e3  # mean ‖H·v‖/‖g‖ above this: guidance, not the task, set the steps (healthy runs: 1.4–38)
+
+
+def runaway_lines(recs: list[dict]) -> list[str]:
+    """Guided cells whose guidance ran away: mean ‖H·v‖/‖g‖ (``guidance_stats.hv_ratio_mean``) over ``RUNAWAY`` or
+    non-finite. They finished and count in every mean; said here so that a low number is read as what it is."""
+    bad = []
+    for r in recs:
+        stats = r.get("guidance_stats") or {}
+        if "hv_ratio_mean" in stats:
+            x = _num(stats["hv_ratio_mean"])
+            if not (math.isfinite(x) and x <= RUNAWAY):
+                bad.append(f"{r['task']}/{r['method']}/k{r['shots']}/s{r['seed']} "
+                           f"({f'{x:.1e}' if math.isfinite(x) else 'non-finite'})")
+    return [f"**Guidance ran away** ({len(bad)} cell{'s' * (len(bad) > 1)}: mean ‖H·v‖/‖g‖ over {RUNAWAY:g} or "
+            f"non-finite, so the regularisers and not the task set the steps; kept in the means): "
+            f"{', '.join(sorted(bad))}."] if bad else []
+
+
 def _head(recs: list[dict]) -> str:
     """The head every row shares, for the header: the LM head's rows carry no ``-lm`` suffix then."""
     heads = {r.get("head", "classifier") for r in recs}
@@ -242,7 +261,7 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
         "majority = the eval split's own majority rate (the best constant, which needs eval labels). Ablations: "
         "ours-mag = λ1 = 0 (magnitude term only), ours-dir = λ2 = 0 (direction term only), ours-every4 = guidance "
         "on every 4th step, ours-init = d_prior from the step-0 k-shot gradient. " + hardware_line(recs),
-        *diverged_lines(root), "",
+        *diverged_lines(root), *runaway_lines(recs), "",
         "| Method | Avg accuracy | 95% CI | Gradient stability | Directional alignment | " + " | ".join(tasks) + " |",
         "|---" * (5 + len(tasks)) + "|",
         *["| " + " | ".join(map(str, r)) + " |" for r in md_rows], "",

@@ -134,3 +134,19 @@ def test_a_partial_row_shows_its_seed_count_and_its_ci_resamples_only_the_seeds_
             line.setdefault(ln.split(" | ")[0].strip("| "), ln)
     assert "(n=2)" in line["lora"].split(" | ")[1] and "(n=2)" in line["lora"].split(" | ")[6]  # avg and cb
     assert "(n=1)" in line["ours"].split(" | ")[1] and "(n=" not in line["full"]  # full has all 3 seeds
+
+
+def test_cells_whose_guidance_ran_away_are_named_and_kept_in_the_means(tmp_path):
+    recs = records(seeds=[100, 101])
+    ours = [r for r in recs if r["method"] == "ours"]
+    for r, ratio in zip(ours, [2.0, 5e4, None, 999.0], strict=False):  # healthy, runaway, non-finite, healthy
+        r["guidance_stats"] = {"hv_ratio_mean": ratio, "guided_steps": 80}
+    t = table1(recs, tmp_path, tmp_path)
+    (line,) = [ln for ln in t["markdown"].splitlines() if ln.startswith("**Guidance ran away**")]
+    named = [f"{r['task']}/ours/k32/s{r['seed']}" for r in ours[1:3]]
+    assert "(2 cells:" in line and all(n in line for n in named) and "(5.0e+04)" in line and "non-finite" in line
+    assert f"{ours[0]['task']}/ours/k32/s{ours[0]['seed']} " not in line
+    assert {r[0]: r for r in t["rows"]}["ours"][1] == 2  # both seeds still count in the mean
+    for r in ours:
+        r["guidance_stats"] = {"hv_ratio_mean": 1.5}
+    assert "ran away" not in table1(recs, tmp_path, tmp_path)["markdown"]
