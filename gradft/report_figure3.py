@@ -20,8 +20,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gradft import report_table1 as t1  # noqa: E402
-from gradft.report_table1 import _methods, _num, fmt, hardware_line, mean_std, paired, tuning_lines  # noqa: E402
+from gradft.report_table1 import (  # noqa: E402
+    _methods,
+    _num,
+    diverged_lines,
+    fmt,
+    hardware_line,
+    mean_std,
+    paired,
+    runaway_lines,
+    tuning_lines,
+)
 
 DOMAIN = {"overruling": "legal", "unfair_tos": "legal (ToS)", "promise_nfr": "technical", "scicite": "science",
           "uk_manifesto": "policy"}  # the paper's "financial" has no data set here (docs/data.md)
@@ -89,7 +98,7 @@ def figure3(recs: list[dict], out: Path, root: Path | list[Path], tuning: dict |
              "Accuracy and macro-F1 (%) on each task's seeded eval split; beside each row the three baselines: "
              "train-pool majority (the constant a user can know without eval labels; its macro-F1 in brackets), "
              "chance (1/C), and the eval split's own majority rate. The paper's *financial* domain has no data set "
-             "here (docs/data.md). " + hardware_line(recs), *t1.diverged_lines(root), *t1.runaway_lines(recs), "",
+             "here (docs/data.md). " + hardware_line(recs), *diverged_lines(root), *runaway_lines(recs), "",
              "| task (domain) | eval n | model | method | accuracy | macro-F1 | train-pool majority | chance | "
              "eval majority |", "|---|---|---|---|---|---|---|---|---|"]
     for t in tasks:

@@ -177,7 +177,7 @@ def diverged_lines(root: Path | list[Path]) -> list[str]:
             f"trainer.max_skipped; left out of the means and the paired tests): {', '.join(cells)}."] if cells else []
 
 
-RUNAWAY = 1e3  # mean ‖H·v‖/‖g‖ above this: guidance, not the task, set the steps (healthy runs: 1.4–38)
+RUNAWAY = 1e3  # mean ‖H·v‖/‖g‖ above this: guidance, not the task, set the steps (the others: 0.07–260)
 
 
 def runaway_lines(recs: list[dict]) -> list[str]:
@@ -207,6 +207,7 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
     tasks = sorted({r["task"] for r in recs})
     methods = _methods(recs)
     seeds = sorted({r["seed"] for r in recs})
+    n_seeds = len(seeds)  # fewer in a cell: it prints (n=k)
     by_m = {m: [r for r in recs if r["method"] == m] for m in methods}
     acc = {m: {(r["task"], r["seed"]): _num(r["metrics"]["accuracy"]) for r in by_m[m]} for m in methods}
     header = ["method", "n_seeds", "avg_acc_mean", "avg_acc_std", "avg_acc_ci_low", "avg_acc_ci_high",
@@ -221,8 +222,8 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
         per_task = [mean_std([_num(r["metrics"]["accuracy"]) for r in by_m[m] if r["task"] == t]) for t in tasks]
         rows.append([m, cols[0][2], *cols[0][:2], lo, hi, *[x for c in cols[1:] + per_task for x in c[:2]]])
         ci = f"[{100 * lo:.1f}, {100 * hi:.1f}]" if math.isfinite(lo) else "—"
-        md_rows.append([m, fmt(*cols[0], 100, full=len(seeds)), ci, fmt(*cols[1], digits=3, full=len(seeds)),
-                        fmt(*cols[2], digits=3, full=len(seeds)), *[fmt(*c, 100, full=len(seeds)) for c in per_task]])
+        md_rows.append([m, fmt(*cols[0], 100, full=n_seeds), ci, fmt(*cols[1], digits=3, full=n_seeds),
+                        fmt(*cols[2], digits=3, full=n_seeds), *[fmt(*c, 100, full=n_seeds) for c in per_task]])
     trained = [r for r in recs if r["shots"] > 0] or recs
     for key, name in BASELINES.items():  # floors from results.json; older results (drawn-shots majority): "—"
         first = {(r["task"], r["seed"]): _num(r["metrics"].get(key)) for r in trained}
