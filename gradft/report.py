@@ -3,21 +3,20 @@
 Writes to ``outputs/reports/`` by default (``--out reports`` replaces the committed reports/). Owns: collecting
 results (newest wins when a cell appears twice), one Table 1 per model when several models are found (built by
 ``gradft.report_table1``: CIs, paired tests with Holm's correction, ablation rows, ``paired_diffs.png``, the tuning
-block with ``--tuning``), Figure 2 (``figure2.png``: accuracy vs shots), the paper's Figure 4 (``loss_curves.png``:
-training loss per step), Figure 3 for the domain tasks (``gradft.report_figure3``), and logging them to W&B as a
-``job_type=report`` run (mode from WANDB_MODE). Never trains or evaluates anything.
+block with ``--tuning``), Figure 2 (``gradft.report_figure2``: ``figure2.png`` and its numbers), the paper's
+Figure 4 (``loss_curves.png``: training loss per step), Figure 3 for the domain tasks (``gradft.report_figure3``),
+and logging them to W&B as a ``job_type=report`` run (mode from WANDB_MODE). Never trains or evaluates anything.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
 import os
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gradft.report_table1 import BASELINES, ZERO, _methods, _num, mean_std, seed_means, table1  # noqa: E402
+from gradft.report_figure2 import figure2, figure2_table, skipped_records  # noqa: E402
+from gradft.report_table1 import BASELINES as BASELINES  # noqa: E402  (re-exported: report.BASELINES)
+from gradft.report_table1 import ZERO, _methods, _num, table1  # noqa: E402
 from gradft.report_table1 import paired as paired  # noqa: E402  (re-exported: report.paired)
 
 log = logging.getLogger("gradft.report")
@@ -54,76 +55,6 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
         if not old or r["_mtime"] >= old["_mtime"]:
             newest[key] = r
     return list(newest.values())
-
-
-def _skipped(root: Path) -> list[dict[str, Any]]:
-    """The cells the grids under ``root`` skipped because the pool was too small (their skipped.json files)."""
-    out: list[dict[str, Any]] = []
-    for path in Path(root).rglob("skipped.json"):
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            out += [s for s in json.loads(path.read_text()) if isinstance(s, dict) and "shots" in s and "task" in s]
-    return out
-
-
-def skipped_cells(root: Path) -> dict[str, set[int]]:
-    """task -> shot counts a grid skipped because the pool was too small (from the grids' skipped.json)."""
-    out: dict[str, set[int]] = defaultdict(set)
-    for s in _skipped(root):
-        out[s["task"]].add(int(s["shots"]))
-    return out
-
-
-def figure2(recs: list[dict], out: Path, root: Path) -> Path:
-    """Accuracy vs shots on a log2 axis; zero-shot (k=0) sits one step left of the smallest k, and the curves of
-    the prompt-based methods (``*-lm``) start from it."""
-    trained = [r for r in recs if r["shots"] > 0]
-    shots = sorted({r["shots"] for r in trained})
-    tasks = sorted({r["task"] for r in trained})
-    methods = _methods(trained)
-    common = [t for t in tasks if all(any(r["task"] == t and r["shots"] == k for r in trained) for k in shots)]
-    zero = [r for r in recs if r["method"] == ZERO]
-    zero_pt = mean_std(seed_means(zero, common, "accuracy")) if zero and common else (0.0, 0.0, 0)
-    x0 = math.log2(shots[0]) - 1 if shots else 0.0
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in methods:
-        pts = [(math.log2(k), *mean_std(seed_means([r for r in trained if r["method"] == m and r["shots"] == k],
-                                                   common, "accuracy"))) for k in shots]
-        if m.endswith("-lm") and zero_pt[2]:
-            pts = [(x0, *zero_pt), *pts]
-        pts = [(k, mu, 0.0 if not math.isfinite(sd) else sd) for k, mu, sd, n in pts if n]
-        if not pts:
-            continue
-        x, mu, sd = (np.array(v, dtype=float) for v in zip(*pts, strict=True))
-        ax.plot(x, mu * 100, marker="o", label=m, linestyle="--" if m.endswith("-lm") else "-")
-        ax.fill_between(x, (mu - sd) * 100, (mu + sd) * 100, alpha=0.2)
-    for key, style in (("baseline_train_majority", "-"), ("baseline_chance", ":")):  # task means; k-independent
-        per_task = [mean_std([_num(r["metrics"].get(key)) for r in trained if r["task"] == t])[0] for t in common]
-        if per_task and all(math.isfinite(v) for v in per_task):
-            ax.axhline(float(np.mean(per_task)) * 100, color="black" if style == "-" else "gray", linestyle=style,
-                       linewidth=1, label=BASELINES[key])
-    ticks = [math.log2(k) for k in shots]
-    labels = [str(k) for k in shots]
-    if zero_pt[2]:
-        ax.plot([x0], [zero_pt[0] * 100], marker="*", markersize=14, color="black", linestyle="", label=ZERO)
-        ticks, labels = [x0, *ticks], ["0", *labels]
-    ax.set_xticks(ticks, labels)
-    ax.set_xlabel("training examples per task (k shots, log2 scale; 0 = zero-shot prompt)")
-    ax.set_ylabel(f"accuracy (%), mean over {len(common)} task(s)")
-    seeds = sorted({r["seed"] for r in recs})
-    ax.set_title(f"Accuracy vs shots: {recs[0]['model']}, seeds {','.join(map(str, seeds))} (band: ± std)")
-    ax.grid(alpha=0.3)
-    ax.legend(title="method")
-    skipped = skipped_cells(root)
-    notes = [f"{t} (no k in {sorted(skipped[t])}: pool too small)" if skipped.get(t) else f"{t} (missing at some k)"
-             for t in tasks if t not in common]
-    note = f"Average over {', '.join(common) or 'no task present at every k'}."
-    if notes:
-        note += " Left out: " + "; ".join(notes) + "."
-    fig.text(0.01, 0.01, note, fontsize=7, wrap=True)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(out / "figure2.png", dpi=130)
-    plt.close(fig)
-    return out / "figure2.png"
 
 
 def loss_curves(recs: list[dict], out: Path) -> Path:
@@ -185,6 +116,7 @@ def model_report(recs: list[dict], out: Path, root: Path, model: str, shots: int
     images = list(table["figures"])
     if len({r["shots"] for r in recs}) > 1:  # a curve needs two shot counts (k = 0 counts: the zero-shot point)
         images = [figure2(recs, out, root)]
+        figure2_table(recs, out, root, tuning)
     if any(r["shots"] for r in at_k):
         images.append(loss_curves([r for r in at_k if r["shots"]], out))
     log_wandb(out, table, images, project)
@@ -215,7 +147,7 @@ def planned_at(tuning: dict[str, Any] | None, root: Path, shots: int) -> dict[st
     not the planned one), and a finished one does not."""
     if shots not in (tuning or {}).get("planned_shots", []):
         return tuning
-    skipped = sum(int(s["shots"]) == shots for s in _skipped(root))
+    skipped = sum(int(s["shots"]) == shots for s in skipped_records(root))
     return {**tuning, "planned_cells": tuning["planned_per_shots"] - skipped}
 
 

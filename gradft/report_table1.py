@@ -165,14 +165,19 @@ def hardware_line(recs: list[dict]) -> str:
     return "Ran on: " + ", ".join(f"{n} on {hw}" for hw, n in where.most_common()) + "."
 
 
-def diverged_lines(root: Path | list[Path]) -> list[str]:
-    """Cells whose run diverged (a non-finite loss or gradient more often than trainer.max_skipped allows): no
-    results.json, so they are missing from every mean and paired test; said here (one line, or none), never silently
-    left out."""
+def diverged_cells(root: Path | list[Path]) -> list[str]:
+    """Cells (``task/method/kK/sS``) whose run diverged (a non-finite loss or gradient more often than
+    trainer.max_skipped allows): an error.json and no results.json."""
     roots = [Path(r) for r in root] if isinstance(root, list) else [Path(root)]
-    cells = sorted(str(e.parent.relative_to(r if len(roots) == 1 else r.parent)) for r in roots
-                   for e in r.rglob("error.json")
-                   if "NonFiniteError" in e.read_text(errors="ignore") and not (e.parent / "results.json").exists())
+    return sorted(str(e.parent.relative_to(r if len(roots) == 1 else r.parent)) for r in roots
+                  for e in r.rglob("error.json")
+                  if "NonFiniteError" in e.read_text(errors="ignore") and not (e.parent / "results.json").exists())
+
+
+def diverged_lines(root: Path | list[Path]) -> list[str]:
+    """The diverged cells are missing from every mean and paired test; said here (one line, or none), never silently
+    left out."""
+    cells = diverged_cells(root)
     return [f"**Diverged, no result** ({len(cells)} cell{'s' * (len(cells) > 1)}: non-finite losses beyond "
             f"trainer.max_skipped; left out of the means and the paired tests): {', '.join(cells)}."] if cells else []
 
@@ -194,6 +199,13 @@ def runaway_lines(recs: list[dict]) -> list[str]:
     return [f"**Guidance ran away** ({len(bad)} cell{'s' * (len(bad) > 1)}: mean ‖H·v‖/‖g‖ over {RUNAWAY:g} or "
             f"non-finite, so the regularisers and not the task set the steps; kept in the means): "
             f"{', '.join(sorted(bad))}."] if bad else []
+
+
+def paired_row(labels: tuple, t: dict[str, Any]) -> str:
+    """A markdown row: the labels, then pairs | mean diff (pts) | 95% CI | p (t) | p (W) | Holm p (t) | Holm p (W)."""
+    ci = f"[{t['ci_low'] * 100:+.1f}, {t['ci_high'] * 100:+.1f}]" if math.isfinite(t["ci_low"]) else "—"
+    return (f"| {' | '.join(map(str, labels))} | {t['n_pairs']} | {t['mean_diff'] * 100:+.2f} | {ci} | "
+            f"{_p(t['p_ttest'])} | {_p(t['p_wilcoxon'])} | {_p(t['p_ttest_holm'])} | {_p(t['p_wilcoxon_holm'])} |")
 
 
 def _head(recs: list[dict]) -> str:
@@ -281,10 +293,7 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
                   f" comparisons of {OURS} with the baseline methods. Per task: `paired_diffs.png`.", "",
                   "| Method | Baseline | pairs | mean diff (pts) | 95% CI | p (t-test) | p (Wilcoxon) | "
                   "Holm p (t) | Holm p (W) |", "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {m} | {b} | {t['n_pairs']} | {t['mean_diff'] * 100:+.2f} | "
-                  + (f"[{t['ci_low'] * 100:+.1f}, {t['ci_high'] * 100:+.1f}]" if math.isfinite(t["ci_low"]) else "—")
-                  + f" | {_p(t['p_ttest'])} | {_p(t['p_wilcoxon'])} | {_p(t['p_ttest_holm'])} | "
-                  f"{_p(t['p_wilcoxon_holm'])} |" for (m, b), t in tests.items()] + [""]
+        lines += [paired_row((m, b), t) for (m, b), t in tests.items()] + [""]
     extra = [(t, k) for t in tasks for k in TASK_METRICS if any(k in r["metrics"] for r in recs if r["task"] == t)]
     if extra:
         lines += ["## Official task metrics (%)", "", "| Method | " + " | ".join(f"{t} {k}" for t, k in extra)

@@ -118,6 +118,7 @@ def test_a_table_of_lm_head_runs_alone_names_rows_by_method_so_ours_meets_its_ba
     paired = {(r["method"], r["baseline"]): r for r in rows(out / "table1_paired.csv")}
     assert paired[("ours", "lora")]["family"] == "holm" and paired[("ours", "lora")]["n_pairs"] == "2"
     assert "prompt + pretrained LM head** (head=lm) in every row" in (out / "table1.md").read_text()
+    assert "| zero-shot | " in (out / "figure2.md").read_text()  # Figure 2's numbers: the k = 0 column is zero-shot
 
 
 def test_default_out_is_outputs_reports_never_the_committed_reports(reported, tmp_path, monkeypatch):
