@@ -151,7 +151,8 @@ class Plan:
 
     def eta(self, todo: list[Cell], workers: int) -> tuple[float | None, str]:
         """Seconds to run ``todo`` with ``workers`` processes, and what the estimate rests on: the measured
-        ``wall_time_s`` of this grid's finished cells (same task and method, else same task, else all of them) that
+        ``wall_time_s`` of this grid's finished cells (same task, method and shots, else same task and method, else
+        same task, else all of them; a zero-shot cell only from zero-shot cells: no training, seconds not minutes) that
         ran on this kind of device (a grid begun on a GPU and finished on a CPU: the GPU's times would mislead;
         results without ``env`` ran on a CPU), else those of any device, else the grid file's
         ``est_seconds_per_cell``, else nothing."""
@@ -168,15 +169,19 @@ class Plan:
             timed = [t for t in timed if t[2]]
         elif timed:
             note = f" on another device than this {here}"
-        seen: dict[tuple[str, str] | str, list[float]] = {}  # (task, method) and task -> measured seconds
+        def keys(c: Cell) -> list[tuple]:  # most to least alike; time grows with k (d_task: a pass over all k shots)
+            zs = c.shots == 0
+            return [(zs, c.task, c.method, c.shots), (zs, c.task, c.method), (zs, c.task), (zs,)]
+
+        seen: dict[tuple, list[float]] = {}  # each key of keys() -> measured seconds
         for c, w, _ in timed:
-            for key in ((c.task, c.method), c.task):
+            for key in keys(c):
                 seen.setdefault(key, []).append(w)
         every = [w for _, w, _ in timed]
         if not every:
             return ((len(todo) * self.est_seconds / max(1, workers), "est_seconds_per_cell of the grid file")
                     if self.est_seconds else (None, "no cell measured yet"))
-        total = sum(fmean(seen.get((c.task, c.method)) or seen.get(c.task) or every) for c in todo)
+        total = sum(fmean(next((seen[k] for k in keys(c) if k in seen), every)) for c in todo)
         return total / max(1, workers), f"measured on {len(every)} finished cells{note}"
 
 

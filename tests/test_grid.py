@@ -99,6 +99,23 @@ def test_the_eta_of_a_grid_begun_on_other_hardware_uses_this_devices_cells_when_
     assert p.eta(todo, 1) == (pytest.approx(7.0), "measured on 3 finished cells on another device than this cpu")
 
 
+def test_the_eta_measures_a_cell_by_cells_at_its_shot_count_and_zero_shot_cells_only_by_zero_shot_ones(tmp_path):
+    p = grid.plan("smoke", ["model=tiny_llama", "head=lm", "method=lora", "task=cb,rte", "shots=0,16,32", "seed=0,1"],
+                  tmp_path)
+    cell = {(c.task, c.shots, c.seed): c for c in p.cells}
+
+    def finished(key: tuple, seconds: float) -> None:
+        (d := p.cell_dir(cell[key])).mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({"wall_time_s": seconds}))
+
+    finished(("cb", 0, 0), 5.0)  # zero-shot: no training
+    finished(("cb", 16, 0), 100.0)
+    finished(("cb", 32, 0), 300.0)  # more shots, longer: d_task is a pass over all k shots
+    assert p.eta([cell[("cb", 32, 1)]], 1)[0] == pytest.approx(300.0)  # not the task-and-method mean (200)
+    assert p.eta([cell[("rte", 0, 0)]], 1)[0] == pytest.approx(5.0)  # another task's zero-shot cell, not trained ones
+    assert p.eta([cell[("rte", 16, 0)]], 1)[0] == pytest.approx(200.0)  # trained cells only: (100 + 300) / 2
+
+
 def test_unreadable_results_json_counts_as_not_done(tree):
     path = tree / "smoke" / "cb/prompt/k32/s0" / "results.json"
     path.write_text(path.read_text()[:100])  # what a non-atomic writer could leave behind
