@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gradft.report_figure2 import figure2, figure2_table, skipped_records  # noqa: E402
+from gradft.report_figure2 import figure2, figure2_table, planned_cells  # noqa: E402
 from gradft.report_table1 import BASELINES as BASELINES  # noqa: E402  (re-exported: report.BASELINES)
 from gradft.report_table1 import ZERO, _methods, _num, table1  # noqa: E402
 from gradft.report_table1 import paired as paired  # noqa: E402  (re-exported: report.paired)
@@ -147,8 +147,7 @@ def planned_at(tuning: dict[str, Any] | None, root: Path, shots: int) -> dict[st
     not the planned one), and a finished one does not."""
     if shots not in (tuning or {}).get("planned_shots", []):
         return tuning
-    skipped = sum(int(s["shots"]) == shots for s in skipped_records(root))
-    return {**tuning, "planned_cells": tuning["planned_per_shots"] - skipped}
+    return {**tuning, "planned_cells": planned_cells(tuning, root, shots)}
 
 
 def report(root: str | Path | list[str | Path] = "outputs/grid", out: str | Path = "outputs/reports",

@@ -125,12 +125,16 @@ def coverage_note(tasks: list[str], common: list[str], root: Path | list[Path]) 
     return note + (" Left out: " + "; ".join(notes) + "." if notes else "")
 
 
+def planned_cells(tuning: dict[str, Any], root: Path | list[Path], shots: int) -> int:
+    """The grid file's cells at ``shots`` (every axis but shots), less those its skipped.json lists as infeasible."""
+    return tuning["planned_per_shots"] - sum(int(s["shots"]) == shots for s in skipped_records(root))
+
+
 def planned_trained(tuning: dict[str, Any] | None, root: Path | list[Path]) -> int | None:
-    """The trained cells (k > 0) the grid file plans, less those its skipped.json lists as infeasible."""
+    """The trained cells (k > 0) the grid file plans, less the infeasible ones; None without a grid file."""
     if not tuning or "planned_per_shots" not in tuning:
         return None
-    ks = [k for k in tuning["planned_shots"] if int(k) > 0]
-    return tuning["planned_per_shots"] * len(ks) - sum(int(s["shots"]) > 0 for s in skipped_records(root))
+    return sum(planned_cells(tuning, root, int(k)) for k in tuning["planned_shots"] if int(k) > 0)
 
 
 def figure2_table(recs: list[dict], out: Path, root: Path | list[Path], tuning: dict[str, Any] | None = None) -> Path:
