@@ -3,8 +3,8 @@
 Owns: which tasks the curves average (those with results at every k; a task a grid skipped at some k because its
 pool is too small, from the grids' skipped.json, is named under the plot and left out), the zero-shot point at
 k = 0, ``figure2.png``, and ``figure2.md`` / ``figure2.csv`` / ``figure2_paired.csv``: per method and k the mean ±
-std over seeds of the task average, and ours against each other method at each k, paired over (task, seed), with
-Holm's correction over every (baseline, k) comparison of the figure.
+std over seeds of the task average, and ours against each baseline method at each k (not its ablations: Table 1
+pairs those with ours), paired over (task, seed), with Holm's correction over every (baseline, k) comparison.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gradft.report_table1 import (  # noqa: E402
+    ABLATIONS,
     BASELINES,
     OURS,
     ZERO,
@@ -155,8 +156,9 @@ def figure2_table(recs: list[dict], out: Path, root: Path | list[Path], tuning: 
     avg = {(m, k): (mu, sd, n) for m, k, t, mu, sd, n in rows if t == "avg"}
     acc = {(m, k): {(r["task"], r["seed"]): _num(r["metrics"]["accuracy"]) for r in rs if r["task"] in common}
            for (m, k), rs in cell.items()}
+    baselines = [b for b in methods if b != OURS and b not in ABLATIONS]  # ablations meet ours in Table 1, not here
     tests = {(b, k): paired_comparison(acc[(OURS, k)], acc[(b, k)])
-             for b in methods if b != OURS and OURS in methods for k in shots}
+             for b in baselines if OURS in methods for k in shots}
     tests = {bk: t for bk, t in tests.items() if t["n_pairs"]}  # a method missing at some k: no comparison there
     for p in ("p_ttest", "p_wilcoxon"):  # one family: every (baseline, k) comparison of the figure
         for t, adj in zip(tests.values(), holm([t[p] for t in tests.values()]), strict=True):
