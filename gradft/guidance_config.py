@@ -7,12 +7,21 @@ import math
 from dataclasses import dataclass
 
 D_PRIORS = ("init", "ema", "source")
+MODES = ("hessian", "update")
+# Bumped when a fix changes what a guided run computes from the same config values. conf/guidance/structured.yaml
+# carries it, so it is part of every guided cell's config_key: a grid never counts an older version's cell as done,
+# and the report leaves older guided results out by name (``superseded``). Baselines (guidance=none) are untouched.
+#   1: up to commit c94c6db (2026-12-05): the running ‖g‖ (relative τ) and the EMA d_prior followed the *guided*
+#      gradient g + H·v, a feedback loop (issue 27)
+#   2: they follow the task gradient g; trust region on ‖H·v‖; guidance.mode=update
+GUIDANCE_VERSION = 2
 HVPS = ("finite_difference", "central", "sub_batch", "double_backward")
 
 
 @dataclass
 class GuidanceConfig:
     name: str = "none"
+    version: int = GUIDANCE_VERSION  # see GUIDANCE_VERSION; a config naming another version is refused
     lambda1: float = 0.1  # λ1, direction term
     lambda2: float = 0.1  # λ2, magnitude term
     tau: float = 1.0  # τ; with tau_mode=relative, a multiple of the running mean ‖g‖
@@ -31,6 +40,10 @@ class GuidanceConfig:
     source_label_map: dict | None = None  # source label -> target label, when the label sets differ
 
     def __post_init__(self) -> None:
+        if self.version != GUIDANCE_VERSION:
+            raise ValueError(f"guidance.version={self.version!r}: this gradft computes version {GUIDANCE_VERSION} "
+                             "(gradft/guidance_config.py GUIDANCE_VERSION says what changed; version 1 is commit "
+                             "c94c6db: `git worktree add ../gradft-v1 c94c6db`)")
         for key in ("lambda1", "lambda2", "lambda3", "tau", "ema_beta"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
@@ -59,6 +72,11 @@ class GuidanceConfig:
     @property
     def needs_source(self) -> bool:
         return self.d_prior == "source" or self.lambda3 > 0
+
+
+def superseded(results: dict) -> bool:
+    """A guided results.json computed by an older guidance version (no ``guidance_version``: version 1)."""
+    return results.get("guidance", "none") != "none" and results.get("guidance_version", 1) != GUIDANCE_VERSION
 
 
 def guidance_config(cfg) -> GuidanceConfig:

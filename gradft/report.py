@@ -27,6 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from gradft.guidance_config import GUIDANCE_VERSION, superseded  # noqa: E402
 from gradft.report_figure2 import figure2, figure2_table, planned_cells  # noqa: E402
 from gradft.report_table1 import BASELINES as BASELINES  # noqa: E402  (re-exported: report.BASELINES)
 from gradft.report_table1 import ZERO, _methods, _num, table1  # noqa: E402
@@ -45,6 +46,10 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
                 r["method"] = ZERO if int(r["shots"]) == 0 else f"{r['method']}-lm"
             key = (r["model"], r["method"], r["task"], int(r["shots"]), int(r["seed"]), int(r["data_seed"]))
             r["metrics"]["accuracy"]  # noqa: B018 — a results.json without it is not a finished run
+            if superseded(r):
+                log.warning("skipping %s: guided result of guidance version %s, superseded by version %d "
+                            "(results/README.md)", path, r.get("guidance_version", 1), GUIDANCE_VERSION)
+                continue
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("skipping %s: %r", path, e)
             continue

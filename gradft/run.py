@@ -221,6 +221,7 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
             "trace": {k: v for k, v in state.trace.items() if k.startswith(("guide/", "grad/"))} if state else {},
         }
         if guidance is not None:
+            results["guidance_version"] = guidance.cfg.version
             results["guidance_stats"] = {"guided_steps": trainer.guided_steps,
                                          "skipped_small_grad": guidance.skipped_small_grad}
             for key, values in state.trace.items():  # means of R_dir, R_mag, R_grad, cosines, ‖Hv‖/‖g‖
