@@ -42,7 +42,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from gradft.forward import set_gradient
 from gradft.gradients import ParamSpace
-from gradft.guidance import StructuredGuidance, guidance_config
+from gradft.guidance import StructuredGuidance
+from gradft.guidance_config import guidance_config
 from gradft.methods import apply_method, trainable_parameters
 from gradft.models import load_backbone
 from gradft.run import CONF_DIR

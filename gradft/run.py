@@ -31,7 +31,8 @@ from gradft.data.taskconf import compose_task
 from gradft.evaluate import evaluate
 from gradft.forward import set_gradient
 from gradft.gradients import ParamSpace
-from gradft.guidance import StructuredGuidance, guidance_config
+from gradft.guidance import StructuredGuidance
+from gradft.guidance_config import guidance_config
 from gradft.methods import apply_method, trainable_parameters
 from gradft.metrics import GradientMonitor, baselines
 from gradft.models import backbone_parameters, head_kind, load_backbone
@@ -222,8 +223,11 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
         }
         if guidance is not None:
             results["guidance_version"] = guidance.cfg.version
-            results["guidance_stats"] = {"guided_steps": trainer.guided_steps,
-                                         "skipped_small_grad": guidance.skipped_small_grad}
+            warnings = guidance.health(state.history["train/loss"])
+            for w in warnings:
+                log.warning("guidance (%s reading): %s", guidance.cfg.mode, w)
+            # counts of every safeguard that acted, and the unstable-guidance sentences (none: an empty list)
+            results["guidance_stats"] = {**guidance.counts, "mode": guidance.cfg.mode, "warnings": warnings}
             for key, values in state.trace.items():  # means of R_dir, R_mag, R_grad, cosines, ‖Hv‖/‖g‖
                 if key.startswith("guide/"):
                     mean = sum(v for _, v in values) / len(values)
