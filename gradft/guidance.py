@@ -26,13 +26,19 @@ Both readings track the *task* gradient (``observe``): the running ‖g‖ behin
 d_prior never see the guided gradient, which would feed the guidance its own output (issue 27: τ ran away to 1e12).
 ``every=k`` guides 1 step in k and takes plain steps between. ``tests/test_guidance.py`` checks the hessian reading
 against autograd of L_total itself and the update reading against its definition.
+
+Accumulation and data parallelism (``gradient_over``): g is the weighted sum of the micro-batches' gradients (one
+backward each, the graphs never held together), and the shifted gradient of the finite difference replays the same
+micro-batches with the same dropout masks. ``reduce`` (e.g. an all-reduce average over ranks, ``gradft.distributed``)
+is applied to every flat gradient before it is used, so v, H·v and the reshaped g are the global batch's on every
+rank. Without micro-batches and without ``reduce``, what a step computes is unchanged, bit for bit.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -76,8 +82,10 @@ class StructuredGuidance:
     loop, e.g. ``lambda m, b: m(**b).loss``). ``counts`` records every time a safeguard acted."""
 
     def __init__(self, cfg: GuidanceConfig, model: nn.Module, space: ParamSpace,
-                 loss_fn: Callable[[nn.Module, dict], Tensor] = task_loss):
+                 loss_fn: Callable[[nn.Module, Any], Tensor] = task_loss,
+                 reduce: Callable[[Tensor], Tensor] | None = None):
         self.cfg, self.model, self.space, self.loss_fn = cfg, model, space, loss_fn
+        self.reduce = reduce  # applied to every flat gradient (data parallel: the average over ranks)
         self.d_prior: Tensor | None = None  # unit vector, or None until known
         self.source: Tensor | None = None  # unit vector of the source task's gradient
         self._ema_dir: Tensor | None = None
@@ -180,9 +188,11 @@ class StructuredGuidance:
         dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
         return FD_R[("central" if self.cfg.hvp == "central" else "forward", dtype)]
 
-    def gradient(self, batch: dict[str, Tensor]) -> GuidedStep:
+    def gradient(self, batch: Any) -> GuidedStep:
         """One guided step: the task loss, the gradient to step on, the task gradient and logs. Passes: update 1 + 1
         (a plain step); hessian see the module docstring (finite_difference: 2 forward + 2 backward)."""
+        if self.reduce is not None:
+            return self.gradient_over([batch])
         self.counts["guided_steps"] += 1
         if self.cfg.mode == "update":
             loss = self.loss_fn(self.model, batch)
@@ -191,6 +201,78 @@ class StructuredGuidance:
             return self._checked(GuidedStep(loss.detach(), total, g, logs))
         return self._checked(self._hessian(batch))
 
+    def gradient_over(self, batches: Sequence[Any], weights: Sequence[float] | None = None) -> GuidedStep:
+        """The guided step of an accumulated batch: g = Σ_i w_i ∇L(batch_i) (default w_i = 1/n, the mean over the n
+        micro-batches; pass sizes/total for a mean over examples), each micro-batch's backward on its own; the finite
+        difference replays the same micro-batches. ``reduce`` (if set) averages every gradient over ranks.
+        ``hvp=sub_batch`` needs one micro-batch (it splits that batch itself)."""
+        batches = list(batches)
+        if not batches:
+            raise ValueError("gradient_over: no micro-batch")
+        if weights is None:
+            weights = [1.0 / len(batches)] * len(batches)
+        if len(weights) != len(batches):
+            raise ValueError(f"gradient_over: {len(weights)} weights for {len(batches)} micro-batches")
+        if self.cfg.hvp == "sub_batch" and len(batches) > 1:
+            raise ValueError("guidance.hvp=sub_batch takes its m examples from one batch: use one micro-batch "
+                             "(no accumulation) or another hvp")
+        self.counts["guided_steps"] += 1
+        if self.cfg.mode == "hessian" and self.cfg.hvp == "sub_batch":  # one batch: it splits it itself
+            return self._checked(self._hessian(batches[0]))
+        exact = self.cfg.mode == "hessian" and self.cfg.hvp == "double_backward"
+        ctx = (lambda: sdpa_kernel(SDPBackend.MATH)) if exact else contextlib.nullcontext
+        rng = _rng_state()
+        with ctx():
+            loss, g_local = self._accumulated(batches, weights, create_graph=exact)
+        g = self._reduced(g_local.detach())
+        if self.cfg.mode == "update":
+            total, logs = self.reshape(g)
+            return self._checked(GuidedStep(loss, total, g, logs))
+        v, logs = self.vector(g)
+        if v is None:
+            return self._checked(GuidedStep(loss, g, g, logs))
+        if exact:
+            with ctx():
+                hv = self._reduced(hvp_exact(self.space, g_local, v))
+        else:
+            def grad_at_shifted() -> Tensor:
+                _set_rng_state(rng)
+                return self._reduced(self._accumulated(batches, weights)[1])
+
+            after = _rng_state()
+            hv = hvp_finite_difference(self.space, grad_at_shifted, g, v, self.r(), self.cfg.hvp == "central")
+            _set_rng_state(after)
+        return self._checked(self._capped(loss, g, hv, logs))
+
+    def _reduced(self, g: Tensor) -> Tensor:
+        return g if self.reduce is None else self.reduce(g)
+
+    def _accumulated(self, batches: list, weights: Sequence[float],
+                     create_graph: bool = False) -> tuple[Tensor, Tensor]:
+        """(Σ w_i loss_i detached, Σ w_i ∇loss_i) over the micro-batches, one backward each; with ``create_graph``
+        the flat gradient keeps its graph (double backward)."""
+        loss_sum: Tensor | None = None
+        g: Tensor | None = None
+        for b, w in zip(batches, weights, strict=True):
+            loss = self.loss_fn(self.model, b) * w
+            gi = self.space.grad(loss, create_graph=create_graph)
+            g = gi if g is None else g + gi
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        assert g is not None and loss_sum is not None
+        return loss_sum, g
+
+    def _capped(self, loss: Tensor, gd: Tensor, hv: Tensor, logs: dict[str, float]) -> GuidedStep:
+        """g + H·v with the trust region ‖H·v‖ ≤ κ‖g‖ (direction kept), counted when it binds."""
+        gn = logs["guide/grad_norm"]
+        ratio = float(torch.linalg.vector_norm(hv)) / max(gn, EPS)
+        logs["guide/hv_ratio"] = ratio  # before the trust region: how large the curvature term wanted to be
+        kappa = self.cfg.max_hv_ratio
+        if kappa is not None and ratio > kappa:  # trust region: ‖H·v‖ ≤ κ‖g‖, direction kept
+            hv = hv * (kappa / ratio)
+            self.counts["trust_region_hits"] += 1
+        logs["guide/shift_ratio"] = min(ratio, kappa) if kappa is not None else ratio
+        return GuidedStep(loss.detach(), gd + hv, gd, logs)
+
     def _checked(self, step: GuidedStep) -> GuidedStep:
         """A non-finite guidance term on a finite task gradient: step on the task gradient alone, and count it."""
         if not bool(torch.isfinite(step.total).all()) and bool(torch.isfinite(step.task).all()):
@@ -198,7 +280,8 @@ class StructuredGuidance:
             return step._replace(total=step.task)
         return step
 
-    def _hessian(self, batch: dict[str, Tensor]) -> GuidedStep:
+    def _hessian(self, batch: Any) -> GuidedStep:
+        """The hessian reading on one gradft batch (``hvp=sub_batch`` slices it by example)."""
         exact = self.cfg.hvp == "double_backward"
         # fused SDPA kernels have no double backward on CPU; the math kernel does
         ctx = (lambda: sdpa_kernel(SDPBackend.MATH)) if exact else contextlib.nullcontext
@@ -209,12 +292,12 @@ class StructuredGuidance:
         with ctx():
             loss = self.loss_fn(self.model, diff_batch)
             g = self.space.grad(loss, create_graph=exact)
-        g_diff = g.detach()
+        g_diff = self._reduced(g.detach())
         if m < b:  # the rest of the batch: together they give the full-batch gradient (losses are batch means)
             rest = self.loss_fn(self.model, slice_examples(batch, m, b))
-            g_rest = self.space.grad(rest)
+            g_rest = self._reduced(self.space.grad(rest))
             loss, g = (m * loss + (b - m) * rest) / b, (m * g_diff + (b - m) * g_rest) / b
-        gd = g.detach()
+        gd = g_diff if m == b else g.detach()
         v, logs = self.vector(gd)
         if v is None:
             return GuidedStep(loss.detach(), gd, gd, logs)
@@ -224,20 +307,12 @@ class StructuredGuidance:
         else:
             def grad_at_shifted() -> Tensor:
                 _set_rng_state(rng)
-                return self.space.grad(self.loss_fn(self.model, diff_batch))
+                return self._reduced(self.space.grad(self.loss_fn(self.model, diff_batch)))
 
             after = _rng_state()
             hv = hvp_finite_difference(self.space, grad_at_shifted, g_diff, v, self.r(), self.cfg.hvp == "central")
             _set_rng_state(after)  # the trajectory continues as if the shifted passes had not run
-        gn = logs["guide/grad_norm"]
-        ratio = float(torch.linalg.vector_norm(hv)) / max(gn, EPS)
-        logs["guide/hv_ratio"] = ratio  # before the trust region: how large the curvature term wanted to be
-        kappa = self.cfg.max_hv_ratio
-        if kappa is not None and ratio > kappa:  # trust region: ‖H·v‖ ≤ κ‖g‖, direction kept
-            hv = hv * (kappa / ratio)
-            self.counts["trust_region_hits"] += 1
-        logs["guide/shift_ratio"] = min(ratio, kappa) if kappa is not None else ratio
-        return GuidedStep(loss.detach(), gd + hv, gd, logs)
+        return self._capped(loss, gd, hv, logs)
 
     def health(self, losses: list[float]) -> list[str]:
         """Sentences for results.json and the log when the guidance was unstable or a safeguard acted often."""
