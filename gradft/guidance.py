@@ -285,7 +285,7 @@ class StructuredGuidance:
         exact = self.cfg.hvp == "double_backward"
         # fused SDPA kernels have no double backward on CPU; the math kernel does
         ctx = (lambda: sdpa_kernel(SDPBackend.MATH)) if exact else contextlib.nullcontext
-        b = n_examples(batch)
+        b = n_examples(batch) if self.cfg.hvp == "sub_batch" else 1  # any batch type unless it is sliced
         m = min(self.cfg.hvp_batch, b) if self.cfg.hvp == "sub_batch" else b
         diff_batch = batch if m == b else slice_examples(batch, 0, m)
         rng = _rng_state()  # the shifted passes must see the same dropout masks as the first pass on diff_batch
