@@ -178,6 +178,12 @@ def validate(cfg: DictConfig) -> None:
     _choice("trainer.precision", tr.get("precision", "fp32"), ("fp32", "bf16"))
     if not (isinstance(tr.device, str) and tr.device.split(":")[0] in ("auto", "cpu", "cuda", "mps")):
         raise ValueError(f"trainer.device={tr.device!r}: must be auto, cpu, cuda (or cuda:N) or mps")
+    _number("trainer.grad_accum", tr.get("grad_accum", 1), integer=True, minimum=1, strict=False)
+    if not isinstance(tr.get("gradient_checkpointing", False), bool):
+        raise ValueError(f"trainer.gradient_checkpointing={tr.gradient_checkpointing!r}: must be true or false")
+    if tr.get("grad_accum", 1) > 1 and cfg.guidance.get("hvp") == "sub_batch":
+        raise ValueError("trainer.grad_accum > 1 with guidance.hvp=sub_batch: the sub-batch estimator takes its m "
+                         "examples from one pass; use another guidance.hvp or grad_accum=1")
     if tr.threads is not None:
         _number("trainer.threads", tr.threads, integer=True)
     if cfg.shots and train_steps(cfg, cfg.shots) == 0:

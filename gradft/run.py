@@ -39,7 +39,7 @@ from gradft.models import backbone_parameters, head_kind, load_backbone
 from gradft.prompting import PromptCollator, prompt_spec
 from gradft.stopping import interrupted, sigterm_interrupts
 from gradft.tracking import Tracker, config_key, hardware, write_results
-from gradft.train import Phases, Trainer, epoch_batches
+from gradft.train import Phases, Trainer, enable_checkpointing, epoch_batches
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,11 @@ def _train(cfg: DictConfig, task: gdata.TaskData, shots: list[gdata.Example], mo
     steps = train_steps(cfg, len(shots))
     sched = get_linear_schedule_with_warmup(opt, int(cfg.trainer.warmup_ratio * steps), max(steps, 1)) \
         if cfg.trainer.schedule == "linear" else None
+    if cfg.trainer.get("gradient_checkpointing", False):
+        enable_checkpointing(model)
     trainer = Trainer(model, space, opt, sched, device, cfg.trainer.max_grad_norm, cfg.trainer.max_skipped,
                       guidance, monitor, metric_space, cfg.metrics.every or 1, tracker.log, total=steps,
-                      phases=phases)
+                      phases=phases, grad_accum=int(cfg.trainer.get("grad_accum", 1)))
     batches = epoch_batches(shots, bs, collate, cfg.seed)
     every = cfg.eval.select_every if report is not None else 0
     done = 0

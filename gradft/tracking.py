@@ -93,7 +93,8 @@ def write_results(out_dir: str | Path, results: dict[str, Any], cfg: DictConfig)
 # (a file task's ``root`` too: it resolves from data.domain_root or names the user's folder)
 LOCATION_KEYS = (("data", "superglue_root"), ("data", "fewglue_root"), ("data", "domain_root"), ("data", "source"),
                  ("task", "root"))
-NEUTRAL = {("trainer", "precision"): "fp32"}
+NEUTRAL = {("trainer", "precision"): "fp32", ("trainer", "grad_accum"): 1, ("trainer", "gradient_checkpointing"): False,
+           ("metrics", "sketch"): "auto"}
 
 
 def config_key(cfg: DictConfig | dict, drop: tuple[str, ...] = SEED_KEYS) -> str:

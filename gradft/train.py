@@ -4,6 +4,11 @@ AdamW, gradient clipping, skipping of non-finite steps, and the gradient metrics
 Step t, in order: (1) on a metric step, measure g_t in the metric space at the current θ, in eval mode (an extra
 forward+backward that does not touch the training RNG or gradients); (2) compute the training gradient, plain or
 guided; (3) if the loss or the gradient is not finite, skip the update and count it; (4) clip and step.
+
+``trainer.grad_accum=a`` splits each batch into a micro-batches (as even as possible), one backward each, weighted by
+their share of the examples: g is the whole batch's mean, and a guided step's H·v is the finite difference over the
+same micro-batches (``StructuredGuidance.gradient_over``). ``trainer.gradient_checkpointing`` recomputes activations
+in the backward (``enable_checkpointing``). At their defaults (1, false) the step is computed as before, bit for bit.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from tqdm.auto import tqdm
 
 from gradft import stopping
 from gradft.data import iterate_batches
-from gradft.forward import task_loss, to_device
+from gradft.forward import n_examples, slice_examples, task_loss, to_device
 from gradft.gradients import ParamSpace
 from gradft.guidance import StructuredGuidance
 from gradft.metrics import GradientMonitor
@@ -78,6 +83,35 @@ def plain_gradient(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     return loss.detach()
 
 
+def micro_batches(batch: dict[str, Tensor], parts: int) -> tuple[list[dict[str, Tensor]], list[float]]:
+    """``batch`` cut into ``parts`` micro-batches of consecutive examples (sizes differ by at most one; fewer parts
+    when the batch is smaller) and each one's share of the examples: Σ share_i · mean-loss_i = the batch's mean."""
+    b = n_examples(batch)
+    parts = max(1, min(parts, b))
+    bounds = [b * i // parts for i in range(parts + 1)]
+    return ([slice_examples(batch, lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False)],
+            [(hi - lo) / b for lo, hi in zip(bounds, bounds[1:], strict=False)])
+
+
+def accumulated_gradient(model: nn.Module, batch: dict[str, Tensor], parts: int) -> Tensor:
+    """``plain_gradient`` over ``parts`` micro-batches, accumulated in ``.grad``; returns the batch's mean loss."""
+    batches, shares = micro_batches(batch, parts)
+    total = None
+    for mb, w in zip(batches, shares, strict=True):
+        loss = task_loss(model, mb) * w
+        loss.backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    return total
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """``trainer.gradient_checkpointing``: activations recomputed in the backward (transformers' non-reentrant
+    checkpointing: it restores the RNG, so dropout masks and the finite difference's replay are unchanged)."""
+    if not hasattr(model, "gradient_checkpointing_enable"):
+        raise ValueError(f"trainer.gradient_checkpointing: {type(model).__name__} has no gradient_checkpointing_enable")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 class Trainer:
     """Runs ``steps`` optimisation steps of ``model`` on a stream of batches."""
 
@@ -86,9 +120,10 @@ class Trainer:
                  guidance: StructuredGuidance | None = None, monitor: GradientMonitor | None = None,
                  metric_space: ParamSpace | None = None, metrics_every: int = 1,
                  log_fn: Callable[[dict[str, float], int], None] | None = None, total: int | None = None,
-                 phases: Phases | None = None):
+                 phases: Phases | None = None, grad_accum: int = 1):
         self.model, self.space, self.opt, self.sched, self.device = model, space, optimizer, scheduler, device
         self.max_grad_norm, self.max_skipped = max_grad_norm, max_skipped
+        self.grad_accum = grad_accum  # micro-batches per step (1: the whole batch in one pass)
         self.guidance, self.monitor = guidance, monitor
         self.metric_space, self.metrics_every = metric_space, metrics_every
         self.log_fn = log_fn or (lambda values, step: None)
@@ -116,7 +151,8 @@ class Trainer:
         task_g: Tensor | None = None  # the task gradient g = ∇L_base of a guided step: what guidance observes
         if self.guidance is not None and self.guidance.active(t):
             self.guidance.refresh_source(t)
-            guided = self.guidance.gradient(batch)
+            guided = self.guidance.gradient(batch) if self.grad_accum == 1 else \
+                self.guidance.gradient_over(*micro_batches(batch, self.grad_accum))
             loss, task_g, task_norm = guided.loss, guided.task, guided.logs["guide/grad_norm"]
             logs.update(guided.logs)
             self.guided_steps += 1
@@ -124,7 +160,8 @@ class Trainer:
             if finite:
                 self.space.write_grads(guided.total)
         else:
-            loss = plain_gradient(self.model, batch)
+            loss = plain_gradient(self.model, batch) if self.grad_accum == 1 else \
+                accumulated_gradient(self.model, batch, self.grad_accum)
             finite = bool(torch.isfinite(loss))
         gnorm = float("nan")
         if finite:  # the clipping norm doubles as the finiteness check of the gradient
