@@ -8,6 +8,12 @@ recomputes both metrics from every sub-sample a coarser ``metrics.every`` would 
 stride s over the run's points) and reports, per stride, the points per run, the RMS deviation from the all-points
 value, and — the scale that matters — the std of each metric across the runs (seeds and tasks), which is the noise
 Table 1's comparisons already carry. Writes ``reports/bench_metrics.json``; never trains.
+
+``--memory tiny_bert,tiny_llama,minilm,smollm2`` instead measures what the gradient metrics cost in memory, per model
+and ``metrics.sketch`` mode (exact, sketch), each in a fresh process: the peak resident memory (VmHWM, reset after the
+model is loaded) of building d_task over two batches and measuring g_t three times, minus the resident memory before
+(CPU, LoRA on the model, metric space = the backbone, batches of 8 × 64 tokens). Writes
+``reports/bench_metrics_memory.json``.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +70,85 @@ def study(runs: list[dict[str, Any]], strides: tuple[int, ...] = (1, 2, 3, 5)) -
             "between_runs_std_alignment": sd([f[1] for f in full]), "strides": rows}
 
 
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def memory_one(model_name: str, mode: str) -> dict[str, Any]:
+    """In this process: load ``model_name``, then the peak extra resident memory of the gradient metrics."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from gradft.config import CONF_DIR
+    from gradft.forward import task_loss
+    from gradft.grad_sketch import gradient_monitor, sketched_gradient
+    from gradft.gradients import ParamSpace
+    from gradft.methods import apply_method
+    from gradft.models import backbone_parameters, load_backbone
+
+    torch.manual_seed(0)
+    cfg = OmegaConf.load(Path(CONF_DIR) / "model" / f"{model_name}.yaml")
+    model, tok = load_backbone(cfg, 2, str(Path.home() / ".cache" / "gradft"), "classifier")
+    space = ParamSpace(backbone_parameters(model))
+    model = apply_method(model, OmegaConf.create({"name": "lora", "kind": "lora"}))
+    gen = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": (ids := torch.randint(1000, 5000, (8, 64), generator=gen)),
+                "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (8,), generator=gen)}
+               for _ in range(3)]
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = 0
+    before = _rss_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    monitor = gradient_monitor(model, space, batches[:2], torch.device("cpu"), mode)
+    model.eval()
+    with space.requiring_grad():
+        for b in batches:  # three metric steps: g_t, then g_{t-1} is held
+            if monitor.sketch is None:
+                monitor.observe(space.grad(task_loss(model, b)))
+            else:
+                sk, sq = sketched_gradient(task_loss(model, b), space.params, monitor.sketch)
+                monitor.observe(sk, math.sqrt(sq))
+    peak = _rss_kb("VmHWM") - before
+    return {"model": model_name, "mode": mode, "metric_space_params": space.numel,
+            "flat_fp32_copy_mb": space.numel * 4 / 2**20, "peak_extra_mb": peak / 1024,
+            "alignment": monitor.summary()["directional_alignment"]}
+
+
+def memory(models: list[str], out: str) -> list[dict[str, Any]]:
+    rows = []
+    for m in models:
+        for mode in ("exact", "sketch"):
+            res = subprocess.run([sys.executable, "-m", "gradft.bench_metrics", "--memory-one", m, mode],
+                                 capture_output=True, text=True, check=True)
+            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    print("| model | metric-space params | one fp32 copy | peak extra, exact | peak extra, sketch |")
+    print("|---|---|---|---|---|")
+    for e, k in zip(rows[::2], rows[1::2], strict=True):
+        print(f"| {e['model']} | {e['metric_space_params'] / 1e6:.1f}M | {e['flat_fp32_copy_mb']:.0f} MB | "
+              f"{e['peak_extra_mb']:.0f} MB | {k['peak_extra_mb']:.0f} MB |")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"rows": rows, "command": "python -m gradft.bench_metrics --memory "
+                                     + ",".join(models)}, indent=1))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default="results/estimators", help="committed runs with metrics on")
-    ap.add_argument("--out", default="reports/bench_metrics.json")
+    ap.add_argument("--out", default=None, help="default reports/bench_metrics.json (--memory: _memory.json)")
+    ap.add_argument("--memory", default=None, help="comma-separated conf/model names: the memory table instead")
+    ap.add_argument("--memory-one", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.memory_one:
+        res = memory_one(*a.memory_one)
+        print(json.dumps(res))
+        return res
+    if a.memory:
+        return {"rows": memory(a.memory.split(","), a.out or "reports/bench_metrics_memory.json")}
+    a.out = a.out or "reports/bench_metrics.json"
     runs = traces(a.root)
     if not runs:
         raise SystemExit(f"no run under {a.root} has a gradient-metric trace (metrics.every > 0)")

@@ -192,6 +192,7 @@ def validate(cfg: DictConfig) -> None:
                          "head=lm, evaluates the pretrained model)")
     _number("metrics.every", cfg.metrics.every, integer=True, strict=False)  # 0: no gradient metrics (sweeps)
     _choice("metrics.space", cfg.metrics.space, ("backbone", "trainable"))
+    _choice("metrics.sketch", cfg.metrics.get("sketch", "auto"), ("auto", "exact", "sketch"))
     ev = cfg.eval
     _number("eval.batch_size", ev.batch_size, integer=True)
     if ev.max_examples is not None:

@@ -114,18 +114,20 @@ class GradientMonitor:
     directional_alignment = mean_t cos(g_t, d_task)                      (d_task: full k-shot gradient at step 0)
     """
 
-    def __init__(self, d_task: Tensor):
-        self.d_task = d_task
+    def __init__(self, d_task: Tensor, sketch=None):
+        self.d_task = d_task  # flat over the metric space, or its sketch (``gradft.grad_sketch``)
+        self.sketch = sketch  # None: exact flat vectors (every space up to grad_sketch.EXACT_UP_TO by default)
         self.prev: Tensor | None = None
         self.norms: list[float] = []
         self.cos_task: list[float] = []
         self.cos_prev: list[float] = []
 
-    def observe(self, g: Tensor) -> dict[str, float]:
-        """Record one step's gradient; returns the per-step values for logging (``grad/*`` keys)."""
-        if not bool(torch.isfinite(g).all()):
+    def observe(self, g: Tensor, gnorm: float | None = None) -> dict[str, float]:
+        """Record one step's gradient; returns the per-step values for logging (``grad/*`` keys). Sketched: ``g`` is
+        the sketch and ``gnorm`` the exact ‖g_t‖."""
+        if not bool(torch.isfinite(g).all()) or (gnorm is not None and not math.isfinite(gnorm)):
             return {}  # a non-finite gradient is the trainer's business (it skips the step); never a metric
-        n, c = norm(g), cosine(g, self.d_task)
+        n, c = norm(g) if gnorm is None else gnorm, cosine(g, self.d_task)
         self.norms.append(n)
         self.cos_task.append(c)
         out = {"grad/norm": n, "grad/cos_task": c}
@@ -154,4 +156,5 @@ class GradientMonitor:
             "grad_norm_std": std,
             "grad_cos_consecutive": sum(self.cos_prev) / len(self.cos_prev) if self.cos_prev else float("nan"),
             "grad_steps_measured": len(self.norms),
+            **({"grad_sketch_dim": self.sketch.dim} if self.sketch is not None else {}),
         }

@@ -30,6 +30,7 @@ from gradft.config import CONF_DIR, train_steps, validate  # noqa: F401  (re-exp
 from gradft.data.taskconf import compose_task
 from gradft.evaluate import evaluate
 from gradft.forward import set_gradient
+from gradft.grad_sketch import gradient_monitor
 from gradft.gradients import ParamSpace
 from gradft.guidance import StructuredGuidance
 from gradft.guidance_config import guidance_config
@@ -109,7 +110,7 @@ def _train(cfg: DictConfig, task: gdata.TaskData, shots: list[gdata.Example], mo
     monitor = None  # metrics.every=0 (sweeps: only the selection accuracy counts) skips d_task and every metric pass
     if cfg.metrics.every:
         with phases("d_task"):
-            monitor = GradientMonitor(set_gradient(model, metric_space, shot_batches, device))
+            monitor = gradient_monitor(model, metric_space, shot_batches, device, cfg.metrics.get("sketch", "auto"))
     guidance = None
     if cfg.guidance.name != "none":
         guidance = StructuredGuidance(guidance_config(cfg.guidance), model, space)

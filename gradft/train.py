@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from gradft import stopping
 from gradft.data import iterate_batches
 from gradft.forward import n_examples, slice_examples, task_loss, to_device
+from gradft.grad_sketch import sketched_gradient
 from gradft.gradients import ParamSpace
 from gradft.guidance import StructuredGuidance
 from gradft.metrics import GradientMonitor
@@ -139,9 +140,14 @@ class Trainer:
         with self.phases("metric_passes"):
             self.model.eval()
             with self.metric_space.requiring_grad():
-                g = self.metric_space.grad(task_loss(self.model, batch))
+                if self.monitor.sketch is None:  # exact: one flat vector
+                    g, gnorm = self.metric_space.grad(task_loss(self.model, batch)), None
+                else:  # streamed: never the whole gradient at once (gradft.grad_sketch)
+                    g, sq = sketched_gradient(task_loss(self.model, batch), self.metric_space.params,
+                                              self.monitor.sketch)
+                    gnorm = math.sqrt(sq)
             self.model.train()
-            return self.monitor.observe(g)
+            return self.monitor.observe(g) if gnorm is None else self.monitor.observe(g, gnorm)
 
     def step(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """One optimisation step on ``batch`` (already on the device)."""
