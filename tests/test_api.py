@@ -27,6 +27,7 @@ from gradft.models import _package_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ["plain_loop.py", "hf_trainer_lora_sft.py", "hf_trainer_seqcls.py"]
+DOCUMENTED = [*EXAMPLES, "ddp_torchrun.py"]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_each_docs_api_example_runs_on_a_tiny_model(name, tiny_llama_dir, tmp_pa
     assert "loss" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("name", DOCUMENTED)
 def test_docs_api_shows_each_example_verbatim(name):
     assert (ROOT / "examples" / name).read_text().strip() in (ROOT / "docs" / "api.md").read_text()
 
@@ -116,3 +117,18 @@ def test_guided_trainer_runs_under_bf16_autocast_with_the_bf16_finite_difference
     result = trainer.train()
     assert trainer.guidance.counts["guided_steps"] == 2 and seen == [1.0, 1.0]  # FD_R for bf16 autocast
     assert result.training_loss == result.training_loss
+
+
+def test_the_torchrun_example_keeps_two_gloo_ranks_in_lockstep(tmp_path):
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                          str(ROOT / "examples" / "ddp_torchrun.py")], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 ranks, 10 guided steps: ranks agree: True" in out.stdout
