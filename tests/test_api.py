@@ -132,3 +132,26 @@ def test_the_torchrun_example_keeps_two_gloo_ranks_in_lockstep(tmp_path):
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 ranks, 10 guided steps: ranks agree: True" in out.stdout
+
+
+def test_guided_trainer_under_torchrun_ddp_matches_one_process_on_the_global_batch(tiny_llama_dir, tmp_path):
+    """2 gloo processes × batch 2 (accelerate's DDP, the Trainer's own sharding) end with the LoRA weights of one
+    process × batch 4: the guided steps average g and the shifted gradient over the ranks (float64)."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                          str(ROOT / "tests" / "hf_ddp_worker.py"), str(tiny_llama_dir), str(tmp_path), "2"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"lora{r}.pt") for r in range(2)]
+    single = _sft_trainer(tiny_llama_dir, tmp_path / "single", batch=4, accum=1)
+    single.train()
+    assert torch.equal(ranks[0], ranks[1])
+    diff = float((ranks[0] - _lora(single)).abs().max())
+    print(f"GuidedTrainer DDP: max |θ_2proc − θ_1proc| = {diff:.3e}")
+    assert diff < 1e-9, diff
