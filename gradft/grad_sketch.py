@@ -18,9 +18,14 @@ The hashes are regenerated per chunk from (seed, parameter index, chunk) on the 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from gradft.gradients import ParamSpace
+    from gradft.metrics import GradientMonitor
 
 SKETCH_DIM = 2**20  # buckets: 4 MB per fp32 sketch; cosine error ≈ 1e-3
 EXACT_UP_TO = 2**28  # metrics.sketch=auto: metric spaces of at most 268M parameters stay exact (1 GB per fp32 copy)
@@ -93,7 +98,8 @@ def sketched_gradient(loss: Tensor, params: Sequence[nn.Parameter], sketch: Coun
     return out, sq[0]
 
 
-def gradient_monitor(model: nn.Module, space, batches: list, device: torch.device, mode: str = "auto"):
+def gradient_monitor(model: nn.Module, space: ParamSpace, batches: list, device: torch.device,
+                     mode: str = "auto") -> GradientMonitor:
     """The run's ``GradientMonitor`` with d_task = the k-shot gradient over ``space`` (a ``ParamSpace``): exact
     (``forward.set_gradient``, as before) or, when ``use_sketch``, its sketch, streamed batch by batch."""
     from gradft.forward import set_gradient, task_loss, to_device

@@ -68,3 +68,21 @@ def test_bad_trainer_options_are_refused(override):
 
     with pytest.raises(ValueError, match=override.split("=")[0]):
         validate(make_cfg(override))
+
+
+def test_a_run_with_accumulation_checkpointing_and_sketched_metrics_matches_its_plain_twin(cfg_factory):
+    """run.py wires the three options: the same losses (float32 round-off), the sketch's exact ‖g‖ and its cosines."""
+    from gradft.run import run
+    from tests.test_run import QUICK
+
+    quick = [*QUICK, "method=ours", "task=cb", "trainer.steps=4", "metrics.every=1",
+             "+model.config.hidden_dropout_prob=0", "+model.config.attention_probs_dropout_prob=0"]  # same masks
+    plain = run(cfg_factory(*quick))
+    other = run(cfg_factory(*quick, "trainer.grad_accum=2", "trainer.gradient_checkpointing=true",
+                            "metrics.sketch=sketch"))
+    assert other["history"]["train/loss"] == pytest.approx(plain["history"]["train/loss"], rel=1e-4)
+    assert other["metrics"]["grad_sketch_dim"] == 2**20 and "grad_sketch_dim" not in plain["metrics"]
+    assert other["metrics"]["gradient_stability"] == pytest.approx(plain["metrics"]["gradient_stability"], abs=1e-4)
+    assert other["metrics"]["directional_alignment"] == pytest.approx(plain["metrics"]["directional_alignment"],
+                                                                      abs=1e-2)
+    assert other["config_key"] != plain["config_key"]
