@@ -12,7 +12,8 @@ Table 1's comparisons already carry. Writes ``reports/bench_metrics.json``; neve
 ``--memory tiny_bert,tiny_llama,minilm,smollm2`` instead measures what the gradient metrics cost in memory, per model
 and ``metrics.sketch`` mode (exact, sketch), each in a fresh process: the peak resident memory (VmHWM, reset after the
 model is loaded) of building d_task over two batches and measuring g_t three times, minus the resident memory before
-(CPU, LoRA on the model, metric space = the backbone, batches of 8 × 64 tokens). Writes
+(CPU, LoRA on the model, metric space = the backbone, batches of 8 × 64 tokens). Mode ``none`` runs the same five
+backward passes with every gradient dropped as it arrives: what the forward and backward cost by themselves. Writes
 ``reports/bench_metrics_memory.json``.
 """
 
@@ -23,6 +24,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +86,7 @@ def memory_one(model_name: str, mode: str) -> dict[str, Any]:
 
     from gradft.config import CONF_DIR
     from gradft.forward import task_loss
-    from gradft.grad_sketch import gradient_monitor, sketched_gradient
+    from gradft.grad_sketch import gradient_monitor, sketched_gradient, stream_grads
     from gradft.gradients import ParamSpace
     from gradft.methods import apply_method
     from gradft.models import backbone_parameters, load_backbone
@@ -102,33 +104,44 @@ def memory_one(model_name: str, mode: str) -> dict[str, Any]:
         model.config.pad_token_id = 0
     before = _rss_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    monitor = gradient_monitor(model, space, batches[:2], torch.device("cpu"), mode)
+    t0 = time.perf_counter()
     model.eval()
-    with space.requiring_grad():
-        for b in batches:  # three metric steps: g_t, then g_{t-1} is held
-            if monitor.sketch is None:
-                monitor.observe(space.grad(task_loss(model, b)))
-            else:
-                sk, sq = sketched_gradient(task_loss(model, b), space.params, monitor.sketch)
-                monitor.observe(sk, math.sqrt(sq))
+    if mode == "none":  # the same five backward passes into the backbone, every gradient dropped at once
+        with space.requiring_grad():
+            for b in [*batches[:2], *batches]:
+                stream_grads(task_loss(model, b), space.params, lambda i, g: None)
+        alignment = math.nan
+    else:
+        monitor = gradient_monitor(model, space, batches[:2], torch.device("cpu"), mode)
+        model.eval()
+        with space.requiring_grad():
+            for b in batches:  # three metric steps: g_t, then g_{t-1} is held
+                if monitor.sketch is None:
+                    monitor.observe(space.grad(task_loss(model, b)))
+                else:
+                    sk, sq = sketched_gradient(task_loss(model, b), space.params, monitor.sketch)
+                    monitor.observe(sk, math.sqrt(sq))
+        alignment = monitor.summary()["directional_alignment"]
     peak = _rss_kb("VmHWM") - before
     return {"model": model_name, "mode": mode, "metric_space_params": space.numel,
             "flat_fp32_copy_mb": space.numel * 4 / 2**20, "peak_extra_mb": peak / 1024,
-            "alignment": monitor.summary()["directional_alignment"]}
+            "seconds": time.perf_counter() - t0, "alignment": alignment}
 
 
 def memory(models: list[str], out: str) -> list[dict[str, Any]]:
     rows = []
     for m in models:
-        for mode in ("exact", "sketch"):
+        for mode in ("none", "exact", "sketch"):
             res = subprocess.run([sys.executable, "-m", "gradft.bench_metrics", "--memory-one", m, mode],
                                  capture_output=True, text=True, check=True)
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    print("| model | metric-space params | one fp32 copy | peak extra, exact | peak extra, sketch |")
-    print("|---|---|---|---|---|")
-    for e, k in zip(rows[::2], rows[1::2], strict=True):
+    print("| model | metric-space params | one fp32 copy | peak extra: the passes alone | exact | sketch | "
+          "alignment exact / sketch |")
+    print("|---|---|---|---|---|---|---|")
+    for n, e, k in zip(rows[::3], rows[1::3], rows[2::3], strict=True):
         print(f"| {e['model']} | {e['metric_space_params'] / 1e6:.1f}M | {e['flat_fp32_copy_mb']:.0f} MB | "
-              f"{e['peak_extra_mb']:.0f} MB | {k['peak_extra_mb']:.0f} MB |")
+              f"{n['peak_extra_mb']:.0f} MB | {e['peak_extra_mb']:.0f} MB | {k['peak_extra_mb']:.0f} MB | "
+              f"{e['alignment']:.4f} / {k['alignment']:.4f} |")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps({"rows": rows, "command": "python -m gradft.bench_metrics --memory "
                                      + ",".join(models)}, indent=1))

@@ -87,3 +87,12 @@ def test_the_sketch_is_linear_and_preserves_inner_products():
     assert torch.allclose(sa + sb, sab, atol=1e-4)
     cos = float(torch.dot(sa, sb) / (sa.norm() * sb.norm()))
     assert cos == pytest.approx(float(torch.dot(a, b) / (a.norm() * b.norm())), abs=0.01)
+
+
+def test_bench_metrics_memory_measures_each_mode_on_a_tiny_model():
+    from gradft.bench_metrics import memory_one
+
+    rows = {mode: memory_one("tiny_bert", mode) for mode in ("none", "exact", "sketch")}
+    assert all(r["peak_extra_mb"] > 0 and r["metric_space_params"] == rows["none"]["metric_space_params"]
+               for r in rows.values())
+    assert rows["sketch"]["alignment"] == pytest.approx(rows["exact"]["alignment"], abs=5e-3)
