@@ -20,6 +20,10 @@ OPTIONS = {  # a plain warm-up step (DDP's own all-reduce), then guided steps wi
     "hessian": dict(mode="hessian", lambda1=0.5, lambda2=0.5, tau=0.5, warmup=1, max_hv_ratio=None),
     "update": dict(mode="update", lambda1=0.5, lambda2=0.5, tau=0.5, warmup=1),
 }
+ESTIMATORS = {  # accumulation only (one process): the other H·v estimators over micro-batches
+    "central": dict(OPTIONS["hessian"], hvp="central"),
+    "double_backward": dict(OPTIONS["hessian"], hvp="double_backward"),
+}
 
 
 def global_batch(tok, step: int) -> dict:
@@ -33,7 +37,7 @@ def train(mode: str, rank: int = 0, world: int = 1, micro: int = 1, reduce="auto
     model, tok = tiny("full", seed=0)
     model.eval()
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    guide = Guidance(net, task_loss, reduce=reduce, **OPTIONS[mode])
+    guide = Guidance(net, task_loss, reduce=reduce, **{**OPTIONS, **ESTIMATORS}[mode])
     opt = torch.optim.SGD(guide.space.params, lr=0.5)
     for step in range(STEPS):
         share = 8 // world
@@ -92,7 +96,7 @@ def test_without_the_all_reduce_the_guided_ranks_drift_apart(two_ranks):
     assert float((two_ranks[0]["hessian_no_allreduce"] - single).abs().max()) > 1e-6
 
 
-@pytest.mark.parametrize("mode", list(OPTIONS))
+@pytest.mark.parametrize("mode", [*OPTIONS, *ESTIMATORS])
 def test_accumulating_two_micro_batches_is_one_guided_step_on_their_union(mode):
     diff = float((train(mode, micro=2) - train(mode)).abs().max())
     assert diff < 1e-9, diff
