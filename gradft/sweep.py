@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 
 from gradft import stopping
 from gradft.config import CONF_DIR
+from gradft.guidance_config import GUIDANCE_VERSION
 from gradft.stopping import sigterm_interrupts
 from gradft.sweep_spec import (  # noqa: F401  (load_spec, Spec, ... stay importable from here)
     PRUNERS,
@@ -262,11 +263,26 @@ def enqueue(study: optuna.Study, points: list[dict[str, Any]]) -> None:
             study.enqueue_trial(params)
 
 
+def check_guidance_version(study: optuna.Study, spec: Spec) -> None:
+    """A guided study records its guidance version; one with trials of another version (none recorded: version 1,
+    before the fix of issue 27) is refused, so its trials are never counted as current."""
+    from gradft.grid import compose_run
+
+    if compose_run([*spec.base, "paths.output_dir=."]).guidance.name == "none":
+        return
+    version = study.user_attrs.get("guidance_version", 1 if study.get_trials(deepcopy=False) else GUIDANCE_VERSION)
+    if version != GUIDANCE_VERSION:
+        raise SystemExit(f"study {spec.study_name} holds trials of guidance version {version}, superseded by "
+                         f"version {GUIDANCE_VERSION} (results/README.md): give the spec a new study_name")
+    study.set_user_attr("guidance_version", GUIDANCE_VERSION)
+
+
 def sweep(spec: Spec, extra: list[str] = (), workers: int = 1, conf_dir: Path = CONF_DIR) -> int:
     """Create (or load) the study once, run ``workers`` workers on it, write the best params, print the summary."""
     extra = list(extra)
     study = optuna.create_study(study_name=spec.study_name, storage=make_storage(spec), direction="maximize",
                                 load_if_exists=True, sampler=make_sampler(spec, spec.seed), pruner=make_pruner(spec))
+    check_guidance_version(study, spec)
     kept = {k: v for k, v in asdict(spec).items() if k not in ("n_trials", "storage", "out_dir")}  # no password
     if study.user_attrs.get("spec") not in (None, kept):
         log.warning("the spec differs from the one this study was created with (see its user attr `spec`)")
