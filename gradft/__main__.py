@@ -15,7 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from gradft.config import check_override_keys, validate
+from gradft.config import CONF_DIR, check_override_keys, validate
 
 log = logging.getLogger("gradft")
 
@@ -26,7 +26,7 @@ def _user_error(e: BaseException) -> bool:
     return isinstance(e, ValueError) or (train is not None and isinstance(e, train.NonFiniteError))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _main(cfg: DictConfig) -> float | None:
     try:
         validate(cfg)

@@ -17,13 +17,13 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from gradft import CONF_DIR  # noqa: F401  (re-exported: callers import it here)
 from gradft.guidance_config import guidance_config
 from gradft.methods import method_config
 from gradft.methods.config import CONFIGS as METHOD_CONFIGS
 from gradft.prompt_spec import prompt_spec
 from gradft.tracking import MODES
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 HEADS = ("classifier", "lm")
 GROUPS = ("model", "task", "guidance", "method", "trainer", "logger")
 SPLITS = ("eval", "select")

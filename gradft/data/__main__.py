@@ -11,10 +11,11 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from gradft import CONF_DIR
 from gradft.data.formats import DataError
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     from gradft.data import load_task
     from gradft.data.inspect import describe
@@ -30,6 +31,13 @@ def main(cfg: DictConfig) -> None:
 # nothing to keep: no run directory, no .hydra/ folder, no log file
 QUIET = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
-if __name__ == "__main__":
+
+
+def cli() -> None:
+    """Entry point (``gradft-data`` script and ``python -m gradft.data``)."""
     sys.argv += [o for o in QUIET if o.split("=")[0] not in {a.split("=")[0] for a in sys.argv[1:]}]
     main(None)  # hydra.main reads sys.argv  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    cli()

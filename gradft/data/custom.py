@@ -171,6 +171,19 @@ def carve(items: list, n: int, seed: int, stratify: bool, what: str) -> tuple[li
     return [it for i, it in enumerate(items) if i not in chosen], carved
 
 
+def _domain_hint(task: dict[str, Any], data: Mapping[str, Any]) -> str:
+    """For a task whose `root` lies under data.domain_root (the shipped domain tasks) and is missing: how to set it."""
+    from .superglue import set_root_hint
+
+    domain, root = data.get("domain_root"), task.get("root")
+    if task.get("source") == "hub" or not domain or not root or not str(root).startswith(str(domain)):
+        return ""
+    if Path(str(root)).expanduser().is_dir():
+        return ""
+    hint = set_root_hint("domain_root", "/path/to/domain")
+    return f" (data.domain_root={str(domain)!r} has no {Path(str(root)).name}/: {hint})"
+
+
 def load_table_task(task: dict[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
     """Read, clean and split a table task; returns the pieces of a TaskData (train_pool, select, eval, labels, info)."""
     validate_table_cfg(task)
@@ -179,8 +192,11 @@ def load_table_task(task: dict[str, Any], data: Mapping[str, Any]) -> dict[str, 
     files: list[dict[str, Any]] = []
     removed: Counter = Counter()
     warnings: list[str] = []
-    roles = {r: _to_examples(task, read(task, task[r], files, r), removed)
-             for r in ("train", "select", "eval") if task.get(r) is not None}
+    try:
+        roles = {r: _to_examples(task, read(task, task[r], files, r), removed)
+                 for r in ("train", "select", "eval") if task.get(r) is not None}
+    except DataError as exc:
+        raise DataError(f"{exc}{_domain_hint(task, data)}") from None
     if task.get("dedup"):
         roles = {r: _dedup(items, removed, warnings) for r, items in roles.items()}
         held = {tuple(t.strip() for t in it[2].texts) for r in ("select", "eval") for it in roles.get(r, [])}
