@@ -203,6 +203,7 @@ def validate(cfg: DictConfig) -> None:
     _number("data_seed", cfg.data_seed, integer=True, strict=False)
     _choice("logger.mode", cfg.logger.mode, MODES)
     for key, v in (cfg.get("save") or {}).items():
-        _choice(f"save.{key}", v, (True, False))
+        if not isinstance(v, bool):
+            raise ValueError(f"save.{key}={v!r}: must be true or false")
     if cfg.guidance.name != "none":
         guidance_config(cfg.guidance)
