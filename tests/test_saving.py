@@ -53,9 +53,10 @@ def plain_logits(model, tok, ex: gdata.Example) -> list[float]:
         return model(**enc).logits[0].tolist()
 
 
-@pytest.mark.parametrize("method", ["lora", "ours"])
-def test_a_lora_classifier_run_saves_a_peft_adapter_with_its_new_head_that_reloads_exactly(cfg_factory, tmp_path,
-                                                                                             method):
+@pytest.mark.parametrize("method", ["lora", "ours", "prompt"])
+def test_a_peft_classifier_run_saves_an_adapter_with_its_new_head_that_reloads_exactly(cfg_factory, tmp_path,
+                                                                                         method):
+    """LoRA, ours (LoRA + guidance) and prompt tuning with a new classifier head: peft's format, head included."""
     from peft import PeftModel
     from safetensors import safe_open
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -66,10 +67,12 @@ def test_a_lora_classifier_run_saves_a_peft_adapter_with_its_new_head_that_reloa
     assert r["saved"]["model"] == str(mdir) and r["saved"]["format"] == "peft"
     assert r["saved"]["predictions"] == str(out / "predictions.jsonl")
     conf = json.loads((mdir / "adapter_config.json").read_text())
-    assert conf["peft_type"] == "LORA" and conf["task_type"] == "SEQ_CLS" and "classifier" in conf["modules_to_save"]
+    peft_type = "PROMPT_TUNING" if method == "prompt" else "LORA"
+    assert conf["peft_type"] == peft_type and conf["task_type"] == "SEQ_CLS" and "classifier" in conf["modules_to_save"]
     with safe_open(str(mdir / "adapter_model.safetensors"), "pt") as f:
         keys = set(f.keys())
-    assert any("classifier" in k for k in keys) and any("lora_A" in k for k in keys)  # the head is in the adapter
+    assert any("classifier" in k for k in keys)  # the new head is in the adapter
+    assert any(("prompt_embeddings" if method == "prompt" else "lora_A") in k for k in keys)
     meta = json.loads((mdir / "gradft_model.json").read_text())
     assert meta["method"] == method and meta["labels"] == ["entailment", "not_entailment"]
     rows = assert_reloads_exactly(out, r)
