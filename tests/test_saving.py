@@ -129,6 +129,15 @@ def test_an_lm_head_run_reloads_and_scores_its_prompt_exactly(cfg_factory, tmp_p
     assert_reloads_exactly(out, r)
 
 
+@pytest.mark.parametrize("overrides", [["task=copa"], ["task=cb", "trainer.precision=bf16"]])
+def test_multiple_choice_and_bf16_classifier_runs_reload_exactly(cfg_factory, tmp_path, overrides):
+    """COPA's one score per choice (no id2label to give), and a bf16-autocast run (re-scored under autocast too)."""
+    r = run(cfg_factory("method=lora", *QUICK, *overrides))
+    meta = json.loads((tmp_path / "run" / "model" / "gradft_model.json").read_text())
+    assert meta["num_labels"] == (1 if "task=copa" in overrides else 3)
+    assert_reloads_exactly(tmp_path / "run", r)
+
+
 def test_a_zero_shot_run_points_at_the_pretrained_model(cfg_factory, tmp_path):
     r = run(cfg_factory("task=cb", "shots=0", *LLAMA_LM))
     assert r["saved"]["format"] == "pretrained"
