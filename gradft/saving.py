@@ -121,8 +121,11 @@ def save_model(out: Path, cfg: DictConfig, model: torch.nn.Module, tok: Any, tas
         fmt = "pretrained"
     elif isinstance(model, PeftModel):
         fmt = "peft"
-    else:
-        fmt = {"full": "full", "adapter": "adapter"}[kind]
+    elif kind in ("full", "adapter"):
+        fmt = kind
+    else:  # a new method needs its format here; the run's results are still written
+        log.warning("method %s (kind %s): no save format, the model is not saved", cfg.method.name, kind)
+        return {}
     base = None if fmt == "full" else _base_path(cfg, out, n_out, head, labels)
     inner = model.get_base_model() if isinstance(model, PeftModel) else model
     inner.config.update(labels)

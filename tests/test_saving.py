@@ -200,3 +200,19 @@ def test_grids_save_no_model_unless_asked():
     cfg = compose_run([*p.cell_overrides(p.cells[0]), "paths.output_dir=."])
     assert cfg.save.model is True and cfg.save.predictions is False
     assert make_cfg().save.model is True  # one run: saved by default
+
+
+def test_predict_reads_a_table_tasks_file_by_its_fields_and_label_field(tmp_path):
+    from gradft.predict import read_examples
+
+    cfg = OmegaConf.create({"task": {"name": "reviews", "format": "pair", "fields": ["sentence"],
+                                     "label_field": "sentiment", "map_labels": {"meh": "neutral"}}})
+    meta = {"label_values": ["negative", "neutral", "positive"]}
+    (tmp_path / "new.csv").write_text("id,sentence,sentiment\na,Great.,positive\nb,So so.,meh\nc,No label.,\n")
+    exs = read_examples(tmp_path / "new.csv", cfg, meta)
+    assert [(e.idx, e.texts, e.label) for e in exs] == [("a", ("Great.",), 2), ("b", ("So so.",), 1),
+                                                        ("c", ("No label.",), -1)]
+    assert exs[0].field_map == {"sentence": "Great."}  # head=lm templates read the fields by name
+    (tmp_path / "bad.csv").write_text("id,text\na,Great.\n")
+    with pytest.raises(gdata.DataError, match="sentence"):
+        read_examples(tmp_path / "bad.csv", cfg, meta)
