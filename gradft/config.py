@@ -202,5 +202,8 @@ def validate(cfg: DictConfig) -> None:
     _number("seed", cfg.seed, integer=True, strict=False)
     _number("data_seed", cfg.data_seed, integer=True, strict=False)
     _choice("logger.mode", cfg.logger.mode, MODES)
+    for key, v in (cfg.get("save") or {}).items():
+        if not isinstance(v, bool):
+            raise ValueError(f"save.{key}={v!r}: must be true or false")
     if cfg.guidance.name != "none":
         guidance_config(cfg.guidance)

@@ -2,6 +2,7 @@
 
     validate config -> load task + sample k shots -> load backbone -> apply method (+ guidance)
     -> d_task, train (plain or guided steps, gradient metrics) -> evaluate -> results.json + W&B
+    (+ the trained model and predictions.jsonl: gradft.saving)
 
 ``head=classifier`` trains a new classification head; ``head=lm`` phrases each example as the task's prompt and
 scores label words or candidates with the pretrained LM head (``gradft.prompting``). ``shots=0`` (head=lm only)
@@ -37,6 +38,7 @@ from gradft.methods import apply_method, trainable_parameters
 from gradft.metrics import GradientMonitor, baselines
 from gradft.models import backbone_parameters, head_kind, load_backbone
 from gradft.prompting import PromptCollator, prompt_spec
+from gradft.saving import save_run
 from gradft.stopping import interrupted, sigterm_interrupts
 from gradft.tracking import Tracker, config_key, hardware, write_results
 from gradft.train import Phases, Trainer, epoch_batches
@@ -204,9 +206,11 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
         metric_names = list(cfg.task.get("metrics", []))
         n_cls = len(task.labels)
         metrics: dict[str, float] = {}
+        scores: list = []  # per example and class, from the same pass: predictions.jsonl (gradft.saving)
         if "eval" in cfg.eval.splits:  # sweeps score only the selection split: never select on the reported one
             with phases("eval"):
-                metrics = evaluate(model, eval_set, collate, cfg.eval.batch_size, device, metric_names, n_cls)
+                metrics = evaluate(model, eval_set, collate, cfg.eval.batch_size, device, metric_names, n_cls,
+                                   scores=scores)
         metrics.update(monitor.summary() if monitor else GradientMonitor.empty_summary())
         # floors from the train pool (never the drawn, class-balanced shots), chance, and the eval split's own rate
         metrics.update(baselines([e.label for e in task.train_pool], [e.label for e in eval_set], n_cls))
@@ -236,6 +240,8 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
             with phases("select_eval"):
                 results["select_metrics"] = evaluate(model, task.select, collate, cfg.eval.batch_size, device,
                                                      metric_names, n_cls, "select")
+        with phases("save"):  # save.model / save.predictions: the trained model and per-example predictions
+            results["saved"] = save_run(out, cfg, model, tok, task, eval_set, scores)
         results["wall_time_s"] = time.perf_counter() - t0
         results["profile"] = {**phases.seconds, "other": results["wall_time_s"] - sum(phases.seconds.values())}
         write_results(out, results, cfg)

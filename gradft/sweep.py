@@ -107,8 +107,8 @@ class Objective:
         spec = self.spec
         trial.study.sampler = make_sampler(spec, derive_seed(spec.seed, trial.number))
         params = {k: _suggest(trial, k, d) for k, d in spec.space.items()}
-        overrides = ["eval.splits=[select]", f"logger.group={spec.study_name}", *spec.base, *self.extra,
-                     *(f"{k}={_fmt(v)}" for k, v in params.items())]
+        overrides = ["eval.splits=[select]", "save.model=false", f"logger.group={spec.study_name}", *spec.base,
+                     *self.extra, *(f"{k}={_fmt(v)}" for k, v in params.items())]
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("worker", self.worker)
         accs: dict[str, float] = {}
