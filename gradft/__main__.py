@@ -3,12 +3,17 @@
 A thin ``@hydra.main`` around ``gradft.run.run``. The composed config is checked (``gradft.config.validate``) before
 torch, transformers, peft, datasets or wandb are imported, so a bad value exits 2 within seconds with a one-line
 message; an unknown key says what it may have meant. SIGINT and SIGTERM stop a run with one log line (exit 130 and
-143), its W&B run finished as failed and no results.json written.
+143), its W&B run finished as failed and no results.json written. A folder that cannot be written (disk full,
+read-only, no permission: Hydra's run folder, the W&B folder, results.json) is one line naming the file, exit 1;
+results are written atomically, so no partial file is left.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging
+import os
 import sys
 
 import hydra
@@ -18,6 +23,38 @@ from omegaconf import DictConfig
 from gradft.config import check_override_keys, validate
 
 log = logging.getLogger("gradft")
+# the errors of a file system that refuses writes: one line, not a traceback
+IO_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
+
+
+def io_error(e: BaseException) -> OSError | None:
+    """The OSError of a refused write in ``e`` or its causes/contexts (a W&B finaliser failing on a full disk
+    chains the original), else None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in IO_ERRNOS:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _run_dir() -> str | None:
+    try:
+        return HydraConfig.get().runtime.output_dir
+    except Exception:  # Hydra failed before its config was set
+        return None
+
+
+def io_message(e: OSError, run_dir: str | None = None) -> str:
+    """``cannot write /out/results.json: No space left on device (errno ENOSPC)``: the file, the reason, the fix."""
+    where = f" {e.filename}" if e.filename else f" under {run_dir}" if run_dir else ""
+    hint = {errno.ENOSPC: "free space or point hydra.run.dir at another disk",
+            errno.EDQUOT: "free space or point hydra.run.dir at another disk",
+            errno.EROFS: "point hydra.run.dir (and WANDB_DIR) at a writable folder"}.get(e.errno, "check its "
+                                                                                                "permissions")
+    return (f"cannot write{where}: {e.strerror or os.strerror(e.errno)} (errno {errno.errorcode.get(e.errno)}); "
+            f"{hint}. No results.json was written")
 
 
 def _user_error(e: BaseException) -> bool:
@@ -37,6 +74,10 @@ def _main(cfg: DictConfig) -> float | None:
         log.warning("%s", e or "interrupted before training; no results written")
         sys.exit(getattr(e, "exit_code", 130))
     except Exception as e:
+        bad = io_error(e)
+        if bad is not None:  # Hydra's own writes fail before this function: main() says those
+            print(f"gradft: error: {io_message(bad, _run_dir())}", file=sys.stderr)
+            sys.exit(1)
         if not _user_error(e):
             raise
         log.error("%s: %s", type(e).__name__, e)  # into the run's log file
@@ -52,7 +93,26 @@ def main() -> None:
     except ValueError as e:
         print(f"gradft: error: {e}", file=sys.stderr)
         sys.exit(2)
-    _main()
+    logging.raiseExceptions = False  # a log file on a full disk: no "--- Logging error ---" traceback per line
+    full = "HYDRA_FULL_ERROR" in os.environ
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # exceptions reach this function instead of being printed by Hydra
+    try:
+        _main()
+    except Exception as e:
+        bad = io_error(e)
+        if bad is None and not full:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+            from hydra._internal.utils import run_and_report
+
+            run_and_report(functools.partial(_raise, e))  # Hydra's usual (compact or trimmed) report, exit 1
+        if bad is None:
+            raise
+        print(f"gradft: error: {io_message(bad, _run_dir())}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _raise(e: BaseException) -> None:
+    raise e
 
 
 if __name__ == "__main__":

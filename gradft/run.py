@@ -60,9 +60,18 @@ def summary_keys(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _device(name: str) -> torch.device:
+    """``trainer.device`` as a torch device; one a machine does not have is a ValueError naming the key."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"trainer.device={name}: this machine has no CUDA device (torch.cuda.is_available() is "
+                         "False); use trainer.device=auto or cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"trainer.device={name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"trainer.device={name}: MPS is not available on this machine; use trainer.device=auto")
+    return device
 
 
 def _source_gradient_fn(cfg: DictConfig, task: gdata.TaskData, model, space, collate, device, tok) -> Callable:
