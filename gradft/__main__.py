@@ -5,7 +5,8 @@ torch, transformers, peft, datasets or wandb are imported, so a bad value exits 
 message; an unknown key says what it may have meant. SIGINT and SIGTERM stop a run with one log line (exit 130 and
 143), its W&B run finished as failed and no results.json written. A folder that cannot be written (disk full,
 read-only, no permission: Hydra's run folder, the W&B folder, results.json) is one line naming the file, exit 1;
-results are written atomically, so no partial file is left.
+results are written atomically, so no partial file is left. ``+preset=<grid>`` applies a grid file's tuned
+overrides for the chosen method before Hydra composes (``gradft.preset``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from gradft.config import check_override_keys, validate
+from gradft.preset import expand_preset
 
 log = logging.getLogger("gradft")
 # the errors of a file system that refuses writes: one line, not a traceback
@@ -89,6 +91,9 @@ def _main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Entry point (``gradft`` script and ``python -m gradft``): unknown keys fail before Hydra composes."""
     try:
+        sys.argv[1:], note = expand_preset(sys.argv[1:])  # +preset=<grid file>: its overrides for this method
+        if note:
+            print(f"gradft: {note}", file=sys.stderr)
         check_override_keys(sys.argv[1:])
     except ValueError as e:
         print(f"gradft: error: {e}", file=sys.stderr)
