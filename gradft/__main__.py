@@ -82,10 +82,28 @@ def _main(cfg: DictConfig) -> float | None:
             sys.exit(1)
         if not _user_error(e):
             raise
+        if type(e).__name__ == "NonFiniteError":  # an outcome, not a typo: the report lists it (gradft.grid's form)
+            _write_diverged(cfg, e)
         log.error("%s: %s", type(e).__name__, e)  # into the run's log file
         print(f"gradft: error: {e}", file=sys.stderr)
         sys.exit(2)
     return results["metrics"].get("accuracy")
+
+
+def _write_diverged(cfg: DictConfig, e: BaseException) -> None:
+    """``error.json`` with ``diverged: true`` in the run folder, as a grid cell's: the report shows the run."""
+    import json
+    import socket
+    import time
+
+    from gradft.tracking import atomic_write, config_key
+
+    shots = int(cfg.shots)
+    atomic_write(f"{_run_dir()}/error.json", json.dumps({
+        "time": time.time(), "error": repr(e), "pid": os.getpid(), "host": socket.gethostname(), "diverged": True,
+        "seed": cfg.seed, "data_seed": cfg.data_seed, "config_key": config_key(cfg), "task": cfg.task.name,
+        "method": cfg.method.name if shots else "zero-shot", "model": cfg.model.name, "shots": shots,
+        "head": cfg.get("head", "classifier"), "table_task": "dir" not in cfg.task}))
 
 
 def main() -> None:

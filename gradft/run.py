@@ -216,7 +216,8 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
         metrics.update(baselines([e.label for e in task.train_pool], [e.label for e in eval_set], n_cls))
         state = trainer.state if trainer else None
         results: dict[str, Any] = {
-            "method": cfg.method.name, "task": task.name, "shots": cfg.shots, "seed": cfg.seed,
+            "method": cfg.method.name if shots else "zero-shot",  # k = 0 applies no method
+            "task": task.name, "shots": cfg.shots, "seed": cfg.seed,
             "data_seed": cfg.data_seed, "model": cfg.model.name, "head": head, "guidance": cfg.guidance.name,
             "config_key": config_key(cfg), "env": hardware(device), "metrics": metrics, "eval_examples": len(eval_set),
             "shot_ids": [e.idx for e in shots], "data": task.info,
@@ -243,7 +244,7 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
         tracker.summary(summary_keys(metrics))
         split = "accuracy" if "accuracy" in metrics else "select accuracy"
         log.info("%s %s k=%d seed=%d: %s %.4f, stability %.3f, alignment %.3f (%.1fs) -> %s",
-                 cfg.method.name, task.name, cfg.shots, cfg.seed, split,
+                 results["method"], task.name, cfg.shots, cfg.seed, split,
                  metrics.get("accuracy", results.get("select_metrics", {}).get("accuracy", float("nan"))),
                  metrics["gradient_stability"], metrics["directional_alignment"], results["wall_time_s"], out)
         failed = False
