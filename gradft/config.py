@@ -115,7 +115,7 @@ def _number(key: str, v: Any, minimum: float = 0.0, strict: bool = True, integer
     if not ok or not math.isfinite(v) or (v <= minimum if strict else v < minimum) or (maximum is not None
                                                                                          and v > maximum):
         kind = "an integer" if integer else "a finite number"
-        upper = f" and ≤ {maximum:g}" if maximum is not None else ""
+        upper = f" and ≤ {maximum if isinstance(maximum, int) else f'{maximum:g}'}" if maximum is not None else ""
         raise ValueError(f"{key}={v!r}: must be {kind} {'>' if strict else '≥'} {minimum:g}{upper}")
 
 

@@ -47,8 +47,9 @@ def source_label_index(source: TaskData, task: TaskData, name: str,
             continue
         index[i] = target.index(to)
     if unmapped:
-        example = ",".join(f"{s}:{task.labels[min(i, len(task.labels) - 1)]}" for i, s in enumerate(source.labels))
+        example = ",".join(f"{s}:?" for s in unmapped)
         raise ValueError(f"guidance.source_task={name} has labels {source.labels}, {task.name} has {task.labels}: "
-                         f"{unmapped} have no label of the same name; say which is which, e.g. "
-                         f"guidance.source_label_map={{{example}}} (labels are never matched by position)")
+                         f"{unmapped} have no label of the same name; say which is which: "
+                         f"guidance.source_label_map={{{example}}}, each ? one of {task.labels} (labels are never "
+                         "matched by position)")
     return index
