@@ -26,6 +26,7 @@ from gradft.preset import expand_preset
 
 log = logging.getLogger("gradft")
 # the errors of a file system that refuses writes: one line, not a traceback
+_USER_FULL_ERROR = False  # the user set HYDRA_FULL_ERROR: full tracebacks, as Hydra gives them
 IO_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
 
 
@@ -67,6 +68,8 @@ def _user_error(e: BaseException) -> bool:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def _main(cfg: DictConfig) -> float | None:
+    if not _USER_FULL_ERROR:  # set by main() for Hydra's own setup only: not for this run's child processes
+        os.environ.pop("HYDRA_FULL_ERROR", None)
     try:
         validate(cfg)
         from gradft.run import run  # the heavy imports: only once the config is known to be good
@@ -117,8 +120,9 @@ def main() -> None:
         print(f"gradft: error: {e}", file=sys.stderr)
         sys.exit(2)
     logging.raiseExceptions = False  # a log file on a full disk: no "--- Logging error ---" traceback per line
-    full = "HYDRA_FULL_ERROR" in os.environ
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # exceptions reach this function instead of being printed by Hydra
+    global _USER_FULL_ERROR
+    full = _USER_FULL_ERROR = "HYDRA_FULL_ERROR" in os.environ
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's setup errors (its run folder) reach this function
     try:
         _main()
     except Exception as e:
