@@ -3,8 +3,10 @@
 Owns `load_table_task` and the table-task schema (docs/tasks.md, "Add your own task"): which files or hub splits feed
 `train` / `select` / `eval`, the text `fields` (1 or 2) and `label_field`, `labels` (listed, or inferred from the train
 pool in sorted order), `filter`, `map_labels`, `dedup`, and the seeded `split` that carves `select` and `eval` out of
-the train file (or subsamples a given eval file). Everything it did is recorded in `TaskData.info` (files and their
-sha256, the split seed, sizes, label counts, what was removed and why, warnings), which run() writes to results.json.
+the train file (or subsamples a given eval file). A label's surrounding whitespace is stripped (``"pos "`` is ``"pos"``,
+with a warning naming the file and line); a file split's unknown keys are refused. Everything it did is recorded in
+`TaskData.info` (files and their sha256, the split seed, sizes, label counts, what was removed and why, warnings),
+which run() writes to results.json.
 A SuperGLUE task config (one with `dir:`) never comes here.
 """
 
