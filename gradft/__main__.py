@@ -52,10 +52,9 @@ def _run_dir() -> str | None:
 def io_message(e: OSError, run_dir: str | None = None) -> str:
     """``cannot write /out/results.json: No space left on device (errno ENOSPC)``: the file, the reason, the fix."""
     where = f" {e.filename}" if e.filename else f" under {run_dir}" if run_dir else ""
-    hint = {errno.ENOSPC: "free space or point hydra.run.dir at another disk",
-            errno.EDQUOT: "free space or point hydra.run.dir at another disk",
-            errno.EROFS: "point hydra.run.dir (and WANDB_DIR) at a writable folder"}.get(e.errno, "check its "
-                                                                                                "permissions")
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    hint = "free space or point hydra.run.dir at another disk" if full else \
+        "make that folder writable or point hydra.run.dir at one"
     return (f"cannot write{where}: {e.strerror or os.strerror(e.errno)} (errno {errno.errorcode.get(e.errno)}); "
             f"{hint}. No results.json was written")
 
