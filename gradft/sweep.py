@@ -103,6 +103,8 @@ class Objective:
         from gradft.run import run
         from gradft.train import NonFiniteError
 
+        trial.set_user_attr("guidance_version", GUIDANCE_VERSION)  # check_guidance_version reads it on resume
+
         self.lock.release()  # the trial exists (RUNNING): other workers now count it
         spec = self.spec
         trial.study.sampler = make_sampler(spec, derive_seed(spec.seed, trial.number))
@@ -268,17 +270,18 @@ def enqueue(study: optuna.Study, points: list[dict[str, Any]]) -> None:
 
 
 def check_guidance_version(study: optuna.Study, spec: Spec) -> None:
-    """A guided study records its guidance version; one with trials of another version (none recorded: version 1,
-    before the fix of issue 27) is refused, so its trials are never counted as current."""
-    from gradft.grid import compose_run
+    """A guided study whose finished trials do not carry this guidance version (none recorded: version 1, before the
+    fix of issue 27) is refused, so its trials are never counted as current. Torch-free: composes the config only."""
+    from hydra import compose, initialize_config_dir
 
-    if compose_run([*spec.base, "paths.output_dir=."]).guidance.name == "none":
-        return
-    version = study.user_attrs.get("guidance_version", 1 if study.get_trials(deepcopy=False) else GUIDANCE_VERSION)
-    if version != GUIDANCE_VERSION:
-        raise SystemExit(f"study {spec.study_name} holds trials of guidance version {version}, superseded by "
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        if compose("config", overrides=[*spec.base, "paths.output_dir=."]).guidance.name == "none":
+            return
+    old = {t.user_attrs.get("guidance_version", 1) for t in study.get_trials(deepcopy=False)
+           if t.state in (TrialState.COMPLETE, TrialState.PRUNED)} - {GUIDANCE_VERSION}
+    if old:
+        raise SystemExit(f"study {spec.study_name} holds trials of guidance version {min(old)}, superseded by "
                          f"version {GUIDANCE_VERSION} (results/README.md): give the spec a new study_name")
-    study.set_user_attr("guidance_version", GUIDANCE_VERSION)
 
 
 def sweep(spec: Spec, extra: list[str] = (), workers: int = 1, conf_dir: Path = CONF_DIR) -> int:
