@@ -109,8 +109,8 @@ class Objective:
         trial.study.sampler = make_sampler(spec, derive_seed(spec.seed, trial.number))
         fixed = control_overrides(trial, spec.space)  # a control point's values outside the space (λ = 0)
         params = {k: _suggest(trial, k, d) for k, d in spec.space.items() if k not in fixed}
-        overrides = ["eval.splits=[select]", f"logger.group={spec.study_name}", *spec.base, *self.extra,
-                     *(f"{k}={_fmt(v)}" for k, v in {**params, **fixed}.items())]
+        overrides = ["eval.splits=[select]", "save.model=false", f"logger.group={spec.study_name}", *spec.base,
+                     *self.extra, *(f"{k}={_fmt(v)}" for k, v in {**params, **fixed}.items())]
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("worker", self.worker)
         accs: dict[str, float] = {}
@@ -208,8 +208,10 @@ def experiment_override(name: str) -> str:
 
 
 def write_best(study: optuna.Study, spec: Spec, extra: list[str], conf_dir: Path = CONF_DIR) -> Path | None:
-    """The best trial's base overrides + params as ``conf/experiment/best_<name>.yaml`` (``# @package _global_``):
-    config-group choices go to its defaults list, every other key to its body."""
+    """The best trial's base overrides + params as ``<conf_dir>/experiment/best_<name>.yaml`` (``# @package
+    _global_``): config-group choices go to its defaults list, every other key to its body. ``hydra.*`` overrides
+    (a user's ``hydra.searchpath``) say where configs are, not what a run computes: they stay on the command line
+    (an experiment file may not set them), and the header's command names ``--config-dir`` for a user's conf dir."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
@@ -220,7 +222,7 @@ def write_best(study: optuna.Study, spec: Spec, extra: list[str], conf_dir: Path
     defaults, body = [], OmegaConf.create({})
     for ov in OverridesParser.create().parse_overrides(overrides):
         key, value = ov.key_or_group, ov.value()
-        if ov.is_delete():
+        if ov.is_delete() or key.split(".")[0] == "hydra":
             continue
         if "." not in key and (CONF_DIR / key).is_dir():
             defaults.append({f"override /{key}": value})
@@ -229,10 +231,12 @@ def write_best(study: optuna.Study, spec: Spec, extra: list[str], conf_dir: Path
     doc = OmegaConf.create({"defaults": defaults, **OmegaConf.to_container(body)} if defaults else body)
     std = best.user_attrs.get("select_accuracy_std", float("nan"))
     path = conf_dir / "experiment" / f"best_{spec.study_name}.yaml"
-    header = (f"# @package _global_\n# Best of sweep {spec.study_name}: trial {best.number}, mean FewGLUE dev32 "
-              f"accuracy {best.value:.4f} ± {std:.4f} over tasks {spec.tasks} × {spec.n_seeds} seed(s).\n"
+    where = "" if Path(conf_dir).resolve() == CONF_DIR.resolve() else f"--config-dir {Path(conf_dir).resolve()} "
+    header = (f"# @package _global_\n# Best of sweep {spec.study_name}: trial {best.number}, mean selection-split "
+              f"accuracy (each task's `select` split, never its reported one) {best.value:.4f} ± {std:.4f} over "
+              f"tasks {spec.tasks} × {spec.n_seeds} seed(s).\n"
               f"# Written by gradft.sweep on {datetime.now():%Y-%m-%d %H:%M}. Run it with:\n"
-              f"# python -m gradft {experiment_override(path.stem)} task={spec.tasks[0]}\n")
+              f"# python -m gradft {where}{experiment_override(path.stem)} task={spec.tasks[0]}\n")
     atomic_write(path, header + OmegaConf.to_yaml(doc))
     return path
 
