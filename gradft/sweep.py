@@ -35,6 +35,7 @@ from gradft import stopping
 from gradft.config import CONF_DIR
 from gradft.guidance_config import GUIDANCE_VERSION
 from gradft.stopping import sigterm_interrupts
+from gradft.sweep_signal import control_overrides, enqueue_controls, objective_stats, trial_values
 from gradft.sweep_spec import (  # noqa: F401  (load_spec, Spec, ... stay importable from here)
     PRUNERS,
     SAMPLERS,
@@ -108,9 +109,10 @@ class Objective:
         self.lock.release()  # the trial exists (RUNNING): other workers now count it
         spec = self.spec
         trial.study.sampler = make_sampler(spec, derive_seed(spec.seed, trial.number))
-        params = {k: _suggest(trial, k, d) for k, d in spec.space.items()}
+        fixed = control_overrides(trial, spec.space)  # a control point's values outside the space (λ = 0)
+        params = {k: _suggest(trial, k, d) for k, d in spec.space.items() if k not in fixed}
         overrides = ["eval.splits=[select]", "save.model=false", f"logger.group={spec.study_name}", *spec.base,
-                     *self.extra, *(f"{k}={_fmt(v)}" for k, v in params.items())]
+                     *self.extra, *(f"{k}={_fmt(v)}" for k, v in {**params, **fixed}.items())]
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("worker", self.worker)
         accs: dict[str, float] = {}
@@ -143,6 +145,8 @@ class Objective:
                     raise optuna.TrialPruned(f"mean select accuracy {running:.4f} after {len(accs)} runs")
         values = list(accs.values())
         trial.set_user_attr("select_accuracy_std", statistics.stdev(values) if len(values) > 1 else 0.0)
+        for key, value in objective_stats(accs).items():  # per task, per seed, the objective's standard error
+            trial.set_user_attr(key, value)
         return statistics.fmean(values) if all(map(math.isfinite, values)) else float("nan")  # NaN: Optuna fails it
 
 
@@ -216,7 +220,7 @@ def write_best(study: optuna.Study, spec: Spec, extra: list[str], conf_dir: Path
         best = study.best_trial
     except ValueError:
         return None
-    overrides = [*spec.base, *extra, *(f"{k}={_fmt(v)}" for k, v in best.params.items())]
+    overrides = [*spec.base, *extra, *(f"{k}={_fmt(v)}" for k, v in trial_values(best, spec.space).items())]
     defaults, body = [], OmegaConf.create({})
     for ov in OverridesParser.create().parse_overrides(overrides):
         key, value = ov.key_or_group, ov.value()
@@ -245,8 +249,10 @@ def summary(study: optuna.Study, spec: Spec, best_path: Path | None) -> str:
     lines = [f"sweep {spec.study_name}: {len(trials)} trials {counts}; budget {spec.n_trials} (COMPLETE+PRUNED)"]
     ranked = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
     for t in ranked[:10]:
-        p = " ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
-        lines.append(f"  #{t.number:<4d} {t.value:.4f} ± {t.user_attrs.get('select_accuracy_std', 0):.4f}  {p}")
+        p = " ".join(f"{k}={_fmt(v)}" for k, v in trial_values(t, spec.space).items())
+        se = t.user_attrs.get("select_accuracy_se")
+        lines.append(f"  #{t.number:<4d} {t.value:.4f} ± {t.user_attrs.get('select_accuracy_std', 0):.4f}"
+                     f"{f' (SE {se:.4f})' if se is not None else ''}{' control' * ('control' in t.user_attrs)}  {p}")
     if best_path:
         lines.append(f"best: trial {ranked[0].number} -> {best_path} "
                      f"(python -m gradft {experiment_override(best_path.stem)})")
@@ -291,10 +297,13 @@ def sweep(spec: Spec, extra: list[str] = (), workers: int = 1, conf_dir: Path = 
                                 load_if_exists=True, sampler=make_sampler(spec, spec.seed), pruner=make_pruner(spec))
     check_guidance_version(study, spec)
     kept = {k: v for k, v in asdict(spec).items() if k not in ("n_trials", "storage", "out_dir")}  # no password
+    if not kept.get("controls"):
+        kept.pop("controls", None)  # as studies created before `controls:` existed recorded their spec
     if study.user_attrs.get("spec") not in (None, kept):
         log.warning("the spec differs from the one this study was created with (see its user attr `spec`)")
     study.set_user_attr("spec", kept)
     enqueue(study, spec.enqueue)
+    enqueue_controls(study, spec.controls, spec.space)  # λ = 0 points: "no guidance" can win (gradft.sweep_signal)
     if budget_met(study, spec):  # nothing to run: no worker is started (and nothing heavy imported)
         log.info("budget met: %d trials COMPLETE or PRUNED of n_trials=%d; nothing to run (raise --n-trials for "
                  "more)", sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials()),
