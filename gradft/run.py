@@ -2,6 +2,7 @@
 
     validate config -> load task + sample k shots -> load backbone -> apply method (+ guidance)
     -> d_task, train (plain or guided steps, gradient metrics) -> evaluate -> results.json + W&B
+    (+ the trained model and predictions.jsonl: gradft.saving)
 
 ``head=classifier`` trains a new classification head; ``head=lm`` phrases each example as the task's prompt and
 scores label words or candidates with the pretrained LM head (``gradft.prompting``). ``shots=0`` (head=lm only)
@@ -14,6 +15,7 @@ fixes which k examples are drawn. All config errors are raised before any model 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,7 +29,9 @@ from transformers import get_linear_schedule_with_warmup
 
 from gradft import data as gdata
 from gradft.config import CONF_DIR, train_steps, validate  # noqa: F401  (re-exported: callers import them here)
+from gradft.data.checks import draw_for_run, source_label_index
 from gradft.data.taskconf import compose_task
+from gradft.early_stop import EarlyStopping, final_train_loss
 from gradft.evaluate import evaluate
 from gradft.forward import set_gradient
 from gradft.grad_sketch import gradient_monitor
@@ -38,6 +42,7 @@ from gradft.methods import apply_method, trainable_parameters
 from gradft.metrics import GradientMonitor, baselines
 from gradft.models import backbone_parameters, head_kind, load_backbone
 from gradft.prompting import PromptCollator, prompt_spec
+from gradft.saving import save_run
 from gradft.stopping import interrupted, sigterm_interrupts
 from gradft.tracking import Tracker, config_key, hardware, write_results
 from gradft.train import Phases, Trainer, enable_checkpointing, epoch_batches
@@ -62,29 +67,33 @@ def summary_keys(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _device(name: str) -> torch.device:
+    """``trainer.device`` as a torch device; one a machine does not have is a ValueError naming the key."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"trainer.device={name}: this machine has no CUDA device (torch.cuda.is_available() is "
+                         "False); use trainer.device=auto or cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"trainer.device={name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"trainer.device={name}: MPS is not available on this machine; use trainer.device=auto")
+    return device
 
 
 def _source_gradient_fn(cfg: DictConfig, task: gdata.TaskData, model, space, collate, device, tok) -> Callable:
     """The k-shot gradient of the guidance's source task, as a closure. head=classifier: the source's labels are
-    mapped onto the target's head. head=lm: the source keeps its own prompt and label words (any two tasks fit)."""
+    mapped onto the target's head by name or ``guidance.source_label_map`` (``gradft.data.checks``), never by
+    position. head=lm: the source keeps its own prompt and label words (any two tasks fit)."""
     gcfg = cfg.guidance
     scfg = compose_task(gcfg.source_task, cfg)  # on the run's config search path: a user's own task can guide
     source = gdata.load_task(scfg, cfg.data)
     examples = gdata.sample_shots(source.train_pool, min(cfg.shots, len(source.train_pool)), cfg.data_seed)
     if cfg.get("head", "classifier") == "lm":
         collate = make_collator(cfg, scfg, source, tok, model)
-    else:
-        if source.multiple_choice != task.multiple_choice:
-            raise ValueError(f"guidance.source_task={gcfg.source_task}: must be the same kind of task as {task.name}")
-        mapping = dict(gcfg.source_label_map or {})
-        if not mapping and len(source.labels) != len(task.labels):
-            raise ValueError(f"guidance.source_task={gcfg.source_task} has labels {source.labels}, {task.name} has "
-                             f"{task.labels}: set guidance.source_label_map")
-        index = {str(k).lower(): task.labels.index(str(v)) for k, v in mapping.items()}
-        examples = [replace(e, label=index.get(source.labels[e.label].lower(), e.label)) for e in examples]
+    else:  # by name or by guidance.source_label_map, never by position
+        index = source_label_index(source, task, gcfg.source_task, gcfg.source_label_map)
+        examples = [replace(e, label=index[e.label]) for e in examples]
     batches = list(gdata.iterate_batches(examples, cfg.trainer.batch_size, collate, shuffle=False))
     return lambda: set_gradient(model, space, batches, device)
 
@@ -103,8 +112,9 @@ def make_collator(cfg: DictConfig, task_cfg: DictConfig, task: gdata.TaskData, t
 
 def _train(cfg: DictConfig, task: gdata.TaskData, shots: list[gdata.Example], model, space: ParamSpace,
            metric_space: ParamSpace, collate, device, tracker: Tracker, report, tok,
-           phases: Phases) -> tuple[Trainer, Any, Any, int]:
-    """d_task, optional guidance, then the training loop: (trainer, monitor, guidance, steps)."""
+           phases: Phases) -> tuple[Trainer, Any, Any, int, dict[str, Any]]:
+    """d_task, optional guidance, then the training loop: (trainer, monitor, guidance, steps, length), steps the
+    cap and length how far it went (``trainer.stop``: gradft.early_stop)."""
     bs = min(cfg.trainer.batch_size, len(shots))
     shot_batches = list(gdata.iterate_batches(shots, bs, collate, shuffle=False))  # tokenized once, reused
     monitor = None  # metrics.every=0 (sweeps: only the selection accuracy counts) skips d_task and every metric pass
@@ -128,21 +138,44 @@ def _train(cfg: DictConfig, task: gdata.TaskData, shots: list[gdata.Example], mo
                       guidance, monitor, metric_space, cfg.metrics.every or 1, tracker.log, total=steps,
                       phases=phases, grad_accum=int(cfg.trainer.get("grad_accum", 1)))
     batches = epoch_batches(shots, bs, collate, cfg.seed)
-    every = cfg.eval.select_every if report is not None else 0
-    done = 0
+    # trainer.stop=early: `steps` is the cap; the selection split is scored every select_every steps (gradft.early_stop)
+    stopper = EarlyStopping(space.params, cfg.trainer.patience) if cfg.trainer.get("stop") == "early" else None
+    every = cfg.eval.select_every if report is not None or stopper else 0
+    done, curve = 0, []
     while done < steps:  # in chunks so that the selection split can be scored (and the run pruned) between
         chunk = min(every or steps, steps - done)
         with phases("steps"):
             trainer.fit(batches, chunk, desc=f"{cfg.method.name} {task.name} k={cfg.shots}")
         done += chunk
-        if every and done < steps:
+        if every and (done < steps or stopper):
             with phases("select_eval"):
                 acc = evaluate(model, task.select, collate, cfg.eval.batch_size, device, [], len(task.labels),
                                "select")["accuracy"]
             tracker.log({"select/accuracy": acc}, trainer.state.step)
-            report(done, acc)
+            curve.append([done, acc])
+            if report is not None and done < steps:
+                report(done, acc)
+            if stopper and stopper.update(done, acc):
+                log.info("early stop at step %d/%d: select accuracy %.4f at step %s, not beaten in %d scores",
+                         done, steps, stopper.best_acc, stopper.best_step, stopper.patience)
+                break
+    if stopper:
+        stopper.restore()  # evaluate the best checkpoint's trainable weights
+    length = {"steps_run": done, "best_step": stopper.best_step if stopper else done,
+              "stopped_early": bool(stopper) and done < steps, "per_epoch": math.ceil(len(shots) / bs),
+              "select_curve": curve}
     phases.seconds["steps"] -= phases.seconds.get("metric_passes", 0.0)  # steps: the optimisation steps alone
-    return trainer, monitor, guidance, steps
+    return trainer, monitor, guidance, steps, length
+
+
+def _length_record(trainer: Trainer | None, ln: dict[str, Any]) -> dict[str, Any]:
+    """results.json: how long the run trained, whose weights were evaluated, and the training loss there."""
+    if trainer is None:  # zero-shot
+        return {"steps_run": 0, "best_step": None, "stopped_early": False, "final_train_loss": None,
+                "select_curve": []}
+    loss = final_train_loss(trainer.state.history["train/loss"], ln["best_step"] or ln["steps_run"], ln["per_epoch"])
+    return {"steps_run": ln["steps_run"], "best_step": ln["best_step"], "stopped_early": ln["stopped_early"],
+            "final_train_loss": loss, "select_curve": ln["select_curve"]}
 
 
 def run(cfg: DictConfig, out_dir: str | Path | None = None,
@@ -169,7 +202,7 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
 
     with phases("data"):
         task = gdata.load_task(cfg.task, cfg.data)
-        shots = gdata.sample_shots(task.train_pool, cfg.shots, cfg.data_seed, cfg.data.balance) if cfg.shots else []
+        shots = draw_for_run(cfg, task)  # the checks python -m gradft.data makes too
         eval_set = _cap(task.eval, cfg.eval.max_examples)
     phases.start("model_load")
     torch.manual_seed(cfg.seed)  # the new head, LoRA's A, adapters and prompts are initialised from here
@@ -198,29 +231,33 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
         metric_space = ParamSpace(backbone) if cfg.metrics.space == "backbone" else space
         t_train = time.perf_counter()
         trainer = monitor = guidance = None
-        steps = 0
+        steps, length = 0, {}
         if shots:
-            trainer, monitor, guidance, steps = _train(cfg, task, shots, model, space, metric_space, collate,
-                                                       device, tracker, report, tok, phases)
+            trainer, monitor, guidance, steps, length = _train(cfg, task, shots, model, space, metric_space,
+                                                               collate, device, tracker, report, tok, phases)
         train_time = time.perf_counter() - t_train
 
         metric_names = list(cfg.task.get("metrics", []))
         n_cls = len(task.labels)
         metrics: dict[str, float] = {}
+        scores: list = []  # per example and class, from the same pass: predictions.jsonl (gradft.saving)
         if "eval" in cfg.eval.splits:  # sweeps score only the selection split: never select on the reported one
             with phases("eval"):
-                metrics = evaluate(model, eval_set, collate, cfg.eval.batch_size, device, metric_names, n_cls)
+                metrics = evaluate(model, eval_set, collate, cfg.eval.batch_size, device, metric_names, n_cls,
+                                   scores=scores)
         metrics.update(monitor.summary() if monitor else GradientMonitor.empty_summary())
         # floors from the train pool (never the drawn, class-balanced shots), chance, and the eval split's own rate
         metrics.update(baselines([e.label for e in task.train_pool], [e.label for e in eval_set], n_cls))
         state = trainer.state if trainer else None
         results: dict[str, Any] = {
-            "method": cfg.method.name, "task": task.name, "shots": cfg.shots, "seed": cfg.seed,
+            "method": cfg.method.name if shots else "zero-shot",  # k = 0 applies no method
+            "task": task.name, "shots": cfg.shots, "seed": cfg.seed,
             "data_seed": cfg.data_seed, "model": cfg.model.name, "head": head, "guidance": cfg.guidance.name,
             "config_key": config_key(cfg), "env": hardware(device), "metrics": metrics, "eval_examples": len(eval_set),
             "shot_ids": [e.idx for e in shots], "data": task.info,
             "trainable_params": space.numel if shots else 0, "metric_space_params": metric_space.numel,
             "steps": steps, "skipped_nonfinite": state.skipped_nonfinite if state else 0,
+            **_length_record(trainer, length),
             "train_time_s": train_time, "wall_time_s": None, "history": state.history if state else {},
             "trace": {k: v for k, v in state.trace.items() if k.startswith(("guide/", "grad/"))} if state else {},
         }
@@ -239,13 +276,15 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
             with phases("select_eval"):
                 results["select_metrics"] = evaluate(model, task.select, collate, cfg.eval.batch_size, device,
                                                      metric_names, n_cls, "select")
+        with phases("save"):  # save.model / save.predictions: the trained model and per-example predictions
+            results["saved"] = save_run(out, cfg, model, tok, task, eval_set, scores)
         results["wall_time_s"] = time.perf_counter() - t0
         results["profile"] = {**phases.seconds, "other": results["wall_time_s"] - sum(phases.seconds.values())}
         write_results(out, results, cfg)
         tracker.summary(summary_keys(metrics))
         split = "accuracy" if "accuracy" in metrics else "select accuracy"
         log.info("%s %s k=%d seed=%d: %s %.4f, stability %.3f, alignment %.3f (%.1fs) -> %s",
-                 cfg.method.name, task.name, cfg.shots, cfg.seed, split,
+                 results["method"], task.name, cfg.shots, cfg.seed, split,
                  metrics.get("accuracy", results.get("select_metrics", {}).get("accuracy", float("nan"))),
                  metrics["gradient_stability"], metrics["directional_alignment"], results["wall_time_s"], out)
         failed = False

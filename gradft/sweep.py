@@ -33,7 +33,9 @@ from optuna.trial import TrialState
 
 from gradft import stopping
 from gradft.config import CONF_DIR
+from gradft.guidance_config import GUIDANCE_VERSION
 from gradft.stopping import sigterm_interrupts
+from gradft.sweep_signal import control_overrides, enqueue_controls, objective_stats, trial_values
 from gradft.sweep_spec import (  # noqa: F401  (load_spec, Spec, ... stay importable from here)
     PRUNERS,
     SAMPLERS,
@@ -102,12 +104,15 @@ class Objective:
         from gradft.run import run
         from gradft.train import NonFiniteError
 
+        trial.set_user_attr("guidance_version", GUIDANCE_VERSION)  # check_guidance_version reads it on resume
+
         self.lock.release()  # the trial exists (RUNNING): other workers now count it
         spec = self.spec
         trial.study.sampler = make_sampler(spec, derive_seed(spec.seed, trial.number))
-        params = {k: _suggest(trial, k, d) for k, d in spec.space.items()}
-        overrides = ["eval.splits=[select]", f"logger.group={spec.study_name}", *spec.base, *self.extra,
-                     *(f"{k}={_fmt(v)}" for k, v in params.items())]
+        fixed = control_overrides(trial, spec.space)  # a control point's values outside the space (λ = 0)
+        params = {k: _suggest(trial, k, d) for k, d in spec.space.items() if k not in fixed}
+        overrides = ["eval.splits=[select]", "save.model=false", f"logger.group={spec.study_name}", *spec.base,
+                     *self.extra, *(f"{k}={_fmt(v)}" for k, v in {**params, **fixed}.items())]
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("worker", self.worker)
         accs: dict[str, float] = {}
@@ -140,6 +145,8 @@ class Objective:
                     raise optuna.TrialPruned(f"mean select accuracy {running:.4f} after {len(accs)} runs")
         values = list(accs.values())
         trial.set_user_attr("select_accuracy_std", statistics.stdev(values) if len(values) > 1 else 0.0)
+        for key, value in objective_stats(accs).items():  # per task, per seed, the objective's standard error
+            trial.set_user_attr(key, value)
         return statistics.fmean(values) if all(map(math.isfinite, values)) else float("nan")  # NaN: Optuna fails it
 
 
@@ -203,19 +210,21 @@ def experiment_override(name: str) -> str:
 
 
 def write_best(study: optuna.Study, spec: Spec, extra: list[str], conf_dir: Path = CONF_DIR) -> Path | None:
-    """The best trial's base overrides + params as ``conf/experiment/best_<name>.yaml`` (``# @package _global_``):
-    config-group choices go to its defaults list, every other key to its body."""
+    """The best trial's base overrides + params as ``<conf_dir>/experiment/best_<name>.yaml`` (``# @package
+    _global_``): config-group choices go to its defaults list, every other key to its body. ``hydra.*`` overrides
+    (a user's ``hydra.searchpath``) say where configs are, not what a run computes: they stay on the command line
+    (an experiment file may not set them), and the header's command names ``--config-dir`` for a user's conf dir."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
         best = study.best_trial
     except ValueError:
         return None
-    overrides = [*spec.base, *extra, *(f"{k}={_fmt(v)}" for k, v in best.params.items())]
+    overrides = [*spec.base, *extra, *(f"{k}={_fmt(v)}" for k, v in trial_values(best, spec.space).items())]
     defaults, body = [], OmegaConf.create({})
     for ov in OverridesParser.create().parse_overrides(overrides):
         key, value = ov.key_or_group, ov.value()
-        if ov.is_delete():
+        if ov.is_delete() or key.split(".")[0] == "hydra":
             continue
         if "." not in key and (CONF_DIR / key).is_dir():
             defaults.append({f"override /{key}": value})
@@ -224,10 +233,12 @@ def write_best(study: optuna.Study, spec: Spec, extra: list[str], conf_dir: Path
     doc = OmegaConf.create({"defaults": defaults, **OmegaConf.to_container(body)} if defaults else body)
     std = best.user_attrs.get("select_accuracy_std", float("nan"))
     path = conf_dir / "experiment" / f"best_{spec.study_name}.yaml"
-    header = (f"# @package _global_\n# Best of sweep {spec.study_name}: trial {best.number}, mean FewGLUE dev32 "
-              f"accuracy {best.value:.4f} ± {std:.4f} over tasks {spec.tasks} × {spec.n_seeds} seed(s).\n"
+    where = "" if Path(conf_dir).resolve() == CONF_DIR.resolve() else f"--config-dir {Path(conf_dir).resolve()} "
+    header = (f"# @package _global_\n# Best of sweep {spec.study_name}: trial {best.number}, mean selection-split "
+              f"accuracy (each task's `select` split, never its reported one) {best.value:.4f} ± {std:.4f} over "
+              f"tasks {spec.tasks} × {spec.n_seeds} seed(s).\n"
               f"# Written by gradft.sweep on {datetime.now():%Y-%m-%d %H:%M}. Run it with:\n"
-              f"# python -m gradft {experiment_override(path.stem)} task={spec.tasks[0]}\n")
+              f"# python -m gradft {where}{experiment_override(path.stem)} task={spec.tasks[0]}\n")
     atomic_write(path, header + OmegaConf.to_yaml(doc))
     return path
 
@@ -238,8 +249,10 @@ def summary(study: optuna.Study, spec: Spec, best_path: Path | None) -> str:
     lines = [f"sweep {spec.study_name}: {len(trials)} trials {counts}; budget {spec.n_trials} (COMPLETE+PRUNED)"]
     ranked = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
     for t in ranked[:10]:
-        p = " ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
-        lines.append(f"  #{t.number:<4d} {t.value:.4f} ± {t.user_attrs.get('select_accuracy_std', 0):.4f}  {p}")
+        p = " ".join(f"{k}={_fmt(v)}" for k, v in trial_values(t, spec.space).items())
+        se = t.user_attrs.get("select_accuracy_se")
+        lines.append(f"  #{t.number:<4d} {t.value:.4f} ± {t.user_attrs.get('select_accuracy_std', 0):.4f}"
+                     f"{f' (SE {se:.4f})' if se is not None else ''}{' control' * ('control' in t.user_attrs)}  {p}")
     if best_path:
         lines.append(f"best: trial {ranked[0].number} -> {best_path} "
                      f"(python -m gradft {experiment_override(best_path.stem)})")
@@ -262,16 +275,35 @@ def enqueue(study: optuna.Study, points: list[dict[str, Any]]) -> None:
             study.enqueue_trial(params)
 
 
+def check_guidance_version(study: optuna.Study, spec: Spec) -> None:
+    """A guided study whose finished trials do not carry this guidance version (none recorded: version 1, before the
+    fix of issue 27) is refused, so its trials are never counted as current. Torch-free: composes the config only."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        if compose("config", overrides=[*spec.base, "paths.output_dir=."]).guidance.name == "none":
+            return
+    old = {t.user_attrs.get("guidance_version", 1) for t in study.get_trials(deepcopy=False)
+           if t.state in (TrialState.COMPLETE, TrialState.PRUNED)} - {GUIDANCE_VERSION}
+    if old:
+        raise SystemExit(f"study {spec.study_name} holds trials of guidance version {min(old)}, superseded by "
+                         f"version {GUIDANCE_VERSION} (results/README.md): give the spec a new study_name")
+
+
 def sweep(spec: Spec, extra: list[str] = (), workers: int = 1, conf_dir: Path = CONF_DIR) -> int:
     """Create (or load) the study once, run ``workers`` workers on it, write the best params, print the summary."""
     extra = list(extra)
     study = optuna.create_study(study_name=spec.study_name, storage=make_storage(spec), direction="maximize",
                                 load_if_exists=True, sampler=make_sampler(spec, spec.seed), pruner=make_pruner(spec))
+    check_guidance_version(study, spec)
     kept = {k: v for k, v in asdict(spec).items() if k not in ("n_trials", "storage", "out_dir")}  # no password
+    if not kept.get("controls"):
+        kept.pop("controls", None)  # as studies created before `controls:` existed recorded their spec
     if study.user_attrs.get("spec") not in (None, kept):
         log.warning("the spec differs from the one this study was created with (see its user attr `spec`)")
     study.set_user_attr("spec", kept)
     enqueue(study, spec.enqueue)
+    enqueue_controls(study, spec.controls, spec.space)  # λ = 0 points: "no guidance" can win (gradft.sweep_signal)
     if budget_met(study, spec):  # nothing to run: no worker is started (and nothing heavy imported)
         log.info("budget met: %d trials COMPLETE or PRUNED of n_trials=%d; nothing to run (raise --n-trials for "
                  "more)", sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials()),

@@ -93,17 +93,20 @@ def write_results(out_dir: str | Path, results: dict[str, Any], cfg: DictConfig)
 # (a file task's ``root`` too: it resolves from data.domain_root or names the user's folder)
 LOCATION_KEYS = (("data", "superglue_root"), ("data", "fewglue_root"), ("data", "domain_root"), ("data", "source"),
                  ("task", "root"))
-NEUTRAL = {("trainer", "precision"): "fp32", ("trainer", "grad_accum"): 1, ("trainer", "gradient_checkpointing"): False,
-           ("metrics", "sketch"): "auto"}
+NEUTRAL = {("trainer", "precision"): "fp32", ("data", "select"): "task", ("trainer", "stop"): "fixed",
+           ("trainer", "grad_accum"): 1, ("trainer", "gradient_checkpointing"): False, ("metrics", "sketch"): "auto"}
+# options read only when another option is off its neutral value: dropped with it (data.select_size without
+# data.select=pool, trainer.patience without trainer.stop=early compute nothing different)
+ONLY_WITH = {("data", "select_size"): ("data", "select"), ("trainer", "patience"): ("trainer", "stop")}
 
 
 def config_key(cfg: DictConfig | dict, drop: tuple[str, ...] = SEED_KEYS) -> str:
-    """A short hash of what a run computes: the resolved config without ``drop``, logger, paths, hydra,
+    """A short hash of what a run computes: the resolved config without ``drop``, logger, paths, hydra, save,
     trainer.threads/device, the data's location, options at their neutral value and, with head=classifier, the
     task's prompt (it is not read); the training length as its step count, however it was given. The same in any
     checkout."""
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
-    for k in (*drop, "logger", "paths", "hydra"):
+    for k in (*drop, "logger", "paths", "hydra", "save"):  # save: what a run writes out, not what it computes
         c.pop(k, None)
     for k in ("threads", "device"):  # where a run executes does not change what it computes
         c.get("trainer", {}).pop(k, None)
@@ -113,6 +116,9 @@ def config_key(cfg: DictConfig | dict, drop: tuple[str, ...] = SEED_KEYS) -> str
         c.get("task", {}).pop("prompt", None)  # a new classifier head never reads the task's prompt
     for (group, key), neutral in NEUTRAL.items():
         if c.get(group, {}).get(key, neutral) == neutral:
+            c.get(group, {}).pop(key, None)
+    for (group, key), (g2, k2) in ONLY_WITH.items():
+        if k2 not in c.get(g2, {}):  # its governing option is at its neutral value
             c.get(group, {}).pop(key, None)
     tr = c.get("trainer", {})
     if {"steps", "epochs", "max_steps", "batch_size"} <= tr.keys() and "shots" in c:
