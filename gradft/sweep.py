@@ -1,7 +1,9 @@
 """Optuna sweeps over ``run()``: ``python -m gradft.sweep sweeps/ours_rte.yaml [--n-trials N] [--workers W] [...]``.
 
 Owns: the study (created once, then resumed with ``load_if_exists``), the TOTAL trial budget (COMPLETE + PRUNED
-trials across invocations and workers; failures do not use it up but at most ``max_failures`` are tolerated), worker
+trials across invocations and workers; failures do not use it up, and at most ``max_failures`` of one invocation
+are tolerated: those of earlier invocations are listed and block nothing), the spec checked before the first trial
+(``sweep_spec.check_space``), worker
 processes on one storage, per-trial sampler seeds (a resumed or parallel sweep never re-proposes a point), the
 objective (mean FewGLUE dev32 accuracy over tasks × seeds — never the official val split), pruning through ``run()``'s
 ``report`` callback, the best-params experiment file ``conf/experiment/best_<name>.yaml`` and the summary. The spec
@@ -38,11 +40,13 @@ from gradft.sweep_spec import (  # noqa: F401  (load_spec, Spec, ... stay import
     PRUNERS,
     SAMPLERS,
     Spec,
+    check_space,
     derive_seed,
     load_spec,
     make_pruner,
     make_sampler,
     make_storage,
+    mask,
 )
 from gradft.tracking import atomic_write
 
@@ -155,6 +159,12 @@ def work(spec: Spec, extra: list[str], worker: int = 0, n_workers: int = 1) -> i
     lock = BudgetLock(Path(spec.out_dir) / f".{spec.study_name}.budget.lock")
     objective = Objective(spec, extra, lock, f"{socket.gethostname()}:{os.getpid()}:w{worker}")
     waited_for: set[int] = set()
+    optuna.storages.fail_stale_trials(study)
+    earlier = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    if earlier and worker == 0:  # a spec fixed after failures: they stay in the study, listed, and block nothing
+        log.info("%d failed trial(s) of earlier runs (%s) stay in the study; they use no budget and do not count "
+                 "toward max_failures=%d", len(earlier), ", ".join(f"#{n}" for n in sorted(earlier)),
+                 spec.max_failures)
     while True:
         stopping.check()  # never start a trial after a SIGTERM (its exception may have been swallowed)
         lock.acquire()
@@ -165,9 +175,9 @@ def work(spec: Spec, extra: list[str], worker: int = 0, n_workers: int = 1) -> i
             done = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
             if budget_met(study, spec):
                 return 0
-            if states.count(TrialState.FAIL) >= spec.max_failures:
-                log.error("%d failed trials (max_failures=%d): stopping", states.count(TrialState.FAIL),
-                          spec.max_failures)
+            failed = sum(t.state == TrialState.FAIL and t.number not in earlier for t in trials)
+            if failed >= spec.max_failures:
+                log.error("%d failed trials in this run (max_failures=%d): stopping", failed, spec.max_failures)
                 return 1
             if done + states.count(TrialState.RUNNING) >= spec.n_trials:
                 running = {t.number for t in trials if t.state == TrialState.RUNNING}
@@ -265,6 +275,7 @@ def enqueue(study: optuna.Study, points: list[dict[str, Any]]) -> None:
 def sweep(spec: Spec, extra: list[str] = (), workers: int = 1, conf_dir: Path = CONF_DIR) -> int:
     """Create (or load) the study once, run ``workers`` workers on it, write the best params, print the summary."""
     extra = list(extra)
+    check_space(spec, extra)  # a typo or an empty space: one line before any trial (and before the study exists)
     study = optuna.create_study(study_name=spec.study_name, storage=make_storage(spec), direction="maximize",
                                 load_if_exists=True, sampler=make_sampler(spec, spec.seed), pruner=make_pruner(spec))
     kept = {k: v for k, v in asdict(spec).items() if k not in ("n_trials", "storage", "out_dir")}  # no password
@@ -311,10 +322,11 @@ def main(argv: list[str] | None = None) -> int:
                      out_dir=args.out_dir)
     if args.dashboard:
         if spec.storage.startswith("sqlite:///") and not Path(spec.storage[len("sqlite:///"):]).exists():
-            raise SystemExit(f"no study yet at {spec.storage}: run `make sweep SWEEP={Path(args.spec).stem}` first")
+            raise SystemExit(f"no study yet at {mask(spec.storage)}: run `make sweep SWEEP={Path(args.spec).stem}` "
+                             "first")
         exe = Path(sys.executable).with_name("optuna-dashboard")
         cmd = [str(exe) if exe.exists() else "optuna-dashboard", spec.storage]
-        print("$", " ".join(cmd), flush=True)
+        print("$", *cmd[:-1], mask(cmd[-1]), flush=True)
         os.execvp(cmd[0], cmd)
     try:
         return sweep(spec, args.overrides, args.workers, args.conf_dir)
