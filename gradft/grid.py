@@ -128,10 +128,14 @@ class Plan:
         cells are Table 1's): the same computation, so its config.yaml and results.json are copied as they are."""
         for other in sorted(d for d in self.root.parent.iterdir() if d.is_dir() and d != self.root):
             if self.is_done(cell, other / cell.rel):
-                self.supersede(cell)  # whatever was there (not done), kept; then results.json last: it marks done
-                for name in ("config.yaml", "results.json"):
-                    atomic_write(self.cell_dir(cell) / name, (other / cell.rel / name).read_text())
-                self.event("adopt", cell, source=str(other / cell.rel))
+                try:
+                    self.supersede(cell)  # whatever was there (not done), kept; then results.json last: it marks done
+                    for name in ("config.yaml", "results.json"):
+                        atomic_write(self.cell_dir(cell) / name, (other / cell.rel / name).read_text())
+                    self.event("adopt", cell, source=str(other / cell.rel))
+                except OSError as e:  # a full disk: not adopted (and not done); the cell is run instead
+                    log.error("%s: could not adopt %s: %s", cell.rel, other / cell.rel, e)
+                    return False
                 return True
         return False
 
