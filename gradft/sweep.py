@@ -272,10 +272,25 @@ def enqueue(study: optuna.Study, points: list[dict[str, Any]]) -> None:
             study.enqueue_trial(params)
 
 
+def run_study(spec: Spec, extra: list[str], workers: int) -> int:
+    """``workers`` workers on the study (this process when 1); 0 when they met the budget."""
+    if workers <= 1:
+        with sigterm_interrupts():
+            return work(spec, extra)
+    from gradft.grid import run_workers
+
+    codes = run_workers(_worker_main, [(asdict(spec), extra, i, workers) for i in range(workers)],
+                        [f"sweep-w{i}" for i in range(workers)])
+    for i, c in enumerate(codes):
+        if c:
+            log.error("worker %d exited with code %s (its log lines above say why)", i, c)
+    return int(any(codes))
+
+
 def sweep(spec: Spec, extra: list[str] = (), workers: int = 1, conf_dir: Path = CONF_DIR) -> int:
     """Create (or load) the study once, run ``workers`` workers on it, write the best params, print the summary."""
     extra = list(extra)
-    check_space(spec, extra)  # a typo or an empty space: one line before any trial (and before the study exists)
+    check_space(spec, extra, compose=False)  # a typo or an empty space: one line, before the study exists
     study = optuna.create_study(study_name=spec.study_name, storage=make_storage(spec), direction="maximize",
                                 load_if_exists=True, sampler=make_sampler(spec, spec.seed), pruner=make_pruner(spec))
     kept = {k: v for k, v in asdict(spec).items() if k not in ("n_trials", "storage", "out_dir")}  # no password
@@ -288,18 +303,9 @@ def sweep(spec: Spec, extra: list[str] = (), workers: int = 1, conf_dir: Path = 
                  "more)", sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials()),
                  spec.n_trials)
         code = 0
-    elif workers <= 1:
-        with sigterm_interrupts():
-            code = work(spec, extra)
     else:
-        from gradft.grid import run_workers
-
-        codes = run_workers(_worker_main, [(asdict(spec), extra, i, workers) for i in range(workers)],
-                            [f"sweep-w{i}" for i in range(workers)])
-        for i, c in enumerate(codes):
-            if c:
-                log.error("worker %d exited with code %s (its log lines above say why)", i, c)
-        code = int(any(codes))
+        check_space(spec, extra)  # a bad value of a searched name: one line before the first trial (imports torch)
+        code = run_study(spec, extra, workers)
     best_path = write_best(study, spec, extra, conf_dir)
     print(summary(study, spec, best_path))
     return int(code)

@@ -89,10 +89,11 @@ def _value(v: Any) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 
 
-def check_space(spec: Spec, extra: list[str] = ()) -> None:
-    """Before the first trial: the search space is not empty, and every searched name composes into the run config
-    of every task (each parameter at a sample value, with the base and extra overrides) and passes the run's own
-    checks; a ValueError of one line (naming the key, with a "did you mean") otherwise."""
+def check_space(spec: Spec, extra: list[str] = (), compose: bool = True) -> None:
+    """Before the first trial: the search space is not empty, every searched name is a config key, and (``compose``:
+    torch is imported) composes into the run config of every task (each parameter at a sample value, with the base
+    and extra overrides) and passes the run's own checks; a ValueError of one line (naming the key, with a "did you
+    mean") otherwise."""
     if not spec.space:
         raise ValueError(f"study {spec.study_name}: the search space is empty: every trial would run the same config; "
                          "list the parameters to search under space: (sweeps/ours_rte.yaml shows how)")
@@ -100,7 +101,6 @@ def check_space(spec: Spec, extra: list[str] = ()) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from gradft.config import check_override_keys, validate
-    from gradft.grid import compose_run
 
     params = [f"{k}={_value(_sample(d))}" for k, d in spec.space.items()]
     overrides = ["eval.splits=[select]", *spec.base, *extra, *params]
@@ -108,7 +108,9 @@ def check_space(spec: Spec, extra: list[str] = ()) -> None:
         check_override_keys([*spec.base, *extra, *params])
     except ValueError as e:
         raise ValueError(f"study {spec.study_name}: {e} (sweep spec: space or base)") from None
-    for task in spec.tasks:
+    for task in spec.tasks if compose else ():
+        from gradft.grid import compose_run
+
         try:
             validate(compose_run([*overrides, f"task={task}", "seed=0", "data_seed=0", "paths.output_dir=."]))
         except (ValueError, HydraException, OmegaConfBaseException) as e:
@@ -156,7 +158,7 @@ def _scrub(text: str, url: str) -> str:
     except Exception:  # noqa: BLE001
         password = None
     text = text.replace(url, mask(url))
-    return text.replace(str(password), "***") if password else text
+    return re.sub(rf"(?<![\w]){re.escape(password)}(?![\w])", "***", text) if password else text
 
 
 def make_storage(spec: Spec) -> optuna.storages.RDBStorage:
