@@ -2,11 +2,13 @@
 
 Owns: the grid specs (node ``grid`` of ``conf/experiment/<grid>.yaml``) expanded into cells (task × method × shots ×
 seed), each a normal ``run()`` in ``<out>/<grid>/<task>/<method>/k<shots>/s<seed>/``; cells whose pool cannot supply
-k shots (skipped, listed in ``skipped.json``); finished cells (results.json with matching config_key, seed, data_seed:
-skipped, or copied from a sibling grid under the same ``--out`` that ran the same cell); cells whose run diverged
+k shots (skipped, listed in ``skipped.json``); finished cells (a valid result of the plan's key and seeds,
+``gradft.resultfile``: skipped, or copied from a sibling grid under the same ``--out`` that ran the same cell); cells
+holding a finished result of another config (refused, or with ``--overwrite`` rerun with the old result kept in
+``<cell>/superseded/<key>/``); cells whose run diverged
 with the same config (error.json ``diverged``: kept as an outcome, ``--retry-diverged`` runs them); one lock per cell
 (``gradft.locks``) so that workers and concurrent grid processes never run a cell twice at once; the runs log
-``runs.jsonl``; the exit code (non-zero if a cell failed).
+``runs.jsonl``; the exit code (non-zero if a cell failed or could not write its result, 2 when it refused to run).
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""The sweep spec (``sweeps/*.yaml``) and the Optuna objects it builds: the sampler (seeded per trial), the pruner
-and the storage (SQLite here, PostgreSQL to scale out: docs/sweeps.md), whose heartbeat fails the trials of killed
-workers. ``gradft.sweep`` runs studies with them; ``gradft.tuned`` reads finished ones."""
+"""The sweep spec (``sweeps/*.yaml``), checked before the first trial (``check_space``: a non-empty space of config
+keys that compose), and the Optuna objects it builds: the sampler (seeded per trial), the pruner and the storage
+(SQLite here, PostgreSQL to scale out: docs/sweeps.md; a connect timeout, no password in any message), whose
+heartbeat fails the trials of killed workers. ``gradft.sweep`` runs studies with them; ``gradft.tuned`` reads
+finished ones."""
 
 from __future__ import annotations
 
