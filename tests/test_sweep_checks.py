@@ -83,7 +83,7 @@ def silent_server():
 def test_a_storage_that_accepts_but_never_answers_fails_within_the_connect_timeout_without_its_password(
         tmp_path, silent_server, capsys, monkeypatch):
     pytest.importorskip("psycopg", reason="no psycopg driver: pip install -e '.[postgres]'")
-    monkeypatch.setattr(sweep_spec, "CONNECT_TIMEOUT_S", 2)
+    monkeypatch.setattr(sweep_spec, "CONNECT_TIMEOUT_S", 2, raising=False)
     url = f"postgresql+psycopg://gradft:s3cret-Pw@127.0.0.1:{silent_server}/studies"
     t = time.perf_counter()
     assert run_sweep(make_spec(tmp_path, tasks=["cb"]), "--storage", url, "--n-trials", "1", *FAST) == 2
