@@ -79,6 +79,47 @@ def test_a_full_disk_while_writing_results_fails_the_grid_and_leaves_a_cell_that
     assert p.is_done(p.cells[0])
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB filesystem (tmpfs; needs root and a mount the sandbox allows, else skipped): a full disk."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root, or not allowed): the monkeypatched ENOSPC test covers it")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path, leave_pages: int) -> Path:
+    """Fill ``disk`` with 4 KiB files, then free ``leave_pages`` of them: room for a config.yaml, not a result."""
+    (disk / "fill").mkdir()
+    i = 0
+    try:
+        while True:
+            (disk / "fill" / str(i)).write_bytes(b"\0" * 4096)
+            i += 1
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    for j in range(leave_pages):
+        (disk / "fill" / str(j)).unlink()
+    return disk / "fill"
+
+
+def test_a_real_full_disk_fails_the_grid_and_the_cell_reruns_once_there_is_space(small_disk, caplog):
+    out = str(small_disk)
+    assert grid.main(["smoke", "--out", out, *ONE]) == 0
+    filler = fill(small_disk, leave_pages=2)
+    with caplog.at_level("INFO", logger="gradft.grid"):
+        assert grid.main(["smoke", "--out", out, *ONE, "trainer.steps=3", "--overwrite"]) == 1
+    assert f"failed: {CELL} (OSError: [Errno 28] No space left on device" in caplog.text
+    cell = small_disk / "smoke" / CELL
+    assert not (cell / "results.json").exists() and len(list((cell / "superseded").iterdir())) == 1
+    p = grid.plan("smoke", [*ONE, "trainer.steps=3"], out)
+    assert not p.is_done(p.cells[0])
+    shutil.rmtree(filler)
+    assert grid.main(["smoke", "--out", out, *ONE, "trainer.steps=3"]) == 0 and p.is_done(p.cells[0])
+
+
 def test_a_new_config_beside_an_old_results_json_is_not_done(tree):
     """What a kill between config.yaml and results.json (or a full disk) left before: the new config, the old
     results. The results.json carries its own key, which is not the config's."""
