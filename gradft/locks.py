@@ -83,15 +83,16 @@ def _is_stale(lock: Path, break_foreign: bool = False) -> bool:
         return time.time() - lock.stat().st_mtime > 60 if lock.exists() else True
 
 
-def describe(lock: Path) -> str:
-    """Who holds ``lock``, in words: ``pid 123 on host h since 04:33:10`` (and what to do if the host is another)."""
+def describe(lock: Path, advice: bool = True) -> str:
+    """Who holds ``lock``, in words: ``pid 123 on host h since 04:33:10`` (and, with ``advice``, what to do if the
+    host is another)."""
     try:
         info = json.loads(lock.read_text())
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info.get("time", lock.stat().st_mtime))))
         text = f"pid {info.get('pid')} on host {info.get('host')} since {since}"
     except (OSError, ValueError, TypeError, AttributeError):
         return f"{lock} (unreadable: broken after 60 s)"
-    if info.get("host") != HOST:
+    if advice and info.get("host") != HOST:
         text += (f" (another host than this {HOST}: never broken from here; if no grid runs there any more, rerun "
                  "with --break-locks)")
     return text
@@ -109,7 +110,8 @@ def _break_stale(lock: Path, break_foreign: bool = False) -> None:
         return
     try:
         if _is_stale(lock, break_foreign):
-            log.warning("breaking stale lock %s (%s)", lock, describe(lock))
+            log.warning("breaking %s lock %s (%s)", "another host's" if break_foreign else "stale", lock,
+                        describe(lock, advice=False))
             lock.unlink(missing_ok=True)
     finally:
         os.close(fd)
