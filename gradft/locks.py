@@ -110,8 +110,7 @@ def _break_stale(lock: Path, break_foreign: bool = False) -> None:
         return
     try:
         if _is_stale(lock, break_foreign):
-            log.warning("breaking %s lock %s (%s)", "another host's" if break_foreign else "stale", lock,
-                        describe(lock, advice=False))
+            log.warning("breaking stale lock %s (%s)", lock, describe(lock, advice=False))
             lock.unlink(missing_ok=True)
     finally:
         os.close(fd)
