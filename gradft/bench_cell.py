@@ -32,7 +32,8 @@ import torch
 from gradft import data as gdata
 from gradft.tracking import atomic_write
 
-CELL = ["task=rte", "method=lora", "shots=32", "trainer.epochs=20", "metrics.every=4", "logger.mode=disabled"]
+CELL = ["task=rte", "method=lora", "shots=32", "trainer.epochs=20", "metrics.every=4", "logger.mode=disabled",
+        "save.model=false"]  # the plain twin saves nothing either
 
 
 def _lm_label_logits(model, b: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -17,18 +17,19 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from gradft import CONF_DIR  # noqa: F401  (re-exported: callers import it here)
 from gradft.guidance_config import guidance_config
 from gradft.methods import method_config
 from gradft.methods.config import CONFIGS as METHOD_CONFIGS
 from gradft.prompt_spec import prompt_spec
 from gradft.tracking import MODES
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 HEADS = ("classifier", "lm")
 GROUPS = ("model", "task", "guidance", "method", "trainer", "logger")
 SPLITS = ("eval", "select")
 # keys the code reads that no shipped yaml sets (hub.yaml's name_or_path is set; these are dataclass-only)
 EXTRA_KEYS: dict[str, set[str]] = {"method": {"kind"}}
+MAX_SEED = 2**63 - 1  # torch.manual_seed overflows above it ("Overflow when unpacking long long", naming no key)
 
 
 def _is_global(path: Path) -> bool:
@@ -114,7 +115,7 @@ def _number(key: str, v: Any, minimum: float = 0.0, strict: bool = True, integer
     if not ok or not math.isfinite(v) or (v <= minimum if strict else v < minimum) or (maximum is not None
                                                                                          and v > maximum):
         kind = "an integer" if integer else "a finite number"
-        upper = f" and ≤ {maximum:g}" if maximum is not None else ""
+        upper = f" and ≤ {maximum if isinstance(maximum, int) else f'{maximum:g}'}" if maximum is not None else ""
         raise ValueError(f"{key}={v!r}: must be {kind} {'>' if strict else '≥'} {minimum:g}{upper}")
 
 
@@ -199,8 +200,11 @@ def validate(cfg: DictConfig) -> None:
     if where.startswith(("/", "./", "../", "~")) and not Path(where).expanduser().is_dir():  # a path, not a hub id
         raise ValueError(f"model.name_or_path={where!r}: no such folder (a local model is a folder with config.json; "
                          "a hub id looks like org/name)")
-    _number("seed", cfg.seed, integer=True, strict=False)
-    _number("data_seed", cfg.data_seed, integer=True, strict=False)
+    _number("seed", cfg.seed, integer=True, strict=False, maximum=MAX_SEED)  # torch.manual_seed's range
+    _number("data_seed", cfg.data_seed, integer=True, strict=False, maximum=MAX_SEED)
     _choice("logger.mode", cfg.logger.mode, MODES)
+    for key, v in (cfg.get("save") or {}).items():
+        if not isinstance(v, bool):
+            raise ValueError(f"save.{key}={v!r}: must be true or false")
     if cfg.guidance.name != "none":
         guidance_config(cfg.guidance)

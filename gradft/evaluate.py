@@ -1,5 +1,6 @@
 """Batched evaluation under no_grad: examples sorted by length (less padding), padded per batch, predictions put
-back in the original order, then scored with the task's metrics."""
+back in the original order, then scored with the task's metrics. ``scores`` (a list to fill) receives each
+example's per-class scores from the same pass (run.py writes them to predictions.jsonl: ``gradft.saving``)."""
 
 from __future__ import annotations
 
@@ -23,26 +24,33 @@ def _length(ex: Example) -> int:
 
 @torch.no_grad()
 def predict(model: nn.Module, examples: list[Example], collate: Collator, batch_size: int,
-            device: torch.device, desc: str = "eval") -> list[int]:
+            device: torch.device, desc: str = "eval", scores: list | None = None) -> list[int]:
     order = sorted(range(len(examples)), key=lambda i: _length(examples[i]))
     preds = [0] * len(examples)
+    if scores is not None:
+        scores[:] = [None] * len(examples)
     was_training = model.training
     model.eval()
     starts = range(0, len(order), batch_size)
     for s in tqdm(starts, desc=desc, leave=False, disable=None):
         idx = order[s : s + batch_size]
         batch = to_device(collate([examples[i] for i in idx]), device)
-        for i, p in zip(idx, logits_of(model, batch).argmax(-1).tolist(), strict=True):
+        logits = logits_of(model, batch)
+        for i, p in zip(idx, logits.argmax(-1).tolist(), strict=True):
             preds[i] = p
+        if scores is not None:
+            for i, row in zip(idx, logits.tolist(), strict=True):
+                scores[i] = row
     model.train(was_training)
     return preds
 
 
 def evaluate(model: nn.Module, examples: list[Example], collate: Collator, batch_size: int, device: torch.device,
-             metric_names: list[str], n_classes: int, desc: str = "eval") -> dict[str, float]:
+             metric_names: list[str], n_classes: int, desc: str = "eval",
+             scores: list | None = None) -> dict[str, float]:
     t0 = time.perf_counter()
     log.info("%s: scoring %d examples", desc, len(examples))  # a long silence otherwise (BoolQ: minutes)
-    preds = predict(model, examples, collate, batch_size, device, desc)
-    scores = task_metrics(metric_names, preds, [e.label for e in examples], n_classes, [e.group for e in examples])
-    log.info("%s: %s (%.1f s)", desc, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), time.perf_counter() - t0)
-    return scores
+    preds = predict(model, examples, collate, batch_size, device, desc, scores)
+    out = task_metrics(metric_names, preds, [e.label for e in examples], n_classes, [e.group for e in examples])
+    log.info("%s: %s (%.1f s)", desc, ", ".join(f"{k} {v:.4f}" for k, v in out.items()), time.perf_counter() - t0)
+    return out

@@ -185,7 +185,7 @@ def plan(grid: str, extra: list[str] = (), out: str | Path = "outputs/grid") -> 
     ``full/k0`` cell, not a new ``lora/k0`` twin); the report shows it as the row ``zero-shot``."""
     spec = grid_spec(grid)
     axes = {"head": [None], **{k: list(v) for k, v in spec["axes"].items()}}
-    common = [str(o) for o in spec["overrides"]]
+    common = ["save.model=false", "save.predictions=false", *(str(o) for o in spec["overrides"])]  # unless asked
     for o in extra:
         key = o.split("=", 1)[0]
         if key in AXES + OPTIONAL_AXES:

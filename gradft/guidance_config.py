@@ -22,6 +22,7 @@ HVPS = ("finite_difference", "central", "sub_batch", "double_backward")
 class GuidanceConfig:
     name: str = "none"
     version: int = GUIDANCE_VERSION  # see GUIDANCE_VERSION; a config naming another version is refused
+    mode: str = "hessian"  # hessian: ∇L_total = g + H·v | update: the terms reshape g itself (docs/guidance.md)
     lambda1: float = 0.1  # λ1, direction term
     lambda2: float = 0.1  # λ2, magnitude term
     tau: float = 1.0  # τ; with tau_mode=relative, a multiple of the running mean ‖g‖
@@ -32,6 +33,7 @@ class GuidanceConfig:
     hvp: str = "finite_difference"  # finite_difference | central | sub_batch | double_backward
     hvp_batch: int = 2  # sub_batch: the m examples of the batch the difference is taken on
     fd_r: float | None = None  # finite-difference step along v̂; None: FD_R for the estimator and compute dtype
+    max_hv_ratio: float | None = 1.0  # hessian: trust region ‖H·v‖ ≤ κ‖g‖ (counted when it binds); None: off
     every: int = 1  # guide 1 step in `every`
     warmup: int = 0  # plain steps before guidance starts
     eps: float = 1e-8  # ‖g‖ below this: no direction to regularise, the step is plain (counted)
@@ -48,9 +50,9 @@ class GuidanceConfig:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
                 raise ValueError(f"guidance.{key}={v!r}: must be a finite number ≥ 0")
-        for key in ("fd_r", "eps"):
+        for key in ("fd_r", "eps", "max_hv_ratio"):
             v = getattr(self, key)
-            if key == "fd_r" and v is None:
+            if key in ("fd_r", "max_hv_ratio") and v is None:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
                 raise ValueError(f"guidance.{key}={v!r}: must be a finite number > 0")
@@ -60,6 +62,13 @@ class GuidanceConfig:
                 raise ValueError(f"guidance.{key}={v!r}: must be an integer ≥ 1")
         if not 0 <= self.ema_beta < 1:
             raise ValueError(f"guidance.ema_beta={self.ema_beta!r}: must be in [0, 1)")
+        if self.mode not in MODES:
+            raise ValueError(f"guidance.mode={self.mode!r}: must be one of {', '.join(MODES)}")
+        if self.mode == "update":
+            for key in ("lambda1", "lambda2", "lambda3"):
+                if getattr(self, key) > 1:
+                    raise ValueError(f"guidance.{key}={getattr(self, key)!r}: with guidance.mode=update it is a "
+                                     "fraction of the way to the target, in [0, 1]")
         if self.d_prior not in D_PRIORS:
             raise ValueError(f"guidance.d_prior={self.d_prior!r}: must be one of {', '.join(D_PRIORS)}")
         if self.hvp not in HVPS:

@@ -58,12 +58,24 @@ def task_fields(task_cfg: Mapping[str, Any], spec: PromptSpec) -> set[str]:
 
 
 def _placeholders(template: str, key: str) -> set[str]:
+    """The field names of a template; anything but a plain ``{name}`` is refused: attribute or index access
+    (``{premise.__class__}`` prints object internals into the prompt), a conversion or a format spec
+    (``{premise:>200000000}`` pads every prompt to 200 MB)."""
     try:
-        return {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(template)
-                if name is not None}
+        parts = list(string.Formatter().parse(template))
     except ValueError as e:  # an unbalanced brace
         raise ValueError(f"{key}={template!r}: not a format string ({e}); write a literal brace as {{{{ or }}}}") \
             from None
+    names = set()
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            field = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"{key}: {field} is not a plain field name; a template takes only {{field}} "
+                             "(no attribute or index access, conversion or format spec)")
+        names.add(name)
+    return names
 
 
 def check_fields(task_cfg: Mapping[str, Any], spec: PromptSpec) -> None:

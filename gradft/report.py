@@ -165,20 +165,22 @@ def report(root: str | Path | list[str | Path] = "outputs/grid", out: str | Path
     """Figure 3 from the table (domain / user) tasks' results, every model in one figure; Table 1 + Figure 2 from
     the SuperGLUE results, one set per model (``<out>/<model>/`` when several are found and --model is not given).
     Several roots (e.g. each setting's Figure 3 grid) are read together; their cells must not overlap."""
-    from gradft.report_figure3 import figure3, is_table_task
+    from gradft.report_figure3 import diverged_runs, figure3, is_table_task
 
     roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
     root, out = (roots[0] if len(roots) == 1 else roots), Path(out)
     tuning_node = _tuning(tuning)
     recs = [r for d in roots for r in collect(d) if seeds is None or r["seed"] in seeds]  # e.g. a partial grid's
-    if not recs:
+    if not recs and not any(d["table_task"] for d in diverged_runs(roots)):
         raise SystemExit(f"no results.json under {root}{f' with seeds {seeds}' if seeds else ''}: run `make table1` "
                          "(or python -m gradft.grid ...) first")
     domain = [r for r in recs if is_table_task(r) and (model is None or r["model"] == model)]
     glue = [r for r in recs if not is_table_task(r)]
-    if domain:
+    lost = [d for d in diverged_runs(roots) if d["table_task"]]  # a user's only run diverged: still a Figure 3
+    if domain or lost:
         paths = figure3(domain, out, root, tuning_node)
-        print(f"wrote {', '.join(str(p) for p in paths)} (Figure 3: {len(domain)} domain-task results)")
+        print(f"wrote {', '.join(str(p) for p in paths)} (Figure 3: from {len(domain)} domain-task results.json"
+              f"{', and the diverged runs it lists' if paths and 'diverged' in paths[-1].read_text() else ''})")
     table: dict[str, Any] = {}
     if glue and len(roots) > 1:
         raise SystemExit("several --root are read together for Figure 3 (domain tasks) only: give Table 1 / Figure 2 "

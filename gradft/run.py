@@ -2,6 +2,7 @@
 
     validate config -> load task + sample k shots -> load backbone -> apply method (+ guidance)
     -> d_task, train (plain or guided steps, gradient metrics) -> evaluate -> results.json + W&B
+    (+ the trained model and predictions.jsonl: gradft.saving)
 
 ``head=classifier`` trains a new classification head; ``head=lm`` phrases each example as the task's prompt and
 scores label words or candidates with the pretrained LM head (``gradft.prompting``). ``shots=0`` (head=lm only)
@@ -27,15 +28,18 @@ from transformers import get_linear_schedule_with_warmup
 
 from gradft import data as gdata
 from gradft.config import CONF_DIR, train_steps, validate  # noqa: F401  (re-exported: callers import them here)
+from gradft.data.checks import draw_for_run, source_label_index
 from gradft.data.taskconf import compose_task
 from gradft.evaluate import evaluate
 from gradft.forward import set_gradient
 from gradft.gradients import ParamSpace
-from gradft.guidance import StructuredGuidance, guidance_config
+from gradft.guidance import StructuredGuidance
+from gradft.guidance_config import guidance_config
 from gradft.methods import apply_method, trainable_parameters
 from gradft.metrics import GradientMonitor, baselines
 from gradft.models import backbone_parameters, head_kind, load_backbone
 from gradft.prompting import PromptCollator, prompt_spec
+from gradft.saving import save_run
 from gradft.stopping import interrupted, sigterm_interrupts
 from gradft.tracking import Tracker, config_key, hardware, write_results
 from gradft.train import Phases, Trainer, epoch_batches
@@ -60,29 +64,33 @@ def summary_keys(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _device(name: str) -> torch.device:
+    """``trainer.device`` as a torch device; one a machine does not have is a ValueError naming the key."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"trainer.device={name}: this machine has no CUDA device (torch.cuda.is_available() is "
+                         "False); use trainer.device=auto or cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"trainer.device={name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"trainer.device={name}: MPS is not available on this machine; use trainer.device=auto")
+    return device
 
 
 def _source_gradient_fn(cfg: DictConfig, task: gdata.TaskData, model, space, collate, device, tok) -> Callable:
     """The k-shot gradient of the guidance's source task, as a closure. head=classifier: the source's labels are
-    mapped onto the target's head. head=lm: the source keeps its own prompt and label words (any two tasks fit)."""
+    mapped onto the target's head by name or ``guidance.source_label_map`` (``gradft.data.checks``), never by
+    position. head=lm: the source keeps its own prompt and label words (any two tasks fit)."""
     gcfg = cfg.guidance
     scfg = compose_task(gcfg.source_task, cfg)  # on the run's config search path: a user's own task can guide
     source = gdata.load_task(scfg, cfg.data)
     examples = gdata.sample_shots(source.train_pool, min(cfg.shots, len(source.train_pool)), cfg.data_seed)
     if cfg.get("head", "classifier") == "lm":
         collate = make_collator(cfg, scfg, source, tok, model)
-    else:
-        if source.multiple_choice != task.multiple_choice:
-            raise ValueError(f"guidance.source_task={gcfg.source_task}: must be the same kind of task as {task.name}")
-        mapping = dict(gcfg.source_label_map or {})
-        if not mapping and len(source.labels) != len(task.labels):
-            raise ValueError(f"guidance.source_task={gcfg.source_task} has labels {source.labels}, {task.name} has "
-                             f"{task.labels}: set guidance.source_label_map")
-        index = {str(k).lower(): task.labels.index(str(v)) for k, v in mapping.items()}
-        examples = [replace(e, label=index.get(source.labels[e.label].lower(), e.label)) for e in examples]
+    else:  # by name or by guidance.source_label_map, never by position
+        index = source_label_index(source, task, gcfg.source_task, gcfg.source_label_map)
+        examples = [replace(e, label=index[e.label]) for e in examples]
     batches = list(gdata.iterate_batches(examples, cfg.trainer.batch_size, collate, shuffle=False))
     return lambda: set_gradient(model, space, batches, device)
 
@@ -165,7 +173,7 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
 
     with phases("data"):
         task = gdata.load_task(cfg.task, cfg.data)
-        shots = gdata.sample_shots(task.train_pool, cfg.shots, cfg.data_seed, cfg.data.balance) if cfg.shots else []
+        shots = draw_for_run(cfg, task)  # the checks python -m gradft.data makes too
         eval_set = _cap(task.eval, cfg.eval.max_examples)
     phases.start("model_load")
     torch.manual_seed(cfg.seed)  # the new head, LoRA's A, adapters and prompts are initialised from here
@@ -203,15 +211,18 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
         metric_names = list(cfg.task.get("metrics", []))
         n_cls = len(task.labels)
         metrics: dict[str, float] = {}
+        scores: list = []  # per example and class, from the same pass: predictions.jsonl (gradft.saving)
         if "eval" in cfg.eval.splits:  # sweeps score only the selection split: never select on the reported one
             with phases("eval"):
-                metrics = evaluate(model, eval_set, collate, cfg.eval.batch_size, device, metric_names, n_cls)
+                metrics = evaluate(model, eval_set, collate, cfg.eval.batch_size, device, metric_names, n_cls,
+                                   scores=scores)
         metrics.update(monitor.summary() if monitor else GradientMonitor.empty_summary())
         # floors from the train pool (never the drawn, class-balanced shots), chance, and the eval split's own rate
         metrics.update(baselines([e.label for e in task.train_pool], [e.label for e in eval_set], n_cls))
         state = trainer.state if trainer else None
         results: dict[str, Any] = {
-            "method": cfg.method.name, "task": task.name, "shots": cfg.shots, "seed": cfg.seed,
+            "method": cfg.method.name if shots else "zero-shot",  # k = 0 applies no method
+            "task": task.name, "shots": cfg.shots, "seed": cfg.seed,
             "data_seed": cfg.data_seed, "model": cfg.model.name, "head": head, "guidance": cfg.guidance.name,
             "config_key": config_key(cfg), "env": hardware(device), "metrics": metrics, "eval_examples": len(eval_set),
             "shot_ids": [e.idx for e in shots], "data": task.info,
@@ -222,8 +233,11 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
         }
         if guidance is not None:
             results["guidance_version"] = guidance.cfg.version
-            results["guidance_stats"] = {"guided_steps": trainer.guided_steps,
-                                         "skipped_small_grad": guidance.skipped_small_grad}
+            warnings = guidance.health(state.history["train/loss"])
+            for w in warnings:
+                log.warning("guidance (%s reading): %s", guidance.cfg.mode, w)
+            # counts of every safeguard that acted, and the unstable-guidance sentences (none: an empty list)
+            results["guidance_stats"] = {**guidance.counts, "mode": guidance.cfg.mode, "warnings": warnings}
             for key, values in state.trace.items():  # means of R_dir, R_mag, R_grad, cosines, ‖Hv‖/‖g‖
                 if key.startswith("guide/"):
                     mean = sum(v for _, v in values) / len(values)
@@ -232,13 +246,15 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
             with phases("select_eval"):
                 results["select_metrics"] = evaluate(model, task.select, collate, cfg.eval.batch_size, device,
                                                      metric_names, n_cls, "select")
+        with phases("save"):  # save.model / save.predictions: the trained model and per-example predictions
+            results["saved"] = save_run(out, cfg, model, tok, task, eval_set, scores)
         results["wall_time_s"] = time.perf_counter() - t0
         results["profile"] = {**phases.seconds, "other": results["wall_time_s"] - sum(phases.seconds.values())}
         write_results(out, results, cfg)
         tracker.summary(summary_keys(metrics))
         split = "accuracy" if "accuracy" in metrics else "select accuracy"
         log.info("%s %s k=%d seed=%d: %s %.4f, stability %.3f, alignment %.3f (%.1fs) -> %s",
-                 cfg.method.name, task.name, cfg.shots, cfg.seed, split,
+                 results["method"], task.name, cfg.shots, cfg.seed, split,
                  metrics.get("accuracy", results.get("select_metrics", {}).get("accuracy", float("nan"))),
                  metrics["gradient_stability"], metrics["directional_alignment"], results["wall_time_s"], out)
         failed = False

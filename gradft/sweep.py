@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 
 from gradft import stopping
 from gradft.config import CONF_DIR
+from gradft.guidance_config import GUIDANCE_VERSION
 from gradft.stopping import sigterm_interrupts
 from gradft.sweep_spec import (  # noqa: F401  (load_spec, Spec, ... stay importable from here)
     PRUNERS,
@@ -110,8 +111,8 @@ class Objective:
         spec = self.spec
         trial.study.sampler = make_sampler(spec, derive_seed(spec.seed, trial.number))
         params = {k: _suggest(trial, k, d) for k, d in spec.space.items()}
-        overrides = ["eval.splits=[select]", f"logger.group={spec.study_name}", *spec.base, *self.extra,
-                     *(f"{k}={_fmt(v)}" for k, v in params.items())]
+        overrides = ["eval.splits=[select]", "save.model=false", f"logger.group={spec.study_name}", *spec.base,
+                     *self.extra, *(f"{k}={_fmt(v)}" for k, v in params.items())]
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("worker", self.worker)
         accs: dict[str, float] = {}
@@ -213,8 +214,10 @@ def experiment_override(name: str) -> str:
 
 
 def write_best(study: optuna.Study, spec: Spec, extra: list[str], conf_dir: Path = CONF_DIR) -> Path | None:
-    """The best trial's base overrides + params as ``conf/experiment/best_<name>.yaml`` (``# @package _global_``):
-    config-group choices go to its defaults list, every other key to its body."""
+    """The best trial's base overrides + params as ``<conf_dir>/experiment/best_<name>.yaml`` (``# @package
+    _global_``): config-group choices go to its defaults list, every other key to its body. ``hydra.*`` overrides
+    (a user's ``hydra.searchpath``) say where configs are, not what a run computes: they stay on the command line
+    (an experiment file may not set them), and the header's command names ``--config-dir`` for a user's conf dir."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
@@ -225,7 +228,7 @@ def write_best(study: optuna.Study, spec: Spec, extra: list[str], conf_dir: Path
     defaults, body = [], OmegaConf.create({})
     for ov in OverridesParser.create().parse_overrides(overrides):
         key, value = ov.key_or_group, ov.value()
-        if ov.is_delete():
+        if ov.is_delete() or key.split(".")[0] == "hydra":
             continue
         if "." not in key and (CONF_DIR / key).is_dir():
             defaults.append({f"override /{key}": value})
@@ -234,10 +237,12 @@ def write_best(study: optuna.Study, spec: Spec, extra: list[str], conf_dir: Path
     doc = OmegaConf.create({"defaults": defaults, **OmegaConf.to_container(body)} if defaults else body)
     std = best.user_attrs.get("select_accuracy_std", float("nan"))
     path = conf_dir / "experiment" / f"best_{spec.study_name}.yaml"
-    header = (f"# @package _global_\n# Best of sweep {spec.study_name}: trial {best.number}, mean FewGLUE dev32 "
-              f"accuracy {best.value:.4f} ± {std:.4f} over tasks {spec.tasks} × {spec.n_seeds} seed(s).\n"
+    where = "" if Path(conf_dir).resolve() == CONF_DIR.resolve() else f"--config-dir {Path(conf_dir).resolve()} "
+    header = (f"# @package _global_\n# Best of sweep {spec.study_name}: trial {best.number}, mean selection-split "
+              f"accuracy (each task's `select` split, never its reported one) {best.value:.4f} ± {std:.4f} over "
+              f"tasks {spec.tasks} × {spec.n_seeds} seed(s).\n"
               f"# Written by gradft.sweep on {datetime.now():%Y-%m-%d %H:%M}. Run it with:\n"
-              f"# python -m gradft {experiment_override(path.stem)} task={spec.tasks[0]}\n")
+              f"# python -m gradft {where}{experiment_override(path.stem)} task={spec.tasks[0]}\n")
     atomic_write(path, header + OmegaConf.to_yaml(doc))
     return path
 
@@ -287,12 +292,27 @@ def run_study(spec: Spec, extra: list[str], workers: int) -> int:
     return int(any(codes))
 
 
+def check_guidance_version(study: optuna.Study, spec: Spec) -> None:
+    """A guided study records its guidance version; one with trials of another version (none recorded: version 1,
+    before the fix of issue 27) is refused, so its trials are never counted as current."""
+    from gradft.grid import compose_run
+
+    if compose_run([*spec.base, "paths.output_dir=."]).guidance.name == "none":
+        return
+    version = study.user_attrs.get("guidance_version", 1 if study.get_trials(deepcopy=False) else GUIDANCE_VERSION)
+    if version != GUIDANCE_VERSION:
+        raise SystemExit(f"study {spec.study_name} holds trials of guidance version {version}, superseded by "
+                         f"version {GUIDANCE_VERSION} (results/README.md): give the spec a new study_name")
+    study.set_user_attr("guidance_version", GUIDANCE_VERSION)
+
+
 def sweep(spec: Spec, extra: list[str] = (), workers: int = 1, conf_dir: Path = CONF_DIR) -> int:
     """Create (or load) the study once, run ``workers`` workers on it, write the best params, print the summary."""
     extra = list(extra)
     check_space(spec, extra, compose=False)  # a typo or an empty space: one line, before the study exists
     study = optuna.create_study(study_name=spec.study_name, storage=make_storage(spec), direction="maximize",
                                 load_if_exists=True, sampler=make_sampler(spec, spec.seed), pruner=make_pruner(spec))
+    check_guidance_version(study, spec)
     kept = {k: v for k, v in asdict(spec).items() if k not in ("n_trials", "storage", "out_dir")}  # no password
     if study.user_attrs.get("spec") not in (None, kept):
         log.warning("the spec differs from the one this study was created with (see its user attr `spec`)")

@@ -100,12 +100,12 @@ NEUTRAL = {("trainer", "precision"): "fp32"}
 
 
 def config_key(cfg: DictConfig | dict, drop: tuple[str, ...] = SEED_KEYS) -> str:
-    """A short hash of what a run computes: the resolved config without ``drop``, logger, paths, hydra,
+    """A short hash of what a run computes: the resolved config without ``drop``, logger, paths, hydra, save,
     trainer.threads/device, the data's location, options at their neutral value and, with head=classifier, the
     task's prompt (it is not read); the training length as its step count, however it was given. The same in any
     checkout."""
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
-    for k in (*drop, "logger", "paths", "hydra"):
+    for k in (*drop, "logger", "paths", "hydra", "save"):  # save: what a run writes out, not what it computes
         c.pop(k, None)
     for k in ("threads", "device"):  # where a run executes does not change what it computes
         c.get("trainer", {}).pop(k, None)

@@ -113,15 +113,16 @@ class Trainer:
         t, logs = self.state.step, {}
         if self.monitor is not None and t % self.metrics_every == 0:
             logs.update(self.measure(batch))
-        g: Tensor | None = None
+        task_g: Tensor | None = None  # the task gradient g = ∇L_base of a guided step: what guidance observes
         if self.guidance is not None and self.guidance.active(t):
             self.guidance.refresh_source(t)
-            loss, g, glogs = self.guidance.gradient(batch)
-            logs.update(glogs)
+            guided = self.guidance.gradient(batch)
+            loss, task_g, task_norm = guided.loss, guided.task, guided.logs["guide/grad_norm"]
+            logs.update(guided.logs)
             self.guided_steps += 1
-            finite = bool(torch.isfinite(g).all()) and bool(torch.isfinite(loss))
+            finite = bool(torch.isfinite(guided.total).all()) and bool(torch.isfinite(loss))
             if finite:
-                self.space.write_grads(g)
+                self.space.write_grads(guided.total)
         else:
             loss = plain_gradient(self.model, batch)
             finite = bool(torch.isfinite(loss))
@@ -130,14 +131,15 @@ class Trainer:
             gnorm = float(nn.utils.clip_grad_norm_(self.space.params, self.max_grad_norm or float("inf")))
             finite = math.isfinite(gnorm)
         if finite:
+            if self.guidance is not None and task_g is None:  # a plain step: .grad holds g (clipping keeps its
+                task_norm = gnorm                               # direction; gnorm is its norm before clipping)
+                task_g = self.space.read_grads() if self.guidance.cfg.d_prior == "ema" else None
             self.opt.step()
             # bf16: autocast keeps its low-precision copy of each trainable weight for the whole autocast region (the
             # run): without this the next forward would still see the weights of step 0, and nothing would train
             torch.clear_autocast_cache()
-            if self.guidance is not None:
-                if g is None and self.guidance.cfg.d_prior == "ema":
-                    g = self.space.read_grads()
-                self.guidance.observe(g, gnorm)
+            if self.guidance is not None:  # the task gradient, never the guided one (that fed τ its own output)
+                self.guidance.observe(task_g, task_norm)
         else:
             self.state.skipped_nonfinite += 1
             log.warning("step %d: non-finite loss or gradient, update skipped (%d so far)", t,

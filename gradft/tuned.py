@@ -49,10 +49,11 @@ def study_summary(spec_path: str | Path, partial: bool = False) -> dict[str, Any
     import optuna
     from optuna.trial import TrialState
 
-    from gradft.sweep import load_spec
+    from gradft.sweep import check_guidance_version, load_spec
 
     spec = load_spec(spec_path)
     study = optuna.load_study(study_name=spec.study_name, storage=spec.storage)
+    check_guidance_version(study, spec)  # a pre-fix guided study is not a current tuning result
     trials = study.get_trials(deepcopy=False)
     counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     if len(counted) < spec.n_trials and not partial:

@@ -18,7 +18,7 @@ POSITIVE = ("median_s", "min_s", "max_s", "cpu_median_s", "flops_per_step", "gfl
 # measured passes per optimisation step: (forward, backward)
 # (sub_batch: three calls — m examples, the other b − m, m again shifted — over 1 + m/b batches of FLOPs)
 PASSES = {"full": (1, 1), "adapter": (1, 1), "lora": (1, 1), "prompt": (1, 1), "plain_lora": (1, 1),
-          "ours_fd": (2, 2), "ours_central": (3, 3), "ours_sub": (3, 3), "ours_exact": (1, 2)}
+          "ours_fd": (2, 2), "ours_central": (3, 3), "ours_sub": (3, 3), "ours_exact": (1, 2), "ours_update": (1, 1)}
 STRUCTURED = yaml.safe_load((CONF_DIR / "guidance" / "structured.yaml").read_text())
 DEFAULT_HVP = {"finite_difference": "ours_fd", "central": "ours_central", "sub_batch": "ours_sub",
                "double_backward": "ours_exact"}[STRUCTURED["hvp"]]
@@ -73,6 +73,7 @@ def test_guided_step_counts_more_flops_than_plain(report):
     assert v["ours_central"]["flops_per_step"] == pytest.approx(3 * lora, rel=0.02)
     assert v["ours_sub"]["flops_per_step"] == pytest.approx(1.25 * lora, rel=0.03)
     assert v["full"]["flops_per_step"] > lora
+    assert v["ours_update"]["flops_per_step"] == pytest.approx(lora, rel=0.01)  # the update reading: no extra pass
     assert v["ours_exact"]["flops_per_step"] > v["ours_fd"]["flops_per_step"]
     assert v["ours"]["flops_per_step"] == pytest.approx(v[DEFAULT_HVP]["flops_per_step"], rel=1e-6)
     # every=4: one guided step in four plain ones

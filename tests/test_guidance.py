@@ -70,10 +70,11 @@ def test_guided_gradient_matches_autograd_of_total_loss(hvp, tol, term):
         s = torch.nn.functional.normalize(torch.randn(space.numel, generator=gen, dtype=torch.float64), dim=0)
         tau = 0.5
         cfg = GuidanceConfig(name="structured", lambda1=lam1, lambda2=lam2, lambda3=lam3, tau=tau, tau_mode="absolute",
+                             max_hv_ratio=None,
                              d_prior="init", hvp=hvp, source_task="cb" if lam3 else None)
         guide = StructuredGuidance(cfg, model, space)
         guide.d_prior, guide.source = d, s
-        _, got, logs = guide.gradient(b)
+        _, got, _, logs = guide.gradient(b)
         ref = reference(model, space, b, lam1, lam2, tau, lam3, d, s)
         plain = space.grad(task_loss(model, b))
         rel = float(torch.linalg.vector_norm(got - ref) / torch.linalg.vector_norm(ref - plain))
@@ -93,12 +94,12 @@ def test_sub_batch_estimator_is_the_full_gradient_plus_the_hvp_of_its_m_examples
     model.eval()
     space = ParamSpace(trainable_parameters(model))
     b = batch(tok, 0)
-    cfg = GuidanceConfig(name="structured", lambda1=0.3, lambda2=0.2, tau=0.5, tau_mode="absolute", d_prior="init",
-                         hvp="sub_batch", hvp_batch=m)
+    cfg = GuidanceConfig(name="structured", lambda1=0.3, lambda2=0.2, tau=0.5, tau_mode="absolute", max_hv_ratio=None,
+                         d_prior="init", hvp="sub_batch", hvp_batch=m)
     guide = StructuredGuidance(cfg, model, space)
     guide.d_prior = torch.nn.functional.normalize(
         torch.randn(space.numel, generator=torch.Generator().manual_seed(3), dtype=torch.float64), dim=0)
-    loss, got, _ = guide.gradient(b)
+    loss, got, _, _ = guide.gradient(b)
     g = space.grad(task_loss(model, b))
     v, _ = guide.vector(g)
     expected = g + _exact_hv(model, space, slice_examples(b, 0, m), v)
@@ -128,7 +129,8 @@ def test_finite_difference_uses_the_same_dropout_masks_in_both_passes():
     model, tok = tiny()
     model.train()  # hidden dropout 0.1 on
     space = ParamSpace(trainable_parameters(model))
-    cfg = dict(name="structured", lambda1=0.3, lambda2=0.2, tau=0.5, tau_mode="absolute", d_prior="init")
+    cfg = dict(name="structured", lambda1=0.3, lambda2=0.2, tau=0.5, tau_mode="absolute", max_hv_ratio=None,
+               d_prior="init")
     b = batch(tok, 0)
     d = torch.nn.functional.normalize(
         torch.randn(space.numel, generator=torch.Generator().manual_seed(3), dtype=torch.float64), dim=0)
@@ -137,7 +139,7 @@ def test_finite_difference_uses_the_same_dropout_masks_in_both_passes():
         guide = StructuredGuidance(GuidanceConfig(**cfg, hvp=hvp), model, space)
         guide.d_prior = d
         torch.manual_seed(123)
-        loss, out[hvp], _ = guide.gradient(b)
+        loss, out[hvp], _, _ = guide.gradient(b)
     # the H·v parts agree to finite-difference accuracy only if every pass saw identical dropout masks
     torch.manual_seed(123)
     g = space.grad(task_loss(model, b))
@@ -202,8 +204,8 @@ def test_under_bf16_autocast_the_difference_is_taken_in_fp32_weights_with_a_step
             p.add_(torch.randn_like(p), alpha=1e-2)
     space = ParamSpace(trainable_parameters(model))
     b = batch(tok, 0)
-    cfg = GuidanceConfig(name="structured", lambda1=0.3, lambda2=0.2, tau=0.5, tau_mode="absolute", d_prior="init",
-                         hvp="central")
+    cfg = GuidanceConfig(name="structured", lambda1=0.3, lambda2=0.2, tau=0.5, tau_mode="absolute", max_hv_ratio=None,
+                         d_prior="init", hvp="central")
     guide = StructuredGuidance(cfg, model, space)
     guide.d_prior = torch.nn.functional.normalize(torch.randn(space.numel, generator=torch.Generator().manual_seed(3)),
                                                   dim=0)
@@ -215,7 +217,7 @@ def test_under_bf16_autocast_the_difference_is_taken_in_fp32_weights_with_a_step
         guide.cfg.fd_r = r
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert guide.r() == (1.0 if r is None else r)
-            _, got, _ = guide.gradient(b)
+            _, got, _, _ = guide.gradient(b)
             g_bf16 = space.grad(task_loss(model, b))
         assert got.dtype == torch.float32 and space.params[0].dtype == torch.float32
         est = got - g_bf16

@@ -168,14 +168,16 @@ def test_data_that_cannot_supply_the_run_fails_before_any_model_is_loaded(cfg_fa
     assert not any(r.name == "gradft.models" for r in caplog.records)  # no model was built
 
 
+@pytest.mark.parametrize("mode", ["hessian", "update"])
 @pytest.mark.parametrize("d_prior", ["source", "init", "ema"])
-def test_structured_guidance_with_each_d_prior_and_a_mapped_source_task(cfg_factory, d_prior):
+def test_structured_guidance_with_each_d_prior_and_a_mapped_source_task_in_both_readings(cfg_factory, d_prior, mode):
     label_map = "{entailment:entailment,contradiction:not_entailment,neutral:not_entailment}"
     r = run(cfg_factory("method=ours", "task=rte", *QUICK, "trainer.steps=3", f"guidance.d_prior={d_prior}",
+                        f"guidance.mode={mode}",
                         "guidance.lambda3=0.1", "guidance.source_task=cb", "guidance.source_refresh=2",
                         f"guidance.source_label_map={label_map}"))
     stats = r["guidance_stats"]
-    assert stats["guided_steps"] == 3 and "r_grad_mean" in stats and "r_mag_mean" in stats
+    assert stats["guided_steps"] == 3 and "r_grad_mean" in stats and "r_mag_mean" in stats and stats["mode"] == mode
     assert [s for s, _ in r["trace"]["guide/cos_source"]] == [0, 1, 2]
     if d_prior != "ema":  # ema has no direction before the first step
         assert len(r["trace"]["guide/r_dir"]) == 3

@@ -3,13 +3,16 @@
 Owns `load_table_task` and the table-task schema (docs/tasks.md, "Add your own task"): which files or hub splits feed
 `train` / `select` / `eval`, the text `fields` (1 or 2) and `label_field`, `labels` (listed, or inferred from the train
 pool in sorted order), `filter`, `map_labels`, `dedup`, and the seeded `split` that carves `select` and `eval` out of
-the train file (or subsamples a given eval file). Everything it did is recorded in `TaskData.info` (files and their
-sha256, the split seed, sizes, label counts, what was removed and why, warnings), which run() writes to results.json.
+the train file (or subsamples a given eval file). A label's surrounding whitespace is stripped (``"pos "`` is ``"pos"``,
+with a warning naming the file and line); a file split's unknown keys are refused. Everything it did is recorded in
+`TaskData.info` (files and their sha256, the split seed, sizes, label counts, what was removed and why, warnings),
+which run() writes to results.json.
 A SuperGLUE task config (one with `dir:`) never comes here.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter
 from collections.abc import Mapping
@@ -24,6 +27,9 @@ TABLE_KEYS = {"name", "source", "root", "encoding", "fields", "label_field", "la
               "train", "select", "eval", "split", "metrics", "prompt", "hub_id", "hub_name", "data_files", "format",
               "label_names", "description"}
 SPLIT_KEYS = {"seed", "select", "eval", "stratify"}
+FILE_KEYS = {"path", "encoding", "kind", "delimiter", "columns"}  # a split read from files
+HUB_KEYS = {"split"}
+log = logging.getLogger(__name__)
 Row = tuple[str, dict[str, Any]]  # (where: "file line N" / "hub ... row N", record)
 
 
@@ -46,6 +52,14 @@ def validate_table_cfg(task: Mapping[str, Any]) -> None:
     key = "split" if task.get("source") == "hub" else "path"
     if not isinstance(task.get("train"), Mapping) or key not in task["train"]:
         raise DataError(f"task {name!r}: `train` must look like {{{key}: ...}}, got {task.get('train')!r}")
+    for role in ("train", "select", "eval"):
+        spec = task.get(role)
+        extra = set(spec) - (HUB_KEYS if task.get("source") == "hub" else FILE_KEYS) if isinstance(spec, Mapping) \
+            else set()
+        if extra:
+            raise DataError(f"task {name!r}: unknown keys {sorted(extra)} in `{role}`; a "
+                            f"{'hub split' if task.get('source') == 'hub' else 'file split'} knows "
+                            f"{sorted(HUB_KEYS if task.get('source') == 'hub' else FILE_KEYS)}")
     split = task.get("split") or {}
     if set(split) - SPLIT_KEYS:
         raise DataError(f"task {name!r}: unknown `split` keys {sorted(set(split) - SPLIT_KEYS)}; known {SPLIT_KEYS}")
@@ -65,7 +79,9 @@ def _file_rows(task: dict[str, Any], spec: Mapping[str, Any], files: list[dict[s
     for p in paths:
         path = Path(str(p)).expanduser()
         path = path if path.is_absolute() else root / path
-        records = read_table(path, spec.get("encoding") or task.get("encoding") or "utf-8", spec.get("kind"))
+        columns = spec.get("columns")
+        records = read_table(path, spec.get("encoding") or task.get("encoding") or "utf-8", spec.get("kind"),
+                             spec.get("delimiter"), list(columns) if columns is not None else None)
         files.append({"role": role, "path": str(path), "sha256": sha256_file(path), "records": len(records)})
         out += [(f"{path} line {line}", rec) for line, rec in records]
     return out
@@ -97,8 +113,10 @@ def _hub_rows(task: dict[str, Any], spec: Mapping[str, Any], files: list[dict[st
     return rows
 
 
-def _to_examples(task: dict[str, Any], rows: list[Row], removed: Counter) -> list[tuple[str, str, Example]]:
-    """Filter, map labels, build Examples; returns (where, raw label, example with label -1 for now)."""
+def _to_examples(task: dict[str, Any], rows: list[Row], removed: Counter,
+                 spaced: dict[str, str]) -> list[tuple[str, str, Example]]:
+    """Filter, map labels, build Examples; returns (where, raw label, example with label -1 for now). A label with
+    surrounding whitespace is stripped (its first spelling and where it occurs go to ``spaced``)."""
     lf = task.get("label_field", "label")
     keep = {k: {str(v) for v in vs} for k, vs in (task.get("filter") or {}).items()}
     mapping = {str(k): v for k, v in (task.get("map_labels") or {}).items()}
@@ -115,6 +133,9 @@ def _to_examples(task: dict[str, Any], rows: list[Row], removed: Counter) -> lis
         if raw is None or str(raw) == "":
             raise DataError(f"{where}: no label in field {lf!r} (an unlabelled split?)")
         raw = str(raw)
+        if raw != raw.strip() and raw not in mapping:  # "pos " and "pos" are one class, said once per spelling
+            spaced.setdefault(raw, where)
+            raw = raw.strip()
         if raw in mapping:
             if mapping[raw] is None:
                 removed["map_labels"] += 1
@@ -171,6 +192,19 @@ def carve(items: list, n: int, seed: int, stratify: bool, what: str) -> tuple[li
     return [it for i, it in enumerate(items) if i not in chosen], carved
 
 
+def _domain_hint(task: dict[str, Any], data: Mapping[str, Any]) -> str:
+    """For a task whose `root` lies under data.domain_root (the shipped domain tasks) and is missing: how to set it."""
+    from .superglue import set_root_hint
+
+    domain, root = data.get("domain_root"), task.get("root")
+    if task.get("source") == "hub" or not domain or not root or not str(root).startswith(str(domain)):
+        return ""
+    if Path(str(root)).expanduser().is_dir():
+        return ""
+    hint = set_root_hint("domain_root", "/path/to/domain")
+    return f" (data.domain_root={str(domain)!r} has no {Path(str(root)).name}/: {hint})"
+
+
 def load_table_task(task: dict[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
     """Read, clean and split a table task; returns the pieces of a TaskData (train_pool, select, eval, labels, info)."""
     validate_table_cfg(task)
@@ -179,8 +213,16 @@ def load_table_task(task: dict[str, Any], data: Mapping[str, Any]) -> dict[str, 
     files: list[dict[str, Any]] = []
     removed: Counter = Counter()
     warnings: list[str] = []
-    roles = {r: _to_examples(task, read(task, task[r], files, r), removed)
-             for r in ("train", "select", "eval") if task.get(r) is not None}
+    spaced: dict[str, str] = {}
+    try:
+        roles = {r: _to_examples(task, read(task, task[r], files, r), removed, spaced)
+                 for r in ("train", "select", "eval") if task.get(r) is not None}
+    except DataError as exc:
+        raise DataError(f"{exc}{_domain_hint(task, data)}") from None
+    for raw, where in spaced.items():
+        warnings.append(f"label {raw!r} ({where}) has surrounding whitespace: read as {raw.strip()!r}, the same "
+                        "class as that spelling")
+        log.warning("%s", warnings[-1])
     if task.get("dedup"):
         roles = {r: _dedup(items, removed, warnings) for r, items in roles.items()}
         held = {tuple(t.strip() for t in it[2].texts) for r in ("select", "eval") for it in roles.get(r, [])}

@@ -46,7 +46,8 @@ def _example_lines(task_cfg: Any, task: TaskData, ex: Example) -> list[str]:
     return [*lines, f"    answer: {answer}"]
 
 
-def describe(task_cfg: Any, task: TaskData, shots: int, eval_cap: int | None = None) -> str:
+def describe(task_cfg: Any, task: TaskData, shots: int, eval_cap: int | None = None, balance: str = "auto") -> str:
+    """The inspection text; ``balance`` is the run's ``data.balance`` (strict refuses a short class before this)."""
     from gradft.metrics import baselines
 
     info = task.info
@@ -75,12 +76,12 @@ def describe(task_cfg: Any, task: TaskData, shots: int, eval_cap: int | None = N
             f"  eval majority (the eval split's own most frequent class; needs eval labels): "
             f"{b['baseline_eval_majority']:.1%}"]
     warnings = list(info.get("warnings") or [])
-    quota = shots // len(task.labels) if shots else 0
+    quota = shots // len(task.labels) if shots and balance != "none" else 0
     for c, name in enumerate(task.labels):
         n = sum(1 for e in task.train_pool if e.label == c)
         if n < quota:
             warnings.append(f"class {name!r} has {n} train-pool examples, fewer than shots={shots} // "
-                            f"{len(task.labels)} = {quota}: balance=auto gives its shortfall to the others")
+                            f"{len(task.labels)} = {quota}: balance={balance} gives its shortfall to the others")
     if shots > len(task.train_pool):
         warnings.append(f"shots={shots} > train pool {len(task.train_pool)}: the run will fail")
     seen = {e.texts for e in task.train_pool}

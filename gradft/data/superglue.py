@@ -33,6 +33,13 @@ ROOTS = {
     "superglue": ("superglue_root", "/path/to/super_glue"),
     "fewglue": ("fewglue_root", "/path/to/fewglue"),
 }
+# data config key -> the environment variable that sets it (conf/config.yaml `data:`), named in errors
+ROOT_ENV = {"superglue_root": "GRADFT_SUPERGLUE", "fewglue_root": "GRADFT_FEWGLUE", "domain_root": "GRADFT_DOMAIN"}
+
+
+def set_root_hint(key: str, placeholder: str) -> str:
+    """How to point a data root elsewhere: the environment variable or the override."""
+    return f"set {ROOT_ENV[key]}={placeholder} or pass data.{key}={placeholder}"
 HUB_SPLITS = {"train": "train", "eval": "validation"}  # hub source: which hub split feeds which role
 HELDOUT_SEED = 0  # fixed: the held-out selection split must not change with the run seed
 
@@ -99,13 +106,13 @@ def resolve_root(data_cfg: Mapping[str, Any], root: str) -> Path:
     key, placeholder = ROOTS[root]
     value = data_cfg.get(key)
     if not value:
-        raise DataError(f"data.{key} is not set; pass data.{key}={placeholder} or use data.source=hub")
+        raise DataError(f"data.{key} is not set; {set_root_hint(key, placeholder)}, or use data.source=hub")
     path = Path(str(value)).expanduser()
     path = path if path.is_absolute() else Path.cwd() / path
     if not path.is_dir():
         raise DataError(
             f"data root not found: looked for {path} (data.{key}={value!r}). "
-            f"Point elsewhere with data.{key}={placeholder}, or use data.source=hub"
+            f"Point elsewhere: {set_root_hint(key, placeholder)}, or use data.source=hub"
         )
     return path
 
@@ -229,7 +236,8 @@ def _load_hub(task: dict[str, Any], data: dict[str, Any], split: str) -> list[Ex
     except Exception as exc:  # network / cache / loading-script errors all end up here
         raise DataError(
             f"could not load hub dataset {hub_id!r} (config {hub_name!r}, split {split!r}): {exc}. "
-            "Offline? Use data.source=local with data.superglue_root=/path/to/super_glue"
+            "Offline? Use data.source=local with the local SuperGLUE layout: "
+            + set_root_hint("superglue_root", "/path/to/super_glue")
         ) from exc
     return hub_to_examples(ds, task, where=f"hub {hub_id}/{hub_name} split {split}")
 

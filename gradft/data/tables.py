@@ -3,6 +3,8 @@
 Owns `read_table` (kind from the file suffix, any `encoding`, CRLF or LF line ends, every error a `DataError` naming
 the file and, where there is one, the 1-based line), `sha256_file` (provenance in results.json) and `TABLE_KINDS`.
 Each record comes back with its line number, so later checks (unknown field, unknown label) can name the line too.
+A csv/tsv file may have another ``delimiter`` (one character, e.g. ``@``) and no header row (``columns`` names its
+columns); fields are not limited to the csv module's default 128 KiB.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import csv
 import hashlib
 import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from .formats import DataError
 
 TABLE_KINDS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
 Record = tuple[int, dict[str, Any]]  # (1-based line number, or record number for .json; the record)
+FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)  # the csv module's default is 128 KiB a field: long documents exceed it
 
 
 def sha256_file(path: Path) -> str:
@@ -79,23 +83,28 @@ def _json(path: Path, text: str) -> list[Record]:
     return [(i + 1, r) for i, r in enumerate(rows)]
 
 
-def _delimited(path: Path, text: str, delimiter: str) -> list[Record]:
+def _delimited(path: Path, text: str, delimiter: str, columns: list[str] | None = None) -> list[Record]:
+    csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise DataError(f"{path}: empty file (a header row is needed)") from None
-    except csv.Error as exc:
-        raise DataError(f"{path}: line 1: {exc}") from None
+    if columns is not None:  # no header row: line 1 is a record
+        header, start = [str(c) for c in columns], 1
+    else:
+        try:
+            header, start = next(reader), 2
+        except StopIteration:
+            raise DataError(f"{path}: empty file (a header row is needed, or name the columns with `columns:`)") \
+                from None
+        except csv.Error as exc:
+            raise DataError(f"{path}: line 1: {exc}") from None
     if len(set(header)) != len(header) or not all(h.strip() for h in header):
-        raise DataError(f"{path}: line 1: the header row needs distinct, non-empty column names, got {header}")
+        where = "`columns`" if columns is not None else "line 1: the header row"
+        raise DataError(f"{path}: {where} needs distinct, non-empty column names, got {header}")
     out = []
-    start = 2
     try:
         for row in reader:
             if row and len(row) != len(header):
                 raise DataError(f"{path}: line {start}: {len(row)} fields, the header has {len(header)} "
-                                f"({header}); a stray delimiter or an unclosed quote?")
+                                f"({header}); a stray delimiter {delimiter!r} or an unclosed quote?")
             if row:
                 out.append((start, dict(zip(header, row, strict=True))))
             start = reader.line_num + 1
@@ -104,19 +113,28 @@ def _delimited(path: Path, text: str, delimiter: str) -> list[Record]:
     return out
 
 
-def read_table(path: str | Path, encoding: str = "utf-8", kind: str | None = None) -> list[Record]:
-    """Every record of one table file, with its line number; DataError if missing, undecodable or malformed."""
+def read_table(path: str | Path, encoding: str = "utf-8", kind: str | None = None, delimiter: str | None = None,
+               columns: list[str] | None = None) -> list[Record]:
+    """Every record of one table file, with its line number; DataError if missing, undecodable or malformed.
+    ``delimiter`` and ``columns`` (no header row) apply to csv/tsv files."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"file not found: {path}")
     kind = table_kind(path, kind)
+    if (delimiter is not None or columns is not None) and kind not in ("csv", "tsv"):
+        raise DataError(f"{path}: `delimiter`/`columns` are for csv or tsv files, this one is read as {kind} "
+                        "(set `kind: csv` for a delimited .txt file)")
+    if delimiter is not None and (not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\"\r\n"):
+        raise DataError(f"{path}: delimiter={delimiter!r}: must be one character (not a quote or a line end)")
+    if columns is not None and (not isinstance(columns, list) or len(columns) < 2):
+        raise DataError(f"{path}: columns={columns!r}: must list the file's column names (it has no header row)")
     text = _decode(path, path.read_bytes(), encoding)
     if kind == "jsonl":
         rows = _jsonl(path, text)
     elif kind == "json":
         rows = _json(path, text)
     else:
-        rows = _delimited(path, text, "\t" if kind == "tsv" else ",")
+        rows = _delimited(path, text, delimiter or ("\t" if kind == "tsv" else ","), columns)
     if not rows:
         raise DataError(f"{path}: no records")
     return rows

@@ -1,6 +1,6 @@
 """Finding a task config by name the way ``task=<name>`` does: on the run's Hydra config search path.
 
-Owns `search_path` (the repo's ``conf/`` plus ``--config-dir`` and ``hydra.searchpath`` of the current run) and
+Owns `search_path` (gradft's ``CONF_DIR`` plus ``--config-dir`` and ``hydra.searchpath`` of the current run) and
 `compose_task`, which the guidance's source task (``guidance.source_task=<name>``) and tools use, so that a task yaml
 kept in a user's own config dir works as a guidance source exactly as it works as a target. Hydra is imported inside
 the functions: importing this module costs nothing.
@@ -8,10 +8,9 @@ the functions: importing this module costs nothing.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
+from gradft import CONF_DIR  # the repo's conf/, or the one packaged in the wheel
 
 
 def search_path() -> list[str]:
