@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gradft import CONF_DIR  # noqa: F401  (re-exported: callers import it here)
+from gradft.early_stop import check_stop_config
 from gradft.guidance_config import guidance_config
 from gradft.methods import method_config
 from gradft.methods.config import CONFIGS as METHOD_CONFIGS
@@ -208,3 +209,4 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"save.{key}={v!r}: must be true or false")
     if cfg.guidance.name != "none":
         guidance_config(cfg.guidance)
+    check_stop_config(cfg)  # trainer.stop/patience, data.select/select_size (gradft.early_stop)

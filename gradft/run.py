@@ -15,6 +15,7 @@ fixes which k examples are drawn. All config errors are raised before any model 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from gradft import data as gdata
 from gradft.config import CONF_DIR, train_steps, validate  # noqa: F401  (re-exported: callers import them here)
 from gradft.data.checks import draw_for_run, source_label_index
 from gradft.data.taskconf import compose_task
+from gradft.early_stop import EarlyStopping, final_train_loss
 from gradft.evaluate import evaluate
 from gradft.forward import set_gradient
 from gradft.gradients import ParamSpace
@@ -109,8 +111,9 @@ def make_collator(cfg: DictConfig, task_cfg: DictConfig, task: gdata.TaskData, t
 
 def _train(cfg: DictConfig, task: gdata.TaskData, shots: list[gdata.Example], model, space: ParamSpace,
            metric_space: ParamSpace, collate, device, tracker: Tracker, report, tok,
-           phases: Phases) -> tuple[Trainer, Any, Any, int]:
-    """d_task, optional guidance, then the training loop: (trainer, monitor, guidance, steps)."""
+           phases: Phases) -> tuple[Trainer, Any, Any, int, dict[str, Any]]:
+    """d_task, optional guidance, then the training loop: (trainer, monitor, guidance, steps, length), steps the
+    cap and length how far it went (``trainer.stop``: gradft.early_stop)."""
     bs = min(cfg.trainer.batch_size, len(shots))
     shot_batches = list(gdata.iterate_batches(shots, bs, collate, shuffle=False))  # tokenized once, reused
     monitor = None  # metrics.every=0 (sweeps: only the selection accuracy counts) skips d_task and every metric pass
@@ -132,21 +135,44 @@ def _train(cfg: DictConfig, task: gdata.TaskData, shots: list[gdata.Example], mo
                       guidance, monitor, metric_space, cfg.metrics.every or 1, tracker.log, total=steps,
                       phases=phases)
     batches = epoch_batches(shots, bs, collate, cfg.seed)
-    every = cfg.eval.select_every if report is not None else 0
-    done = 0
+    # trainer.stop=early: `steps` is the cap; the selection split is scored every select_every steps (gradft.early_stop)
+    stopper = EarlyStopping(space.params, cfg.trainer.patience) if cfg.trainer.get("stop") == "early" else None
+    every = cfg.eval.select_every if report is not None or stopper else 0
+    done, curve = 0, []
     while done < steps:  # in chunks so that the selection split can be scored (and the run pruned) between
         chunk = min(every or steps, steps - done)
         with phases("steps"):
             trainer.fit(batches, chunk, desc=f"{cfg.method.name} {task.name} k={cfg.shots}")
         done += chunk
-        if every and done < steps:
+        if every and (done < steps or stopper):
             with phases("select_eval"):
                 acc = evaluate(model, task.select, collate, cfg.eval.batch_size, device, [], len(task.labels),
                                "select")["accuracy"]
             tracker.log({"select/accuracy": acc}, trainer.state.step)
-            report(done, acc)
+            curve.append([done, acc])
+            if report is not None and done < steps:
+                report(done, acc)
+            if stopper and stopper.update(done, acc):
+                log.info("early stop at step %d/%d: select accuracy %.4f at step %s, not beaten in %d scores",
+                         done, steps, stopper.best_acc, stopper.best_step, stopper.patience)
+                break
+    if stopper:
+        stopper.restore()  # evaluate the best checkpoint's trainable weights
+    length = {"steps_run": done, "best_step": stopper.best_step if stopper else done,
+              "stopped_early": bool(stopper) and done < steps, "per_epoch": math.ceil(len(shots) / bs),
+              "select_curve": curve}
     phases.seconds["steps"] -= phases.seconds.get("metric_passes", 0.0)  # steps: the optimisation steps alone
-    return trainer, monitor, guidance, steps
+    return trainer, monitor, guidance, steps, length
+
+
+def _length_record(trainer: Trainer | None, ln: dict[str, Any]) -> dict[str, Any]:
+    """results.json: how long the run trained, whose weights were evaluated, and the training loss there."""
+    if trainer is None:  # zero-shot
+        return {"steps_run": 0, "best_step": None, "stopped_early": False, "final_train_loss": None,
+                "select_curve": []}
+    loss = final_train_loss(trainer.state.history["train/loss"], ln["best_step"] or ln["steps_run"], ln["per_epoch"])
+    return {"steps_run": ln["steps_run"], "best_step": ln["best_step"], "stopped_early": ln["stopped_early"],
+            "final_train_loss": loss, "select_curve": ln["select_curve"]}
 
 
 def run(cfg: DictConfig, out_dir: str | Path | None = None,
@@ -202,10 +228,10 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
         metric_space = ParamSpace(backbone) if cfg.metrics.space == "backbone" else space
         t_train = time.perf_counter()
         trainer = monitor = guidance = None
-        steps = 0
+        steps, length = 0, {}
         if shots:
-            trainer, monitor, guidance, steps = _train(cfg, task, shots, model, space, metric_space, collate,
-                                                       device, tracker, report, tok, phases)
+            trainer, monitor, guidance, steps, length = _train(cfg, task, shots, model, space, metric_space,
+                                                               collate, device, tracker, report, tok, phases)
         train_time = time.perf_counter() - t_train
 
         metric_names = list(cfg.task.get("metrics", []))
@@ -228,6 +254,7 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
             "shot_ids": [e.idx for e in shots], "data": task.info,
             "trainable_params": space.numel if shots else 0, "metric_space_params": metric_space.numel,
             "steps": steps, "skipped_nonfinite": state.skipped_nonfinite if state else 0,
+            **_length_record(trainer, length),
             "train_time_s": train_time, "wall_time_s": None, "history": state.history if state else {},
             "trace": {k: v for k, v in state.trace.items() if k.startswith(("guide/", "grad/"))} if state else {},
         }

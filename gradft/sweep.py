@@ -37,6 +37,7 @@ from gradft import stopping
 from gradft.config import CONF_DIR
 from gradft.guidance_config import GUIDANCE_VERSION
 from gradft.stopping import sigterm_interrupts
+from gradft.sweep_signal import control_overrides, enqueue_controls, objective_stats, trial_values
 from gradft.sweep_spec import (  # noqa: F401  (load_spec, Spec, ... stay importable from here)
     PRUNERS,
     SAMPLERS,
@@ -107,12 +108,15 @@ class Objective:
         from gradft.run import run
         from gradft.train import NonFiniteError
 
+        trial.set_user_attr("guidance_version", GUIDANCE_VERSION)  # check_guidance_version reads it on resume
+
         self.lock.release()  # the trial exists (RUNNING): other workers now count it
         spec = self.spec
         trial.study.sampler = make_sampler(spec, derive_seed(spec.seed, trial.number))
-        params = {k: _suggest(trial, k, d) for k, d in spec.space.items()}
+        fixed = control_overrides(trial, spec.space)  # a control point's values outside the space (λ = 0)
+        params = {k: _suggest(trial, k, d) for k, d in spec.space.items() if k not in fixed}
         overrides = ["eval.splits=[select]", "save.model=false", f"logger.group={spec.study_name}", *spec.base,
-                     *self.extra, *(f"{k}={_fmt(v)}" for k, v in params.items())]
+                     *self.extra, *(f"{k}={_fmt(v)}" for k, v in {**params, **fixed}.items())]
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("worker", self.worker)
         accs: dict[str, float] = {}
@@ -145,6 +149,8 @@ class Objective:
                     raise optuna.TrialPruned(f"mean select accuracy {running:.4f} after {len(accs)} runs")
         values = list(accs.values())
         trial.set_user_attr("select_accuracy_std", statistics.stdev(values) if len(values) > 1 else 0.0)
+        for key, value in objective_stats(accs).items():  # per task, per seed, the objective's standard error
+            trial.set_user_attr(key, value)
         return statistics.fmean(values) if all(map(math.isfinite, values)) else float("nan")  # NaN: Optuna fails it
 
 
@@ -224,7 +230,7 @@ def write_best(study: optuna.Study, spec: Spec, extra: list[str], conf_dir: Path
         best = study.best_trial
     except ValueError:
         return None
-    overrides = [*spec.base, *extra, *(f"{k}={_fmt(v)}" for k, v in best.params.items())]
+    overrides = [*spec.base, *extra, *(f"{k}={_fmt(v)}" for k, v in trial_values(best, spec.space).items())]
     defaults, body = [], OmegaConf.create({})
     for ov in OverridesParser.create().parse_overrides(overrides):
         key, value = ov.key_or_group, ov.value()
@@ -253,8 +259,10 @@ def summary(study: optuna.Study, spec: Spec, best_path: Path | None) -> str:
     lines = [f"sweep {spec.study_name}: {len(trials)} trials {counts}; budget {spec.n_trials} (COMPLETE+PRUNED)"]
     ranked = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
     for t in ranked[:10]:
-        p = " ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
-        lines.append(f"  #{t.number:<4d} {t.value:.4f} ± {t.user_attrs.get('select_accuracy_std', 0):.4f}  {p}")
+        p = " ".join(f"{k}={_fmt(v)}" for k, v in trial_values(t, spec.space).items())
+        se = t.user_attrs.get("select_accuracy_se")
+        lines.append(f"  #{t.number:<4d} {t.value:.4f} ± {t.user_attrs.get('select_accuracy_std', 0):.4f}"
+                     f"{f' (SE {se:.4f})' if se is not None else ''}{' control' * ('control' in t.user_attrs)}  {p}")
     if best_path:
         lines.append(f"best: trial {ranked[0].number} -> {best_path} "
                      f"(python -m gradft {experiment_override(best_path.stem)})")
@@ -293,17 +301,18 @@ def run_study(spec: Spec, extra: list[str], workers: int) -> int:
 
 
 def check_guidance_version(study: optuna.Study, spec: Spec) -> None:
-    """A guided study records its guidance version; one with trials of another version (none recorded: version 1,
-    before the fix of issue 27) is refused, so its trials are never counted as current."""
-    from gradft.grid import compose_run
+    """A guided study whose finished trials do not carry this guidance version (none recorded: version 1, before the
+    fix of issue 27) is refused, so its trials are never counted as current. Torch-free: composes the config only."""
+    from hydra import compose, initialize_config_dir
 
-    if compose_run([*spec.base, "paths.output_dir=."]).guidance.name == "none":
-        return
-    version = study.user_attrs.get("guidance_version", 1 if study.get_trials(deepcopy=False) else GUIDANCE_VERSION)
-    if version != GUIDANCE_VERSION:
-        raise SystemExit(f"study {spec.study_name} holds trials of guidance version {version}, superseded by "
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        if compose("config", overrides=[*spec.base, "paths.output_dir=."]).guidance.name == "none":
+            return
+    old = {t.user_attrs.get("guidance_version", 1) for t in study.get_trials(deepcopy=False)
+           if t.state in (TrialState.COMPLETE, TrialState.PRUNED)} - {GUIDANCE_VERSION}
+    if old:
+        raise SystemExit(f"study {spec.study_name} holds trials of guidance version {min(old)}, superseded by "
                          f"version {GUIDANCE_VERSION} (results/README.md): give the spec a new study_name")
-    study.set_user_attr("guidance_version", GUIDANCE_VERSION)
 
 
 def sweep(spec: Spec, extra: list[str] = (), workers: int = 1, conf_dir: Path = CONF_DIR) -> int:
@@ -314,10 +323,13 @@ def sweep(spec: Spec, extra: list[str] = (), workers: int = 1, conf_dir: Path = 
                                 load_if_exists=True, sampler=make_sampler(spec, spec.seed), pruner=make_pruner(spec))
     check_guidance_version(study, spec)
     kept = {k: v for k, v in asdict(spec).items() if k not in ("n_trials", "storage", "out_dir")}  # no password
+    if not kept.get("controls"):
+        kept.pop("controls", None)  # as studies created before `controls:` existed recorded their spec
     if study.user_attrs.get("spec") not in (None, kept):
         log.warning("the spec differs from the one this study was created with (see its user attr `spec`)")
     study.set_user_attr("spec", kept)
     enqueue(study, spec.enqueue)
+    enqueue_controls(study, spec.controls, spec.space)  # λ = 0 points: "no guidance" can win (gradft.sweep_signal)
     if budget_met(study, spec):  # nothing to run: no worker is started (and nothing heavy imported)
         log.info("budget met: %d trials COMPLETE or PRUNED of n_trials=%d; nothing to run (raise --n-trials for "
                  "more)", sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials()),

@@ -42,6 +42,7 @@ class Spec:
     storage: str | None = None
     max_failures: int | None = None
     enqueue: list[dict[str, Any]] = field(default_factory=list)
+    controls: list[dict[str, Any]] = field(default_factory=list)  # run first, once; may leave the space (λ = 0)
     heartbeat: dict[str, Any] = field(default_factory=lambda: {"interval": 30, "grace_period": 120})
     out_dir: str = "outputs/sweeps"
     prune_on: str = "steps"  # steps: select accuracy every eval.select_every steps | runs: running mean after each run

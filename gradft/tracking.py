@@ -96,7 +96,10 @@ def write_results(out_dir: str | Path, results: dict[str, Any], cfg: DictConfig)
 # (a file task's ``root`` too: it resolves from data.domain_root or names the user's folder)
 LOCATION_KEYS = (("data", "superglue_root"), ("data", "fewglue_root"), ("data", "domain_root"), ("data", "source"),
                  ("task", "root"))
-NEUTRAL = {("trainer", "precision"): "fp32"}
+NEUTRAL = {("trainer", "precision"): "fp32", ("data", "select"): "task", ("trainer", "stop"): "fixed"}
+# options read only when another option is off its neutral value: dropped with it (data.select_size without
+# data.select=pool, trainer.patience without trainer.stop=early compute nothing different)
+ONLY_WITH = {("data", "select_size"): ("data", "select"), ("trainer", "patience"): ("trainer", "stop")}
 
 
 def config_key(cfg: DictConfig | dict, drop: tuple[str, ...] = SEED_KEYS) -> str:
@@ -115,6 +118,9 @@ def config_key(cfg: DictConfig | dict, drop: tuple[str, ...] = SEED_KEYS) -> str
         c.get("task", {}).pop("prompt", None)  # a new classifier head never reads the task's prompt
     for (group, key), neutral in NEUTRAL.items():
         if c.get(group, {}).get(key, neutral) == neutral:
+            c.get(group, {}).pop(key, None)
+    for (group, key), (g2, k2) in ONLY_WITH.items():
+        if k2 not in c.get(g2, {}):  # its governing option is at its neutral value
             c.get(group, {}).pop(key, None)
     tr = c.get("trainer", {})
     if {"steps", "epochs", "max_steps", "batch_size"} <= tr.keys() and "shots" in c:

@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from gradft.run import CONF_DIR
+from gradft.sweep_signal import trial_values
 from gradft.tracking import atomic_write
 
 TASKS = ["boolq", "cb", "copa", "multirc", "rte", "wic"]
@@ -68,7 +69,9 @@ def study_summary(spec_path: str | Path, partial: bool = False) -> dict[str, Any
             "failed": sum(t.state == TrialState.FAIL for t in trials),
             "best_trial": best.number, "select_accuracy": best.value,
             "select_accuracy_std": best.user_attrs.get("select_accuracy_std"),
-            "best": dict(best.params), "space": spec.space, "tasks": spec.tasks, "tuning_seeds": spec.n_seeds,
+            "select_accuracy_se": best.user_attrs.get("select_accuracy_se"),
+            "best": trial_values(best, spec.space),  # a winning λ = 0 control point keeps its λ = 0
+            "space": spec.space, "tasks": spec.tasks, "tuning_seeds": spec.n_seeds,
             "at_edge": {k: e for k, v in best.params.items() if (e := at_edge(v, spec.space[k]))},
             # guidance.* options of the method's own (ours' fd_r; guidance=none has none): its rows, not every cell's
             "own": [o for o in spec.base if o.startswith("guidance.")],

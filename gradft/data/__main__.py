@@ -51,7 +51,6 @@ def main(cfg: DictConfig) -> None:
 QUIET = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
 
-
 def cli() -> None:
     """Entry point (``gradft-data`` script and ``python -m gradft.data``)."""
     sys.argv += [o for o in QUIET if o.split("=")[0] not in {a.split("=")[0] for a in sys.argv[1:]}]

@@ -290,8 +290,14 @@ def load_task(task_cfg: Any, data_cfg: Any) -> TaskData:
     """Load train pool, selection and evaluation splits of one task (see conf/task/*.yaml, docs/tasks.md).
 
     A task config with ``dir:`` is a SuperGLUE task (local jsonl layout or the super_glue hub dataset, by
-    ``data.source``); any other is a table task (files or any hub dataset; gradft/data/custom.py)."""
-    task, data = _plain(task_cfg), _plain(data_cfg)
+    ``data.source``); any other is a table task (files or any hub dataset; gradft/data/custom.py). With
+    ``data.select=pool`` the selection split is then carved out of the train pool (gradft/data/selection.py)."""
+    from .selection import carve_selection
+
+    return carve_selection(_load_task(_plain(task_cfg), _plain(data_cfg)), _plain(data_cfg))
+
+
+def _load_task(task: dict[str, Any], data: dict[str, Any]) -> TaskData:
     if "dir" not in task:
         from .custom import load_table_task
 
