@@ -2,47 +2,47 @@
 
 Owns: the grid specs (node ``grid`` of ``conf/experiment/<grid>.yaml``) expanded into cells (task × method × shots ×
 seed), each a normal ``run()`` in ``<out>/<grid>/<task>/<method>/k<shots>/s<seed>/``; cells whose pool cannot supply
-k shots (skipped, listed in ``skipped.json``); finished cells (results.json with matching config_key, seed, data_seed:
-skipped, or copied from a sibling grid under the same ``--out`` that ran the same cell); cells whose run diverged
+k shots (skipped, listed in ``skipped.json``); finished cells (a valid result of the plan's key and seeds,
+``gradft.resultfile``: skipped, or copied from a sibling grid under the same ``--out`` that ran the same cell); cells
+holding a finished result of another config (refused, or with ``--overwrite`` rerun with the old result kept in
+``<cell>/superseded/<key>/``); cells whose run diverged
 with the same config (error.json ``diverged``: kept as an outcome, ``--retry-diverged`` runs them); one lock per cell
 (``gradft.locks``) so that workers and concurrent grid processes never run a cell twice at once; the runs log
-``runs.jsonl``; the exit code (non-zero if a cell failed).
+``runs.jsonl``; the exit code (non-zero if a cell failed or could not write its result, 2 when it refused to run).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import logging
-import multiprocessing as mp
 import os
-import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
-from statistics import fmean
 from typing import Any
 
-import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gradft import data as gdata
-from gradft import stopping
-from gradft.locks import HOST, acquire
+from gradft import resultfile, stopping
+from gradft.grid_eta import estimate
+from gradft.guidance_config import superseded
+from gradft.locks import HOST, acquire, describe
 from gradft.run import CONF_DIR, run
 from gradft.tracking import atomic_write, config_key
+from gradft.workers import run_workers, set_worker_threads  # noqa: F401  (sweeps import them from here)
 
 log = logging.getLogger("gradft.grid")
 AXES = ("task", "method", "shots", "seed")
 OPTIONAL_AXES = ("head",)  # head: classifier | lm (absent: the composed config's)
 POLL_S = 2.0
+WAIT_LOG_S = 60.0
 
 
 def compose_run(overrides: list[str]) -> DictConfig:
@@ -54,14 +54,6 @@ def compose_run(overrides: list[str]) -> DictConfig:
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
-
-
-def set_worker_threads(n_workers: int) -> None:
-    """cores // n_workers torch threads; set here, not by trainer.threads, so config_key ignores the worker count."""
-    import torch
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(max(1, cores // n_workers))
 
 
 @dataclass(frozen=True)
@@ -93,6 +85,9 @@ class Plan:
     per_method: dict[str, list[str]] = field(default_factory=dict)  # e.g. tuned values: before the common ones
     est_seconds: float | None = None
     retry_diverged: bool = False    # run again the cells whose run diverged with this very config (--retry-diverged)
+    overwrite: bool = False         # replace finished results of another config (kept in <cell>/superseded/<key>/)
+    break_locks: bool = False       # break the locks of other hosts' processes too (--break-locks)
+    failures: dict[Cell, str] = field(default_factory=dict)  # cells that failed in this process, and why
 
     def cell_overrides(self, cell: Cell) -> list[str]:
         """The cell's axes, then its method's own overrides (``grid.per_method``), then the common ones."""
@@ -102,15 +97,19 @@ class Plan:
         return self.root / cell.rel
 
     def is_done(self, cell: Cell, d: Path | None = None) -> bool:
-        """A complete, matching results.json in ``d`` (the cell's folder; anything unreadable counts as not done).
-        The key is recomputed from the config.yaml beside it: results of an older gradft or another checkout count."""
-        d = d or self.cell_dir(cell)
-        try:
-            r = json.loads((d / "results.json").read_text())
-            stored = yaml.safe_load((d / "config.yaml").read_text())
-            return (config_key(stored), r["seed"], r["data_seed"]) == (self.keys[cell], cell.seed, cell.data_seed)
-        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
-            return False
+        """A valid results.json in ``d`` (the cell's folder) with the plan's key and the cell's seeds, its config.yaml
+        the config of that very result (``gradft.resultfile``); the key is recomputed from the config.yaml: results
+        of an older gradft or another checkout count."""
+        return resultfile.done(d or self.cell_dir(cell), self.keys[cell], cell.seed, cell.data_seed)
+
+    def conflicts(self) -> list[Cell]:
+        """Cells holding a finished, valid result of another config or seeds: replaced only with ``--overwrite``
+        (guided results of an older guidance version are known to be obsolete: rerun, the old one kept)."""
+        return [c for c in self.cells if self.conflict(c)]
+
+    def conflict(self, cell: Cell) -> bool:
+        v = resultfile.inspect(self.cell_dir(cell))
+        return v.valid and not superseded(v.results) and not self.is_done(cell)
 
     def diverged(self, cell: Cell) -> bool:
         """This config and seeds diverged here before (error.json: a non-finite loss beyond trainer.max_skipped, with
@@ -131,11 +130,26 @@ class Plan:
         cells are Table 1's): the same computation, so its config.yaml and results.json are copied as they are."""
         for other in sorted(d for d in self.root.parent.iterdir() if d.is_dir() and d != self.root):
             if self.is_done(cell, other / cell.rel):
-                for name in ("config.yaml", "results.json"):  # results.json last: it is what marks a cell done
-                    atomic_write(self.cell_dir(cell) / name, (other / cell.rel / name).read_text())
-                self.event("adopt", cell, source=str(other / cell.rel))
+                try:
+                    self.supersede(cell)  # whatever was there (not done), kept; then results.json last: it marks done
+                    for name in ("config.yaml", "results.json"):
+                        atomic_write(self.cell_dir(cell) / name, (other / cell.rel / name).read_text())
+                    self.event("adopt", cell, source=str(other / cell.rel))
+                except OSError as e:  # a full disk: not adopted (and not done); the cell is run instead
+                    log.error("%s: could not adopt %s: %s", cell.rel, other / cell.rel, e)
+                    return False
                 return True
         return False
+
+    def supersede(self, cell: Cell) -> None:
+        """Move the cell's old result aside (``<cell>/superseded/<key>/``) before it is run or adopted: a new
+        config.yaml never sits beside an old results.json."""
+        v = resultfile.inspect(self.cell_dir(cell))
+        if v.exists and not v.valid:
+            log.warning("%s: %s; rerunning it", self.cell_dir(cell) / "results.json", v.reason)
+        moved = resultfile.supersede(self.cell_dir(cell))
+        if moved:
+            log.warning("%s: its previous result moved to %s", cell.rel, moved)
 
     def failed_since(self, cell: Cell, t0: float) -> bool:
         try:
@@ -150,39 +164,8 @@ class Plan:
             f.write(json.dumps(line) + "\n")
 
     def eta(self, todo: list[Cell], workers: int) -> tuple[float | None, str]:
-        """Seconds to run ``todo`` with ``workers`` processes, and what the estimate rests on: the measured
-        ``wall_time_s`` of this grid's finished cells (same task, method and shots, else same task and method, else
-        same task, else all of them; a zero-shot cell only from zero-shot cells: no training, seconds not minutes) that
-        ran on this kind of device (a grid begun on a GPU and finished on a CPU: the GPU's times would mislead;
-        results without ``env`` ran on a CPU), else those of any device, else the grid file's
-        ``est_seconds_per_cell``, else nothing."""
-        import torch
-
-        here = "cuda" if torch.cuda.is_available() else "cpu"
-        timed: list[tuple[Cell, float, bool]] = []
-        for c in set(self.cells) - set(todo):  # the finished ones
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                r = json.loads((self.cell_dir(c) / "results.json").read_text())
-                timed.append((c, float(r["wall_time_s"]), (r.get("env") or {}).get("device", "cpu") == here))
-        note = ""
-        if any(same for _, _, same in timed):
-            timed = [t for t in timed if t[2]]
-        elif timed:
-            note = f" on another device than this {here}"
-        def keys(c: Cell) -> list[tuple]:  # most to least alike; time grows with k (d_task: a pass over all k shots)
-            zs = c.shots == 0
-            return [(zs, c.task, c.method, c.shots), (zs, c.task, c.method), (zs, c.task), (zs,)]
-
-        seen: dict[tuple, list[float]] = {}  # each key of keys() -> measured seconds
-        for c, w, _ in timed:
-            for key in keys(c):
-                seen.setdefault(key, []).append(w)
-        every = [w for _, w, _ in timed]
-        if not every:
-            return ((len(todo) * self.est_seconds / max(1, workers), "est_seconds_per_cell of the grid file")
-                    if self.est_seconds else (None, "no cell measured yet"))
-        total = sum(fmean(next((seen[k] for k in keys(c) if k in seen), every)) for c in todo)
-        return total / max(1, workers), f"measured on {len(every)} finished cells{note}"
+        """Seconds to run ``todo`` with ``workers`` processes, and what the estimate rests on (``gradft.grid_eta``)."""
+        return estimate(self, todo, workers)
 
 
 def grid_spec(grid: str) -> dict[str, Any]:
@@ -237,8 +220,13 @@ def plan(grid: str, extra: list[str] = (), out: str | Path = "outputs/grid") -> 
     return p
 
 
-def run_cell(p: Plan, cell: Cell) -> None:
+def run_cell(p: Plan, cell: Cell) -> str | None:
+    """Run one cell (its old result moved aside first); None when it finished, else why not (one line)."""
     d = p.cell_dir(cell)
+    if p.conflict(cell) and not p.overwrite:  # finished since the plan was checked, by another config
+        log.error("%s holds a finished result of another config: not overwritten (--overwrite replaces it)", d)
+        return "a finished result of another config (--overwrite)"
+    p.supersede(cell)
     p.event("start", cell)
     t = time.perf_counter()
     cfg = None
@@ -247,14 +235,19 @@ def run_cell(p: Plan, cell: Cell) -> None:
         res = run(cfg, d)
     except Exception as e:  # noqa: BLE001 — a failing cell is logged and the grid goes on
         log.exception("cell %s failed", cell.rel)
-        atomic_write(d / "error.json", json.dumps({
-            "time": time.time(), "error": repr(e), "pid": os.getpid(), "host": HOST,
-            "diverged": type(e).__name__ == "NonFiniteError", "seed": cell.seed, "data_seed": cell.data_seed,
-            "config_key": config_key(cfg) if cfg is not None else None}))
-        p.event("fail", cell, error=repr(e)[:500])
-        return
+        why = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        try:  # a full disk may refuse this too: the grid still counts the cell failed and says why
+            atomic_write(d / "error.json", json.dumps({
+                "time": time.time(), "error": repr(e), "pid": os.getpid(), "host": HOST,
+                "diverged": type(e).__name__ == "NonFiniteError", "seed": cell.seed, "data_seed": cell.data_seed,
+                "config_key": config_key(cfg) if cfg is not None else None}))
+            p.event("fail", cell, error=repr(e)[:500])
+        except OSError as e2:
+            log.error("cell %s: could not record its failure either (%s)", cell.rel, e2)
+        return why
     (d / "error.json").unlink(missing_ok=True)
     p.event("done", cell, seconds=round(time.perf_counter() - t, 2), accuracy=res["metrics"].get("accuracy"))
+    return None
 
 
 def _hours(seconds: float | None) -> str:
@@ -277,19 +270,25 @@ def work(p: Plan, t0: float, worker: int = 0, n_workers: int = 1) -> None:
         set_worker_threads(n_workers)
     k = len(p.cells) * worker // n_workers
     pending = p.cells[k:] + p.cells[:k]  # workers start at different places: fewer lock collisions
+    said: dict[Cell, float] = {}  # cell -> when its wait was last logged
     while pending:
         waiting = []
         for cell in pending:
             stopping.check()  # never start a cell after a SIGTERM (its exception may have been swallowed)
-            if p.settled(cell) or p.failed_since(cell, t0):
+            if p.settled(cell) or p.failed_since(cell, t0) or cell in p.failures:
                 continue
             lock = p.cell_dir(cell) / ".lock"
-            if not acquire(lock):
+            if not acquire(lock, break_foreign=p.break_locks):
                 waiting.append(cell)
+                if time.time() - said.get(cell, 0.0) >= WAIT_LOG_S:  # say what it waits for, then once a minute
+                    log.info("grid %s: waiting for %s, locked by %s", p.name, cell.rel, describe(lock))
+                    said[cell] = time.time()
                 continue
             try:
                 if not (p.is_done(cell) or p.failed_since(cell, t0)):  # finished while we were taking the lock
-                    run_cell(p, cell)
+                    why = run_cell(p, cell)
+                    if why:
+                        p.failures[cell] = why
                     log_progress(p, n_workers)
             finally:
                 lock.unlink(missing_ok=True)
@@ -298,41 +297,15 @@ def work(p: Plan, t0: float, worker: int = 0, n_workers: int = 1) -> None:
             time.sleep(POLL_S)
 
 
-def run_workers(target: Callable[..., Any], args: list[tuple], names: list[str] | None = None,
-                grace_s: float = 60.0) -> list[int | None]:
-    """One spawned process per ``args`` tuple, joined; their exit codes. SIGTERM to this process (kill, a scheduler,
-    ``timeout``) must not leave workers running on: it is passed on to them (a run records its stop and exits), they
-    get ``grace_s`` to finish, the stragglers are killed, and this process exits 143. Grids and sweeps use it."""
-    ctx = mp.get_context("spawn")
-    procs: list[Any] = []
-
-    def stop(signum: int, frame: Any) -> None:
-        log.warning("SIGTERM: stopping %d worker process(es)", sum(pr.is_alive() for pr in procs))
-        for pr in procs:
-            pr.terminate()
-        deadline = time.time() + grace_s
-        for pr in procs:
-            pr.join(max(0.0, deadline - time.time()))
-            if pr.is_alive():
-                pr.kill()
-                pr.join()
-        sys.exit(143)
-
-    previous = signal.signal(signal.SIGTERM, stop)  # before the first start: no window for an orphan
-    try:
-        for i, a in enumerate(args):
-            procs.append(ctx.Process(target=target, args=a, name=names[i] if names else None))
-            procs[-1].start()
-        for pr in procs:
-            pr.join()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return [pr.exitcode for pr in procs]
-
-
 def execute(p: Plan, workers: int = 1) -> int:
     """Run the plan with ``workers`` processes (in this process when 1); 0 when every feasible cell is done."""
     t0 = time.time()
+    clash = p.conflicts()
+    if clash and not p.overwrite:
+        log.error("grid %s: %d finished cell(s) under %s hold results of another config: %s; nothing run. --overwrite "
+                  "runs them again (each old result kept in <cell>/%s/<key>/), or choose another --out", p.name,
+                  len(clash), p.root, ", ".join(c.rel for c in clash), resultfile.SUPERSEDED)
+        return 2
     p.root.mkdir(parents=True, exist_ok=True)
     atomic_write(p.root / "skipped.json", json.dumps(p.skipped, indent=1))
     adopted = sum(p.adopt(c) for c in p.cells if not p.is_done(c))
@@ -353,7 +326,8 @@ def execute(p: Plan, workers: int = 1) -> int:
     elif todo:  # a worker that dies leaves its cell's lock stale: the others (or a rerun) take it over
         run_workers(work, [(p, t0, i, workers) for i in range(workers)])
     left = [c.rel for c in p.cells if not (p.is_done(c) or p.diverged(c))]  # diverged (again, if retried): an outcome
-    failed = [c.rel for c in p.cells if c.rel in left and p.failed_since(c, t0)]
+    failed = [c.rel + (f" ({p.failures[c]})" if c in p.failures else "") for c in p.cells
+              if c.rel in left and (c in p.failures or p.failed_since(c, t0))]
     diverged = [c.rel for c in p.cells if not p.is_done(c) and p.diverged(c)]
     log.info("grid %s: %d/%d cells done (%d of them diverged: no result, see <cell>/error.json); failed: %s; "
              "not run: %d", p.name, len(p.cells) - len(left), len(p.cells), len(diverged),
@@ -362,10 +336,10 @@ def execute(p: Plan, workers: int = 1) -> int:
 
 
 def dry_run(p: Plan, workers: int) -> None:
-    done = [c for c in p.cells if p.is_done(c)]
-    for c in p.cells:
-        state = ("done" if c in done else "DIVERGED" if p.settled(c) else "LOCKED" if (p.cell_dir(c) / ".lock").exists()
-                 else "todo")
+    done, clash = [c for c in p.cells if p.is_done(c)], p.conflicts()
+    for c in p.cells:  # OTHER: a finished result of another config (--overwrite replaces it, keeping a copy)
+        state = ("done" if c in done else "OTHER" if c in clash else "DIVERGED" if p.settled(c)
+                 else "LOCKED" if (p.cell_dir(c) / ".lock").exists() else "todo")
         print(f"  {state:6s} {c.rel}  data_seed={c.data_seed}")
     for s in p.skipped:
         print(f"  skip   {s['task']}/{s['method']}/k{s['shots']}/s{s['seed']}: {s['reason']}")
@@ -385,10 +359,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="list the cells and what is done; run nothing")
     ap.add_argument("--retry-diverged", action="store_true",
                     help="run again the cells whose run diverged with the same config (kept as diverged otherwise)")
+    ap.add_argument("--overwrite", action="store_true", help="run again cells holding a finished result of another "
+                    "config (refused otherwise); the old result is kept in <cell>/superseded/<key>/")
+    ap.add_argument("--break-locks", action="store_true", help="also break cell locks written on other hosts (only "
+                    "when no grid runs there any more: such locks are never broken otherwise)")
     args = ap.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [grid] %(levelname)s %(message)s")
     p = plan(args.grid, args.overrides, args.out)
-    p.retry_diverged = args.retry_diverged
+    p.retry_diverged, p.overwrite, p.break_locks = args.retry_diverged, args.overwrite, args.break_locks
     if args.dry_run:
         dry_run(p, args.workers)
         return 0

@@ -11,7 +11,6 @@ and logging them to W&B as a ``job_type=report`` run (mode from WANDB_MODE). Nev
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -32,27 +31,32 @@ from gradft.report_figure2 import figure2, figure2_table, planned_cells  # noqa:
 from gradft.report_table1 import BASELINES as BASELINES  # noqa: E402  (re-exported: report.BASELINES)
 from gradft.report_table1 import ZERO, _methods, _num, table1  # noqa: E402
 from gradft.report_table1 import paired as paired  # noqa: E402  (re-exported: report.paired)
+from gradft.resultfile import inspect, result_files  # noqa: E402
 
 log = logging.getLogger("gradft.report")
 
 
 def collect(root: str | Path) -> list[dict[str, Any]]:
-    """Every readable results.json under root; a cell found twice (table1 and figure2 trees) counts once (newest)."""
+    """Every valid results.json under root (``gradft.resultfile``: complete, an accuracy in [0, 1], its config.yaml's
+    key; anything else is named in one warning and left out, as are results moved to ``superseded/`` and guided
+    results of an older guidance version); a cell found twice (table1 and figure2 trees) counts once (newest)."""
     newest: dict[tuple, dict[str, Any]] = {}
-    for path in sorted(Path(root).rglob("results.json")):
-        try:
-            r = json.loads(path.read_text())
-            if r.get("head") == "lm":  # prompt-based runs are rows of their own: "zero-shot", "lora-lm", ...
-                r["method"] = ZERO if int(r["shots"]) == 0 else f"{r['method']}-lm"
-            key = (r["model"], r["method"], r["task"], int(r["shots"]), int(r["seed"]), int(r["data_seed"]))
-            r["metrics"]["accuracy"]  # noqa: B018 — a results.json without it is not a finished run
-            if superseded(r):
-                log.warning("skipping %s: guided result of guidance version %s, superseded by version %d "
-                            "(results/README.md)", path, r.get("guidance_version", 1), GUIDANCE_VERSION)
-                continue
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("skipping %s: %r", path, e)
+    for path in result_files(root):
+        v = inspect(path.parent)
+        if not v.valid:
+            log.warning("skipping %s: %s", path, v.reason)
             continue
+        r = v.results
+        if "accuracy" not in r["metrics"]:
+            log.warning("skipping %s: no metrics.accuracy (a sweep trial's run: select split only)", path)
+            continue
+        if superseded(r):
+            log.warning("skipping %s: guided result of guidance version %s, superseded by version %d "
+                        "(results/README.md)", path, r.get("guidance_version", 1), GUIDANCE_VERSION)
+            continue
+        if r.get("head") == "lm":  # prompt-based runs are rows of their own: "zero-shot", "lora-lm", ...
+            r["method"] = ZERO if r["shots"] == 0 else f"{r['method']}-lm"
+        key = (r["model"], r["method"], r["task"], r["shots"], r["seed"], r["data_seed"])
         r["_path"], r["_mtime"] = str(path), path.stat().st_mtime
         old = newest.get(key)
         if old and old["config_key"] != r["config_key"]:

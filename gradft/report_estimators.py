@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from gradft.resultfile import inspect, result_files
 from gradft.stats import paired_comparison
+
+log = logging.getLogger("gradft.report")
 
 REFERENCE = "double_backward"
 DEFAULT = "finite_difference"  # conf/guidance/structured.yaml: bench variant "ours" runs it
@@ -33,9 +37,12 @@ PASSES = {"double_backward": ("1 fwd + 1 double bwd", "ours_exact"),
 def collect(root: str | Path) -> dict[str, dict[tuple[str, int], dict[str, Any]]]:
     """{estimator: {(task, seed): run}} for every finished run under root (estimator read from its config.yaml)."""
     out: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}
-    for path in sorted(Path(root).rglob("results.json")):
-        cfg = yaml.safe_load((path.parent / "config.yaml").read_text())
-        r = json.loads(path.read_text())
+    for path in result_files(root):  # (not those moved to superseded/)
+        v = inspect(path.parent)
+        if not v.valid:
+            log.warning("skipping %s: %s", path, v.reason)
+            continue
+        cfg, r = yaml.safe_load((path.parent / "config.yaml").read_text()), v.results
         hvp = cfg["guidance"]["hvp"] + (f"(m={cfg['guidance']['hvp_batch']})" if cfg["guidance"]["hvp"] == "sub_batch"
                                         and cfg["guidance"].get("hvp_batch") != 2 else "")
         r["_config"] = cfg

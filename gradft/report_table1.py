@@ -107,6 +107,11 @@ def paired_tests(acc: dict[str, dict[tuple, float]]) -> dict[tuple[str, str], di
     return tests
 
 
+def holm_count(tests: dict[tuple[str, str], dict[str, Any]]) -> int:
+    """How many comparisons Holm's correction ran over: the family's tests with a p-value (NaN ones are not)."""
+    return sum(t["family"] == "holm" and math.isfinite(t["p_ttest"]) for t in tests.values())
+
+
 def paired_figure(acc: dict[str, dict[tuple, float]], tests: dict, out: Path) -> Path | None:
     """Per task, ours − each baseline (accuracy points): one dot per seed, a bar at the mean."""
     pairs = [k for k, t in tests.items() if t["family"] in ("holm", "other")]
@@ -289,7 +294,7 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
                   "vs its new-head twin", "",
                   f"Mean difference (method − baseline) in accuracy points with its bootstrap 95% CI; p-values of a "
                   f"paired t-test and a Wilcoxon signed-rank test (two-sided; 1 when every difference is 0, — with "
-                  f"fewer than 2 pairs); Holm: corrected over the {sum(t['family'] == 'holm' for t in tests.values())}"
+                  f"fewer than 2 pairs); Holm: corrected over the {holm_count(tests)}"
                   f" comparisons of {OURS} with the baseline methods. Per task: `paired_diffs.png`.", "",
                   "| Method | Baseline | pairs | mean diff (pts) | 95% CI | p (t-test) | p (Wilcoxon) | "
                   "Holm p (t) | Holm p (W) |", "|---|---|---|---|---|---|---|---|---|"]

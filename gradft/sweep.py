@@ -1,7 +1,9 @@
 """Optuna sweeps over ``run()``: ``python -m gradft.sweep sweeps/ours_rte.yaml [--n-trials N] [--workers W] [...]``.
 
 Owns: the study (created once, then resumed with ``load_if_exists``), the TOTAL trial budget (COMPLETE + PRUNED
-trials across invocations and workers; failures do not use it up but at most ``max_failures`` are tolerated), worker
+trials across invocations and workers; failures do not use it up, and at most ``max_failures`` of one invocation
+are tolerated: those of earlier invocations are listed and block nothing), the spec checked before the first trial
+(``sweep_spec.check_space``), worker
 processes on one storage, per-trial sampler seeds (a resumed or parallel sweep never re-proposes a point), the
 objective (mean FewGLUE dev32 accuracy over tasks × seeds — never the official val split), pruning through ``run()``'s
 ``report`` callback, the best-params experiment file ``conf/experiment/best_<name>.yaml`` and the summary. The spec
@@ -40,11 +42,13 @@ from gradft.sweep_spec import (  # noqa: F401  (load_spec, Spec, ... stay import
     PRUNERS,
     SAMPLERS,
     Spec,
+    check_space,
     derive_seed,
     load_spec,
     make_pruner,
     make_sampler,
     make_storage,
+    mask,
 )
 from gradft.tracking import atomic_write
 
@@ -162,6 +166,12 @@ def work(spec: Spec, extra: list[str], worker: int = 0, n_workers: int = 1) -> i
     lock = BudgetLock(Path(spec.out_dir) / f".{spec.study_name}.budget.lock")
     objective = Objective(spec, extra, lock, f"{socket.gethostname()}:{os.getpid()}:w{worker}")
     waited_for: set[int] = set()
+    optuna.storages.fail_stale_trials(study)
+    earlier = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    if earlier and worker == 0:  # a spec fixed after failures: they stay in the study, listed, and block nothing
+        log.info("%d failed trial(s) of earlier runs (%s) stay in the study; they use no budget and do not count "
+                 "toward max_failures=%d", len(earlier), ", ".join(f"#{n}" for n in sorted(earlier)),
+                 spec.max_failures)
     while True:
         stopping.check()  # never start a trial after a SIGTERM (its exception may have been swallowed)
         lock.acquire()
@@ -172,9 +182,9 @@ def work(spec: Spec, extra: list[str], worker: int = 0, n_workers: int = 1) -> i
             done = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
             if budget_met(study, spec):
                 return 0
-            if states.count(TrialState.FAIL) >= spec.max_failures:
-                log.error("%d failed trials (max_failures=%d): stopping", states.count(TrialState.FAIL),
-                          spec.max_failures)
+            failed = sum(t.state == TrialState.FAIL and t.number not in earlier for t in trials)
+            if failed >= spec.max_failures:
+                log.error("%d failed trials in this run (max_failures=%d): stopping", failed, spec.max_failures)
                 return 1
             if done + states.count(TrialState.RUNNING) >= spec.n_trials:
                 running = {t.number for t in trials if t.state == TrialState.RUNNING}
@@ -275,6 +285,21 @@ def enqueue(study: optuna.Study, points: list[dict[str, Any]]) -> None:
             study.enqueue_trial(params)
 
 
+def run_study(spec: Spec, extra: list[str], workers: int) -> int:
+    """``workers`` workers on the study (this process when 1); 0 when they met the budget."""
+    if workers <= 1:
+        with sigterm_interrupts():
+            return work(spec, extra)
+    from gradft.grid import run_workers
+
+    codes = run_workers(_worker_main, [(asdict(spec), extra, i, workers) for i in range(workers)],
+                        [f"sweep-w{i}" for i in range(workers)])
+    for i, c in enumerate(codes):
+        if c:
+            log.error("worker %d exited with code %s (its log lines above say why)", i, c)
+    return int(any(codes))
+
+
 def check_guidance_version(study: optuna.Study, spec: Spec) -> None:
     """A guided study whose finished trials do not carry this guidance version (none recorded: version 1, before the
     fix of issue 27) is refused, so its trials are never counted as current. Torch-free: composes the config only."""
@@ -293,6 +318,7 @@ def check_guidance_version(study: optuna.Study, spec: Spec) -> None:
 def sweep(spec: Spec, extra: list[str] = (), workers: int = 1, conf_dir: Path = CONF_DIR) -> int:
     """Create (or load) the study once, run ``workers`` workers on it, write the best params, print the summary."""
     extra = list(extra)
+    check_space(spec, extra, compose=False)  # a typo or an empty space: one line, before the study exists
     study = optuna.create_study(study_name=spec.study_name, storage=make_storage(spec), direction="maximize",
                                 load_if_exists=True, sampler=make_sampler(spec, spec.seed), pruner=make_pruner(spec))
     check_guidance_version(study, spec)
@@ -309,18 +335,9 @@ def sweep(spec: Spec, extra: list[str] = (), workers: int = 1, conf_dir: Path = 
                  "more)", sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials()),
                  spec.n_trials)
         code = 0
-    elif workers <= 1:
-        with sigterm_interrupts():
-            code = work(spec, extra)
     else:
-        from gradft.grid import run_workers
-
-        codes = run_workers(_worker_main, [(asdict(spec), extra, i, workers) for i in range(workers)],
-                            [f"sweep-w{i}" for i in range(workers)])
-        for i, c in enumerate(codes):
-            if c:
-                log.error("worker %d exited with code %s (its log lines above say why)", i, c)
-        code = int(any(codes))
+        check_space(spec, extra)  # a bad value of a searched name: one line before the first trial (imports torch)
+        code = run_study(spec, extra, workers)
     best_path = write_best(study, spec, extra, conf_dir)
     print(summary(study, spec, best_path))
     return int(code)
@@ -343,10 +360,11 @@ def main(argv: list[str] | None = None) -> int:
                      out_dir=args.out_dir)
     if args.dashboard:
         if spec.storage.startswith("sqlite:///") and not Path(spec.storage[len("sqlite:///"):]).exists():
-            raise SystemExit(f"no study yet at {spec.storage}: run `make sweep SWEEP={Path(args.spec).stem}` first")
+            raise SystemExit(f"no study yet at {mask(spec.storage)}: run `make sweep SWEEP={Path(args.spec).stem}` "
+                             "first")
         exe = Path(sys.executable).with_name("optuna-dashboard")
         cmd = [str(exe) if exe.exists() else "optuna-dashboard", spec.storage]
-        print("$", " ".join(cmd), flush=True)
+        print("$", *cmd[:-1], mask(cmd[-1]), flush=True)
         os.execvp(cmd[0], cmd)
     try:
         return sweep(spec, args.overrides, args.workers, args.conf_dir)

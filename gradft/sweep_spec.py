@@ -1,10 +1,14 @@
-"""The sweep spec (``sweeps/*.yaml``) and the Optuna objects it builds: the sampler (seeded per trial), the pruner
-and the storage (SQLite here, PostgreSQL to scale out: docs/sweeps.md), whose heartbeat fails the trials of killed
-workers. ``gradft.sweep`` runs studies with them; ``gradft.tuned`` reads finished ones."""
+"""The sweep spec (``sweeps/*.yaml``), checked before the first trial (``check_space``: a non-empty space of config
+keys that compose), and the Optuna objects it builds: the sampler (seeded per trial), the pruner and the storage
+(SQLite here, PostgreSQL to scale out: docs/sweeps.md; a connect timeout, no password in any message), whose
+heartbeat fails the trials of killed workers. ``gradft.sweep`` runs studies with them; ``gradft.tuned`` reads
+finished ones."""
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +18,8 @@ import optuna
 from omegaconf import OmegaConf
 
 log = logging.getLogger("gradft.sweep")
+CONNECT_TIMEOUT_S = int(os.environ.get("GRADFT_STORAGE_CONNECT_TIMEOUT", "10"))  # a server URL's connect timeout
+STATEMENT_TIMEOUT_S = 300  # PostgreSQL: a statement running longer is cancelled
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler", "qmc": "QMCSampler",
             "gp": "GPSampler"}
 PRUNERS = {"none": "NopPruner", "median": "MedianPruner", "percentile": "PercentilePruner",
@@ -75,6 +81,46 @@ def load_spec(path: str | Path, **updates: Any) -> Spec:
         raise ValueError(f"{path}: {e}") from None
 
 
+def _sample(d: dict[str, Any]) -> Any:
+    """A value the parameter can take (its low end, or its first choice): enough to compose the config once."""
+    return d["choices"][0] if d["type"] == "categorical" else d["low"]
+
+
+def _value(v: Any) -> str:
+    if v is None or isinstance(v, bool):
+        return str(v).lower().replace("none", "null")
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def check_space(spec: Spec, extra: list[str] = (), compose: bool = True) -> None:
+    """Before the first trial: the search space is not empty, every searched name is a config key, and (``compose``:
+    torch is imported) composes into the run config of every task (each parameter at a sample value, with the base
+    and extra overrides) and passes the run's own checks; a ValueError of one line (naming the key, with a "did you
+    mean") otherwise."""
+    if not spec.space:
+        raise ValueError(f"study {spec.study_name}: the search space is empty: every trial would run the same config; "
+                         "list the parameters to search under space: (sweeps/ours_rte.yaml shows how)")
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from gradft.config import check_override_keys, validate
+
+    params = [f"{k}={_value(_sample(d))}" for k, d in spec.space.items()]
+    overrides = ["eval.splits=[select]", *spec.base, *extra, *params]
+    try:
+        check_override_keys([*spec.base, *extra, *params])
+    except ValueError as e:
+        raise ValueError(f"study {spec.study_name}: {e} (sweep spec: space or base)") from None
+    for task in spec.tasks if compose else ():
+        from gradft.grid import compose_run
+
+        try:
+            validate(compose_run([*overrides, f"task={task}", "seed=0", "data_seed=0", "paths.output_dir=."]))
+        except (ValueError, HydraException, OmegaConfBaseException) as e:
+            line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"study {spec.study_name}, task {task}, with {' '.join(params)}: {line}") from None
+
+
 def derive_seed(seed: int, number: int) -> int:
     """A sampler seed per trial number: reproducible for one worker, distinct across resumes and workers."""
     return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
@@ -96,24 +142,57 @@ def make_pruner(spec: Spec) -> optuna.pruners.BasePruner:
     return getattr(optuna.pruners, PRUNERS[spec.pruner.get("name", "none")])(**kw)
 
 
+def mask(url: str) -> str:
+    """The storage URL with its password as ``***``: the only form any message or log line shows."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 — not a URL SQLAlchemy parses: hide whatever sits between ':' and '@'
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` (a driver's error) without the URL's password, however it is quoted in there."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(url).password
+    except Exception:  # noqa: BLE001
+        password = None
+    text = text.replace(url, mask(url))
+    return re.sub(rf"(?<![\w]){re.escape(password)}(?![\w])", "***", text) if password else text
+
+
 def make_storage(spec: Spec) -> optuna.storages.RDBStorage:
+    """The study's storage. A server URL gets a connect timeout (``CONNECT_TIMEOUT_S``: a server that accepts
+    connections but never answers fails in seconds, not minutes) and, on PostgreSQL, a statement timeout; errors
+    name the URL without its password."""
     url = spec.storage
     kw: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         try:
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ValueError(f"storage={url!r} cannot be opened: {e}") from e
+            raise ValueError(f"storage={mask(url)!r} cannot be opened: {e}") from e
         kw = {"connect_args": {"timeout": 120}}  # workers wait for SQLite's write lock instead of failing
+    elif url.startswith(("postgres", "mysql")):
+        kw = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}, "pool_pre_ping": True}
+        if url.startswith("postgres"):  # a query the server never finishes fails too (milliseconds)
+            kw["connect_args"]["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_S * 1000}"
     hb = spec.heartbeat or {}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kw, heartbeat_interval=hb.get("interval"),
                                           grace_period=hb.get("grace_period"),
                                           heartbeat_stale_trial_callback=_stale_failed)
     except Exception as e:  # a driver missing, a server down, a path that cannot be created: one clear line
+        driver = isinstance(e, ImportError) or "module" in str(e).lower()  # no driver, not a server that is down
         hint = (" (PostgreSQL: the `postgres` extra installs the psycopg driver, used by postgresql+psycopg://...)"
-                if url.startswith("postgres") else "")
-        raise ValueError(f"storage={url!r} cannot be opened{hint}: {str(e).splitlines()[0]}") from e
+                if url.startswith("postgres") and driver else "")
+        if "timeout" in str(e).lower():
+            hint = f" (no answer within {CONNECT_TIMEOUT_S} s: GRADFT_STORAGE_CONNECT_TIMEOUT sets it)"
+        first = _scrub(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, url)
+        raise ValueError(f"storage={mask(url)!r} cannot be opened{hint}: {first}") from None
 
 
 def _stale_failed(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

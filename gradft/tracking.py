@@ -83,6 +83,9 @@ def hardware(device: Any) -> dict[str, Any]:
 
 def write_results(out_dir: str | Path, results: dict[str, Any], cfg: DictConfig) -> Path:
     out = Path(out_dir)
+    # an old results.json goes first and the new one is written last (it carries its config's key): a crash or a full
+    # disk in between leaves a folder that is not done, never a new config.yaml beside an old result (resultfile)
+    (out / "results.json").unlink(missing_ok=True)
     atomic_write(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write(out / "results.json", json.dumps(_clean(results), indent=2, sort_keys=True))
     return out / "results.json"

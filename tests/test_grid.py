@@ -124,8 +124,10 @@ def test_unreadable_results_json_counts_as_not_done(tree):
     json.loads(path.read_text())
 
 
-def test_results_of_another_config_are_rerun_not_skipped(tree):
-    assert grid.main(["smoke", "--out", str(tree), "task=cb", "method=prompt", "trainer.steps=1"]) == 0
+def test_results_of_another_config_are_rerun_with_overwrite_not_skipped(tree):
+    args = ["smoke", "--out", str(tree), "task=cb", "method=prompt", "trainer.steps=1"]
+    assert grid.main(args) == 2  # a finished result: refused without --overwrite (tests/test_grid_trust.py)
+    assert grid.main([*args, "--overwrite"]) == 0
     assert events(tree) == Counter({**dict.fromkeys(CELLS, 1), "cb/prompt/k32/s0": 2})
     assert json.loads((tree / "smoke" / "cb/prompt/k32/s0" / "results.json").read_text())["steps"] == 1
 
@@ -172,7 +174,7 @@ def test_a_cell_finished_by_a_sibling_grid_is_adopted_not_rerun(tree, caplog):
     for cell in CELLS:
         for name in ("results.json", "config.yaml"):
             assert (tree / "smoke" / cell / name).read_bytes() == (tree / "table1_like" / cell / name).read_bytes()
-    assert grid.main(["smoke", "--out", str(tree), "task=cb", "method=prompt", "trainer.steps=3"]) == 0
+    assert grid.main(["smoke", "--out", str(tree), "task=cb", "method=prompt", "trainer.steps=3", "--overwrite"]) == 0
     assert events(tree) == Counter({"cb/prompt/k32/s0": 1})  # another step count: run, not adopted
 
 

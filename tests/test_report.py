@@ -156,8 +156,10 @@ def test_seeds_restricts_the_table_to_the_seeds_given(reported, tmp_path):
     both = tmp_path / "both"
     shutil.copytree(root, both / "s0")
     shutil.copytree(root, both / "s7")
-    for path in (both / "s7").rglob("results.json"):
+    for path in (both / "s7").rglob("results.json"):  # and its config.yaml: a result is its config's (resultfile)
         path.write_text(json.dumps({**json.loads(path.read_text()), "seed": 7}))
+        cfg = path.with_name("config.yaml")
+        cfg.write_text(cfg.read_text().replace("\nseed: 0\n", "\nseed: 7\n"))
     report.main(["--root", str(both), "--out", str(tmp_path / "all")])
     assert "seeds 0, 7 " in (tmp_path / "all" / "table1.md").read_text()
     report.main(["--root", str(both), "--out", str(tmp_path / "one"), "--seeds", "7"])

@@ -121,8 +121,8 @@ def test_a_failing_trial_is_marked_fail_and_the_budget_still_completes(tmp_path)
 
 
 def test_a_sweep_whose_trials_all_fail_stops_at_max_failures(tmp_path):
-    spec = make_spec(tmp_path, tasks=["cb"], max_failures=2,
-                     space={"method.lr": {"type": "categorical", "choices": [-1.0, -2.0]}})
+    base = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())["base"]  # no data there: every run fails
+    spec = make_spec(tmp_path, tasks=["cb"], max_failures=2, base=[*base, f"data.superglue_root={tmp_path}/none"])
     assert run_sweep(spec, "--n-trials", "3", *FAST) == 1
     assert [t.state for t in trials(spec)] == [TrialState.FAIL] * 2
     assert not (tmp_path / "conf" / "experiment" / "best_smoke.yaml").exists()
@@ -238,7 +238,7 @@ def test_a_storage_url_that_cannot_be_opened_fails_with_a_clear_message(url, nee
     """main's exit code and its one line on stderr (``python -m gradft.sweep`` exits with what main returns)."""
     assert sweep.main([str(ROOT / "sweeps" / "smoke.yaml"), "--storage", url, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert f"storage={url!r}" in err and needle in err, err[-1500:]
+    assert f"storage={url.replace(':p@', ':***@')!r}" in err and needle in err, err[-1500:]  # no password
 
 
 def test_a_sweep_that_met_its_budget_exits_0_at_once_without_starting_workers(resumed):
