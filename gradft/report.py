@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from gradft.guidance_config import GUIDANCE_VERSION, superseded  # noqa: E402
 from gradft.report_figure2 import figure2, figure2_table, planned_cells  # noqa: E402
 from gradft.report_table1 import BASELINES as BASELINES  # noqa: E402  (re-exported: report.BASELINES)
-from gradft.report_table1 import ZERO, _methods, _num, table1  # noqa: E402
+from gradft.report_table1 import ICL, ZERO, _methods, _num, table1  # noqa: E402
 from gradft.report_table1 import paired as paired  # noqa: E402  (re-exported: report.paired)
 
 log = logging.getLogger("gradft.report")
@@ -42,8 +42,8 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
     for path in sorted(Path(root).rglob("results.json")):
         try:
             r = json.loads(path.read_text())
-            if r.get("head") == "lm":  # prompt-based runs are rows of their own: "zero-shot", "lora-lm", ...
-                r["method"] = ZERO if int(r["shots"]) == 0 else f"{r['method']}-lm"
+            if r.get("head") == "lm":  # prompt-based runs are rows of their own: "zero-shot", "icl", "lora-lm", ...
+                r["method"] = ZERO if int(r["shots"]) == 0 else ICL if r["method"] == ICL else f"{r['method']}-lm"
             key = (r["model"], r["method"], r["task"], int(r["shots"]), int(r["seed"]), int(r["data_seed"]))
             r["metrics"]["accuracy"]  # noqa: B018 — a results.json without it is not a finished run
             if superseded(r):
