@@ -77,9 +77,10 @@ def test_demonstrations_that_do_not_fit_the_context_are_dropped_from_the_end_and
     assert int(rows.max()) <= 60 and 0 < min(demos.used) and max(demos.used) < 6
 
 
-@pytest.mark.parametrize(("task_name", "reuse"), [("cb", True), ("copa", True), ("copa", False)])
-def test_the_demonstrations_kv_cache_computed_once_gives_the_scores_of_full_rows(task_name, reuse):
-    _, icl, demos, task, *_, model, _ = _setup(task_name, k=6, context=2048, reuse=reuse)  # all 6 fit
+@pytest.mark.parametrize(("task_name", "reuse", "context"), [("cb", True, 2048), ("copa", True, 2048),
+                                                             ("copa", False, 2048), ("cb", True, 420)])
+def test_the_demonstrations_kv_cache_computed_once_gives_the_scores_of_full_rows(task_name, reuse, context):
+    _, icl, demos, task, *_, model, _ = _setup(task_name, k=6, context=context, reuse=reuse)
     examples = task.eval[:6]  # queries of different lengths: padded rows after the shared demonstrations
     shared = SharedPrefixLM(model, demos)
     with torch.no_grad():
@@ -87,7 +88,10 @@ def test_the_demonstrations_kv_cache_computed_once_gives_the_scores_of_full_rows
             batch = icl(examples[lo: lo + 3])
             full, cached = logits_of(model, batch), logits_of(shared, batch)
             assert torch.allclose(cached, full, atol=1e-5, rtol=1e-5), (cached, full)
-    assert shared.hits == 2 and list(shared.caches) == [1 + sum(map(len, demos.ids))]  # one prefix: [CLS] + 6 demos
+    if context == 2048:  # all 6 fit every row: one prefix, [CLS] + 6 demonstrations, computed once
+        assert shared.hits == 2 and list(shared.caches) == [1 + sum(map(len, demos.ids))]
+    else:  # rows with fewer demonstrations in a batch: the prefix they all share, the rest run in full
+        assert len(set(demos.used)) > 1 and shared.hits >= 1
 
 
 def test_an_icl_run_records_the_demonstrations_it_used_and_takes_no_step(tmp_path):
@@ -151,3 +155,14 @@ def test_the_report_names_the_icl_row_icl_beside_zero_shot(tmp_path):
         write("lora", 32, seed, 0.6)
     names = sorted(r["method"] for r in report.collect(tmp_path / "grid"))
     assert names == ["icl", "icl", "lora-lm", "lora-lm", "zero-shot"]
+
+
+def test_the_tuned_grid_writer_adds_the_untuned_icl_row_to_lm_head_grids_only():
+    from gradft.tuned import grid_doc
+
+    def study(*base: str) -> dict:
+        return {"method": "lora", "base": list(base), "own": [], "best": {"method.lr": 1e-3}, "n_trials": 4}
+
+    lm = grid_doc("t", [study("model=smollm2", "head=lm")], [100], False, shots=[0, 32])
+    assert lm["grid"]["axes"]["method"] == ["lora", "icl"] and "icl" not in lm["grid"]["per_method"]
+    assert grid_doc("t", [study("model=minilm")], [100], False)["grid"]["axes"]["method"] == ["lora"]
