@@ -162,6 +162,12 @@ def validate(cfg: DictConfig) -> None:
     _choice("head", head, HEADS)
     _number("shots", cfg.shots, integer=True, strict=head == "classifier")  # lm: shots=0 is zero-shot
     method_config(cfg.method)
+    icl = cfg.method.get("kind", cfg.method.get("name")) == "icl"
+    if icl and head != "lm":
+        raise ValueError("method=icl (in-context learning) needs head=lm: the demonstrations are read by the "
+                         f"pretrained LM head, and head={head}'s new head is untrained")
+    if icl and cfg.guidance.name != "none":
+        raise ValueError(f"method=icl takes no training step: guidance={cfg.guidance.name} has nothing to guide")
     if head == "lm":
         labels = cfg.task.get("labels")  # null: inferred from the train pool; the run checks the count once it is read
         mc = cfg.task.get("format") == "copa"  # = data.is_multiple_choice

@@ -10,6 +10,7 @@ from a masked LM, and ``PromptCollator``, which turns Examples into the batches 
   (length-normalised). Without prefix reuse each row is prompt + candidate (B·C rows, ``target_mask`` marks the
   candidate tokens). With prefix reuse the prompt is run once per example (B rows, ``prefix_ids``) and its KV cache is
   repeated for the C candidate rows: the prompt's tokens are computed once instead of C times.
+- ``method=icl``: ``demos`` (``gradft.icl``) puts the k shots, with their gold answers, before each prompt row.
 
 Causal rows are right-padded: with a causal mask, padding after the last real token changes nothing before it, and
 positions 0..n-1 stay those of the unpadded text. With prefix reuse the candidate rows get explicit position ids
@@ -113,6 +114,7 @@ class PromptCollator:
             raise DataError("lm_kind=masked, but the tokenizer has no mask token")
         self.tok, self.max_length, self.spec, self.kind = tokenizer, max_length, spec, lm_kind
         self.reuse_prefix = reuse_prefix and lm_kind == "causal"
+        self.demos = None  # method=icl: a gradft.icl.Demonstrations, prepended to every prompt row
         self.multiple_choice = bool(spec.candidate)
         self.label_token_ids = torch.tensor([self._first_token(w) for w in spec.verbalizer], dtype=torch.long)
         if len(set(self.label_token_ids.tolist())) != len(spec.verbalizer):
@@ -137,6 +139,10 @@ class PromptCollator:
         lead = 1 if special and ids[0] in self.tok.all_special_ids else 0
         return ids[:lead] + ids[len(ids) - (budget - lead):]
 
+    def _with_demos(self, row: list[int], reserve: int = 0) -> list[int]:
+        """The row as zero-shot has it, or (method=icl) with the demonstrations that fit before it."""
+        return row if self.demos is None else self.demos.prepend(row, reserve)
+
     def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         if not examples:
             raise DataError("cannot collate an empty batch")
@@ -145,7 +151,7 @@ class PromptCollator:
             return {**self._candidates(examples), "labels": labels}
         texts = [render(ex, self.spec) + (" " + self.tok.mask_token if self.kind == "masked" else "")
                  for ex in examples]
-        rows = [self._ids(t, self.max_length) for t in texts]
+        rows = [self._with_demos(self._ids(t, self.max_length)) for t in texts]
         ids, mask = _pad(rows, self.tok.pad_token_id)
         if self.kind == "causal":
             answer = mask.sum(1) - 1  # the last prompt token predicts the label word
@@ -164,8 +170,8 @@ class PromptCollator:
         if any(len(c) != n for c in cands):
             raise DataError("multiple-choice batch needs the same number of candidates per example")
         longest = [max(len(c) for c in cs) for cs in cands]
-        prefixes = [self._ids(render(ex, self.spec), self.max_length - m) for ex, m in zip(examples, longest,
-                                                                                            strict=True)]
+        prefixes = [self._with_demos(self._ids(render(ex, self.spec), self.max_length - m), m)
+                    for ex, m in zip(examples, longest, strict=True)]
         pad = self.tok.pad_token_id
         flat = [c for cs in cands for c in cs]
         if self.reuse_prefix:  # B prompt rows + B·C candidate rows

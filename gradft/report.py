@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from gradft.guidance_config import GUIDANCE_VERSION, superseded  # noqa: E402
 from gradft.report_figure2 import figure2, figure2_table, planned_cells  # noqa: E402
 from gradft.report_table1 import BASELINES as BASELINES  # noqa: E402  (re-exported: report.BASELINES)
-from gradft.report_table1 import ZERO, _methods, _num, table1  # noqa: E402
+from gradft.report_table1 import ICL, ZERO, _methods, _num, table1  # noqa: E402
 from gradft.report_table1 import paired as paired  # noqa: E402  (re-exported: report.paired)
 from gradft.resultfile import inspect, result_files  # noqa: E402
 
@@ -54,8 +54,8 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
             log.warning("skipping %s: guided result of guidance version %s, superseded by version %d "
                         "(results/README.md)", path, r.get("guidance_version", 1), GUIDANCE_VERSION)
             continue
-        if r.get("head") == "lm":  # prompt-based runs are rows of their own: "zero-shot", "lora-lm", ...
-            r["method"] = ZERO if r["shots"] == 0 else f"{r['method']}-lm"
+        if r.get("head") == "lm":  # prompt-based runs are rows of their own: "zero-shot", "icl", "lora-lm", ...
+            r["method"] = ZERO if r["shots"] == 0 else ICL if r["method"] == ICL else f"{r['method']}-lm"
         key = (r["model"], r["method"], r["task"], r["shots"], r["seed"], r["data_seed"])
         r["_path"], r["_mtime"] = str(path), path.stat().st_mtime
         old = newest.get(key)

@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 from gradft.report_table1 import (  # noqa: E402
     ABLATIONS,
     BASELINES,
+    ICL,
     OURS,
     ZERO,
     _methods,
@@ -80,7 +81,7 @@ def figure2(recs: list[dict], out: Path, root: Path | list[Path]) -> Path:
     for m in _methods(trained):
         pts = [(math.log2(k), *mean_std(seed_means([r for r in trained if r["method"] == m and r["shots"] == k],
                                                    common, "accuracy"))) for k in shots]
-        if m.endswith("-lm") and zero_pt[2]:
+        if (m.endswith("-lm") or m == ICL) and zero_pt[2]:  # icl with no demonstration is zero-shot
             pts = [(x0, *zero_pt), *pts]
         pts = [(k, mu, 0.0 if not math.isfinite(sd) else sd) for k, mu, sd, n in pts if n]
         if not pts:

@@ -27,10 +27,11 @@ from gradft.stats import bootstrap_average_ci, holm, paired_comparison  # noqa: 
 from gradft.tracking import ran_on  # noqa: E402
 
 ABLATIONS = ["ours-mag", "ours-dir", "ours-every4", "ours-init"]  # ours with λ1 = 0 / λ2 = 0 / every=4 / init prior
-ORDER = ["zero-shot", "full", "adapter", "lora", "prompt", "ours", *ABLATIONS]
+ORDER = ["zero-shot", "icl", "full", "adapter", "lora", "prompt", "ours", *ABLATIONS]
 BASELINE_METHODS = ["full", "adapter", "lora", "prompt"]  # the four comparisons Holm's correction runs over
 OURS = "ours"
 ZERO = "zero-shot"  # head=lm at shots=0: the pretrained LM with the task's prompt, no method applied
+ICL = "icl"  # method=icl (head=lm): the k shots as demonstrations in the prompt, no training (gradft.icl)
 TASK_METRICS = ("f1_macro", "f1a", "exact_match")
 BASELINES = {"baseline_train_majority": "train-pool majority", "baseline_chance": "chance (1/C)",
              "baseline_eval_majority": "eval majority (needs eval labels)"}

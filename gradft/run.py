@@ -7,6 +7,7 @@
 ``head=classifier`` trains a new classification head; ``head=lm`` phrases each example as the task's prompt and
 scores label words or candidates with the pretrained LM head (``gradft.prompting``). ``shots=0`` (head=lm only)
 evaluates the pretrained model as it is: no method is applied, no step is taken, the gradient metrics are null.
+``method=icl`` (head=lm) is the same with the k shots as demonstrations in every prompt (``gradft.icl``).
 
 A run is a pure function of its composed config: ``seed`` fixes initialisation and batch order, ``data_seed``
 fixes which k examples are drawn. All config errors are raised before any model is loaded.
@@ -38,6 +39,8 @@ from gradft.grad_sketch import gradient_monitor
 from gradft.gradients import ParamSpace
 from gradft.guidance import StructuredGuidance
 from gradft.guidance_config import guidance_config
+from gradft.icl import attach as attach_demonstrations
+from gradft.icl import is_icl
 from gradft.methods import apply_method, trainable_parameters
 from gradft.metrics import GradientMonitor, baselines
 from gradft.models import backbone_parameters, head_kind, load_backbone
@@ -209,17 +212,23 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
     n_out = 1 if task.multiple_choice else len(task.labels)
     model, tok = load_backbone(cfg.model, n_out, cfg.paths.cache_dir, head)
     backbone = backbone_parameters(model)  # captured before a method wraps the model
-    if shots:  # zero-shot: the pretrained model as it is (prompt tuning's random virtual tokens would change it)
+    icl = is_icl(cfg.method) and bool(shots)  # in-context learning: the shots are demonstrations, nothing trains
+    trains = bool(shots) and not icl
+    if trains:  # zero-shot: the pretrained model as it is (prompt tuning's random virtual tokens would change it)
         model = apply_method(model, cfg.method)
     model = model.to(device)
     space = ParamSpace(trainable_parameters(model))
-    if shots:
+    if trains:
         log.info("head %s, method %s: %d trainable parameters; %d shots drawn with data_seed=%d (labels %s)", head,
                  cfg.method.name, space.numel, len(shots), cfg.data_seed,
                  sorted(Counter(e.label for e in shots).items()))
-    else:
+    elif not icl:
         log.info("head %s, zero-shot: the pretrained model as it is, no method, no training step", head)
     collate = make_collator(cfg, cfg.task, task, tok, model)
+    demos, scorer = None, model  # scorer: the model evaluation runs (icl: shares the demonstrations' KV cache)
+    if icl:  # the demonstrations go into every prompt row; a causal LM computes their KV cache once
+        demos, scorer = attach_demonstrations(collate, shots, cfg.seed, model, tok, cfg.method.context)
+    eval_bs = cfg.method.eval_batch_size if icl else cfg.eval.batch_size
     phases.stop("model_load")
     with phases("tracker"):
         tracker = Tracker(cfg, out)
@@ -232,7 +241,7 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
         t_train = time.perf_counter()
         trainer = monitor = guidance = None
         steps, length = 0, {}
-        if shots:
+        if trains:
             trainer, monitor, guidance, steps, length = _train(cfg, task, shots, model, space, metric_space,
                                                                collate, device, tracker, report, tok, phases)
         train_time = time.perf_counter() - t_train
@@ -243,8 +252,7 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
         scores: list = []  # per example and class, from the same pass: predictions.jsonl (gradft.saving)
         if "eval" in cfg.eval.splits:  # sweeps score only the selection split: never select on the reported one
             with phases("eval"):
-                metrics = evaluate(model, eval_set, collate, cfg.eval.batch_size, device, metric_names, n_cls,
-                                   scores=scores)
+                metrics = evaluate(scorer, eval_set, collate, eval_bs, device, metric_names, n_cls, scores=scores)
         metrics.update(monitor.summary() if monitor else GradientMonitor.empty_summary())
         # floors from the train pool (never the drawn, class-balanced shots), chance, and the eval split's own rate
         metrics.update(baselines([e.label for e in task.train_pool], [e.label for e in eval_set], n_cls))
@@ -255,12 +263,14 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
             "data_seed": cfg.data_seed, "model": cfg.model.name, "head": head, "guidance": cfg.guidance.name,
             "config_key": config_key(cfg), "env": hardware(device), "metrics": metrics, "eval_examples": len(eval_set),
             "shot_ids": [e.idx for e in shots], "data": task.info,
-            "trainable_params": space.numel if shots else 0, "metric_space_params": metric_space.numel,
+            "trainable_params": space.numel if trains else 0, "metric_space_params": metric_space.numel,
             "steps": steps, "skipped_nonfinite": state.skipped_nonfinite if state else 0,
             **_length_record(trainer, length),
             "train_time_s": train_time, "wall_time_s": None, "history": state.history if state else {},
             "trace": {k: v for k, v in state.trace.items() if k.startswith(("guide/", "grad/"))} if state else {},
         }
+        if demos is not None:  # demonstrations used per eval row (the selection split's are not counted)
+            results["icl"] = demos.summary()
         if guidance is not None:
             results["guidance_version"] = guidance.cfg.version
             warnings = guidance.health(state.history["train/loss"])
@@ -274,7 +284,7 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
                     results["guidance_stats"][key.removeprefix("guide/") + "_mean"] = mean
         if "select" in cfg.eval.splits:
             with phases("select_eval"):
-                results["select_metrics"] = evaluate(model, task.select, collate, cfg.eval.batch_size, device,
+                results["select_metrics"] = evaluate(scorer, task.select, collate, eval_bs, device,
                                                      metric_names, n_cls, "select")
         with phases("save"):  # save.model / save.predictions: the trained model and per-example predictions
             results["saved"] = save_run(out, cfg, model, tok, task, eval_set, scores)

@@ -4,8 +4,9 @@ Owns turning the fair-tuning studies (one per method, the same trial budget, sel
 that evaluates them: ``conf/experiment/<name>.yaml``, a ``# @package _global_`` experiment file whose ``grid`` node
 has every method's best values as ``per_method`` overrides, the ablation rows of ours (``ours_mag``, ``ours_dir``,
 ``ours_every4``, ``ours_init``: ours' tuned values minus the one they switch off), fresh evaluation seeds (never a
-tuning seed), and a ``tuning`` node recording each study's budget, ranges, best trial, its selection accuracy and
-whether the best value sits at the edge of its range (then the range was wrong: widen it and continue the study).
+tuning seed), an LM-head grid's (``head=lm``) untuned ``icl`` row (in-context learning: nothing to tune), and a
+``tuning`` node recording each study's budget, ranges, best trial, its selection accuracy and whether the best value
+sits at the edge of its range (then the range was wrong: widen it and continue the study).
 A study that has not met its budget is refused unless ``--partial`` (the file then says so). Figure 2's grid is the
 same with ``--tasks cb,copa,rte,wic --shots 16,32,64,128,256 --no-ablations`` and the full/lora/ours studies.
 """
@@ -93,6 +94,8 @@ def grid_doc(name: str, studies: list[dict[str, Any]], seeds: list[int], partial
     per_method = {s["method"]: [*s["own"], *(f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}"
                                              for k, v in s["best"].items())] for s in studies}
     methods = [s["method"] for s in studies]
+    if "head=lm" in [*next(iter(bases)), *extra]:  # an LM-head table has the in-context-learning row (untuned)
+        methods.append("icl")
     if "ours" in per_method and ablations:
         for ablation, dropped in ABLATIONS.items():
             per_method[ablation] = [o for o in per_method["ours"] if not dropped or not o.startswith(dropped + "=")]

@@ -81,5 +81,18 @@ class PromptConfig:
         check_int("method", num_virtual_tokens=self.num_virtual_tokens)
 
 
+@dataclass
+class IclConfig:
+    """In-context learning (``gradft.icl``): no parameter trains; the k shots are demonstrations in the prompt."""
+    name: str = "icl"
+    context: int | None = None  # tokens per row, demonstrations included (null: the model's context window)
+    eval_batch_size: int = 4  # rows of up to `context` tokens: eval.batch_size (64) of them would not fit in memory
+
+    def __post_init__(self) -> None:
+        check_int("method", eval_batch_size=self.eval_batch_size)
+        if self.context is not None:
+            check_int("method", context=self.context)
+
+
 CONFIGS: dict[str, type] = {"full": FullConfig, "adapter": AdapterConfig, "lora": LoraMethodConfig,
-                            "prompt": PromptConfig}
+                            "prompt": PromptConfig, "icl": IclConfig}
