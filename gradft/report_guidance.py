@@ -41,7 +41,8 @@ def _cell(r: dict[str, Any]) -> dict[str, float]:
     out = {"tau_ratio": s["tau_mean"] / g if g and s.get("tau_mean") is not None else math.nan,
            "hv_ratio": s.get("hv_ratio_mean", math.nan),
            "shift_ratio": s.get("shift_ratio_mean", s.get("hv_ratio_mean", math.nan)),  # v1: nothing capped H·v
-           "trust": s["trust_region_hits"] / max(s["guided_steps"], 1) if "trust_region_hits" in s else math.nan,
+           "trust": s["trust_region_hits"] / max(s["guided_steps"], 1)  # the hessian reading's trust region only
+           if "trust_region_hits" in s and s.get("mode") != "update" else math.nan,
            "loss": fmean(tail) if tail else math.nan, "accuracy": 100 * r["metrics"]["accuracy"]}
     return {k: (v if v is not None else math.nan) for k, v in out.items()}
 
