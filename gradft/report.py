@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from gradft.guidance_config import GUIDANCE_VERSION, superseded  # noqa: E402
 from gradft.report_figure2 import figure2, figure2_table, planned_cells  # noqa: E402
+from gradft.report_outcomes import n_results, score_diverged  # noqa: E402
 from gradft.report_table1 import BASELINES as BASELINES  # noqa: E402  (re-exported: report.BASELINES)
 from gradft.report_table1 import ICL, ZERO, _methods, _num, table1  # noqa: E402
 from gradft.report_table1 import paired as paired  # noqa: E402  (re-exported: report.paired)
@@ -171,6 +172,8 @@ def report(root: str | Path | list[str | Path] = "outputs/grid", out: str | Path
     root, out = (roots[0] if len(roots) == 1 else roots), Path(out)
     tuning_node = _tuning(tuning)
     recs = [r for d in roots for r in collect(d) if seeds is None or r["seed"] in seeds]  # e.g. a partial grid's
+    runs = [d for d in diverged_runs(roots) if seeds is None or d["seed"] in seeds]
+    recs += score_diverged(runs, recs)[0]  # a diverged run counts as the train-pool majority (report_outcomes)
     if not recs and not any(d["table_task"] for d in diverged_runs(roots)):
         raise SystemExit(f"no results.json under {root}{f' with seeds {seeds}' if seeds else ''}: run `make table1` "
                          "(or python -m gradft.grid ...) first")
@@ -179,7 +182,7 @@ def report(root: str | Path | list[str | Path] = "outputs/grid", out: str | Path
     lost = [d for d in diverged_runs(roots) if d["table_task"]]  # a user's only run diverged: still a Figure 3
     if domain or lost:
         paths = figure3(domain, out, root, tuning_node)
-        print(f"wrote {', '.join(str(p) for p in paths)} (Figure 3: from {len(domain)} domain-task results.json"
+        print(f"wrote {', '.join(str(p) for p in paths)} (Figure 3: from {n_results(domain)} domain-task results.json"
               f"{', and the diverged runs it lists' if paths and 'diverged' in paths[-1].read_text() else ''})")
     table: dict[str, Any] = {}
     if glue and len(roots) > 1:

@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from gradft.report_outcomes import fmt_loss, fmt_rate, n_results  # noqa: E402
 from gradft.report_table1 import (  # noqa: E402
     ABLATIONS,
     BASELINES,
@@ -139,6 +140,21 @@ def planned_trained(tuning: dict[str, Any] | None, root: Path | list[Path]) -> i
     return sum(planned_cells(tuning, root, int(k)) for k in tuning["planned_shots"] if int(k) > 0)
 
 
+def loss_lines(trained: list[dict], methods: list[str], shots: list[int], tasks: list[str], n_seeds: int) -> list[str]:
+    """Per method and k the final training loss (mean ± std over its runs), and the divergence rate: diverged
+    cells / planned cells (every task with results at that k × seed)."""
+    at = {k: {r["task"] for r in trained if r["shots"] == k} for k in shots}
+    planned = sum(len(at[k]) for k in shots) * n_seeds
+    rows = [[m, *[fmt_loss([r for r in trained if (r["method"], r["shots"]) == (m, k)]) for k in shots],
+             fmt_rate(sum(bool(r.get("diverged")) for r in trained if r["method"] == m), planned)] for m in methods]
+    return ["## Final training loss and divergence", "",
+            "Final training loss: the mean loss over each run's last epoch, mean ± std over its runs (under-training "
+            f"shows here). Diverged: diverged cells / planned cells ({len(tasks)} task(s) × {n_seeds} seed(s) at "
+            "each k); a diverged cell counts as the train-pool majority's accuracy in every number above.", "",
+            "| Method | " + " | ".join(f"loss k={k}" for k in shots) + " | Diverged |", "|---" * (2 + len(shots)) + "|",
+            *["| " + " | ".join(r) + " |" for r in rows], ""]
+
+
 def figure2_table(recs: list[dict], out: Path, root: Path | list[Path], tuning: dict[str, Any] | None = None) -> Path:
     """``figure2.md`` (+ csv): the plot's points as numbers, per-task means, and ours − each method at each k; with
     the grid file's ``tuning`` node (``report --tuning``), a partial grid says how far it got."""
@@ -178,17 +194,19 @@ def figure2_table(recs: list[dict], out: Path, root: Path | list[Path], tuning: 
     lines = [
         "# Figure 2: accuracy against the number of shots", "",
         f"Model **{recs[0]['model']}**, seeds {', '.join(map(str, sorted({r['seed'] for r in recs})))}, "
-        f"{'/'.join(map(str, sorted({r['steps'] for r in trained})))} training steps at every k. Each entry: "
+        f"{'/'.join(map(str, sorted({r['steps'] for r in trained if 'steps' in r})))} training steps at every k. "
+        "Each entry: "
         f"accuracy (%) averaged over the tasks of the plot within each seed, mean ± std over seeds (the points and "
         f"bands of `figure2.png`). {coverage_note(tasks, common, root)} Constant guesses over the same tasks (the "
         f"same at every k): {floors or '—'}. Per task: `figure2.csv`.",
-        f"From {len(recs)} results.json under `{root}`, {datetime.now():%Y-%m-%d %H:%M}. {hardware_line(recs)}",
-        *diverged_lines(root), *runaway_lines(recs), "",
+        f"From {n_results(recs)} results.json under `{root}`, {datetime.now():%Y-%m-%d %H:%M}. {hardware_line(recs)}",
+        *diverged_lines(root, recs), *runaway_lines(recs), "",
         "| Method | " + " | ".join(f"k={k}" for k in cols) + " |", "|---" * (1 + len(cols)) + "|",
         *["| " + " | ".join([m, *[fmt(*avg.get((m, k), (math.nan, math.nan, 0)), 100, full=n_seeds) for k in cols]])
           + " |" for m in ([ZERO] if zero else []) + methods], "",
+        *loss_lines(trained, methods, shots, tasks, n_seeds),
     ]
-    planned, ended = planned_trained(tuning, root), len(trained) + len(diverged_cells(root))
+    planned, ended = planned_trained(tuning, root), len(trained) + len(diverged_cells(root, recs))
     if planned and ended < planned:
         lines[4:4] = ["", f"**Partial grid: {ended} of the {planned} planned trained cells have ended** (a result or "
                       "a divergence): every number here is at the budget reached, not the planned one; rerun the "

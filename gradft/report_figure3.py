@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from gradft.report_outcomes import fmt_loss, n_results  # noqa: E402
 from gradft.report_table1 import (  # noqa: E402
     _methods,
     _num,
@@ -94,8 +95,10 @@ def figure3(recs: list[dict], out: Path, root: Path | list[Path], tuning: dict |
     values, ranges and budget go under the table."""
     models = sorted({r["model"] for r in recs})
     known = {r["task"] for r in recs}
+    scored = {Path(r["_path"]).parent.resolve() for r in recs if r.get("diverged")}  # in recs: in the means
     diverged = [d for d in diverged_runs(root, models[0] if len(models) == 1 else "?")  # a grid cell's: by its task
-                if d["table_task"] or (d["table_task"] is None and (d["task"] in known or d["task"] in DOMAIN))]
+                if (d["table_task"] or (d["table_task"] is None and (d["task"] in known or d["task"] in DOMAIN)))
+                and Path(d["where"]).resolve() not in scored]
     if not recs and not diverged:
         return []
     out.mkdir(parents=True, exist_ok=True)
@@ -136,17 +139,20 @@ def figure3(recs: list[dict], out: Path, root: Path | list[Path], tuning: dict |
 
     n_eval = {t: sorted({r.get("eval_examples") for r in recs if r["task"] == t}) for t in tasks}
     where = " + ".join(map(str, root)) if isinstance(root, list) else root
-    lost = f" and {len(diverged)} diverged run(s) without one" if diverged else ""
+    n_lost = len(diverged) + sum(bool(r.get("diverged")) for r in recs)  # unscored + scored as the majority
+    lost = f" and {n_lost} diverged run(s) without one" if n_lost else ""
     lines = ["# Figure 3: few-shot accuracy on domain tasks", "",
              f"k = {'/'.join(map(str, shots))} shots, seeds {', '.join(map(str, seeds))}; mean ± std over seeds "
-             f"(sample std). From {len(recs)} results.json{lost} under `{where}`, {datetime.now():%Y-%m-%d %H:%M}. "
+             f"(sample std). From {n_results(recs)} results.json{lost} under `{where}`, "
+             f"{datetime.now():%Y-%m-%d %H:%M}. "
              "Accuracy and macro-F1 (%) on each task's seeded eval split; beside each row the three baselines: "
              "train-pool majority (the constant a user can know without eval labels; its macro-F1 in brackets), "
              "chance (1/C), and the eval split's own majority rate; k = 0 rows are zero-shot runs (no method "
-             "applied). " + domain_sentence(tasks) + (hardware_line(recs) if recs else ""), *diverged_lines(root),
-             *runaway_lines(recs), "",
-             "| task (domain) | eval n | model | method | accuracy | macro-F1 | train-pool majority | chance | "
-             "eval majority |", "|---|---|---|---|---|---|---|---|---|"]
+             "applied). " + domain_sentence(tasks) + (hardware_line(recs) if recs else ""), *diverged_lines(root, recs),
+             *runaway_lines(recs), "Final loss: each run's mean training loss over its last epoch, mean ± std over "
+             "runs; a diverged run counts as the train-pool majority's accuracy (and its macro-F1), marked in its row.",
+             "", "| task (domain) | eval n | model | method | accuracy | macro-F1 | final loss | train-pool majority | "
+             "chance | eval majority |", "|---|---|---|---|---|---|---|---|---|---|"]
     for t in tasks:
         tr = [r for r in recs if r["task"] == t]
         base = (f"{_base(tr, t, 'baseline_train_majority') * 100:.1f} "
@@ -155,14 +161,17 @@ def figure3(recs: list[dict], out: Path, root: Path | list[Path], tuning: dict |
                 ) if tr else "— | — | —"  # only diverged runs: no baselines were computed
         for mo, me in series:
             gone = [d for d in diverged if (d["model"], d["method"], d["task"]) == (mo, me, t)]
-            note = f" (+{len(gone)} diverged, left out)" if gone else ""
+            n_div = sum(bool(r.get("diverged")) for r in cell[(mo, me, t)])
+            note = (f" ({n_div} of {len(cell[(mo, me, t)])} diverged: scored as the majority)" if n_div else "") + (
+                f" (+{len(gone)} diverged, left out)" if gone else "")
             if stat[(mo, me, t)][2]:
                 lines.append(f"| {t} ({DOMAIN.get(t, 'user task')}) | {'/'.join(map(str, n_eval[t]))} | {mo} | {me} "
-                             f"| {fmt(*stat[(mo, me, t)], 100)}{note} | {fmt(*f1[(mo, me, t)], 100)} | {base} |")
+                             f"| {fmt(*stat[(mo, me, t)], 100)}{note} | {fmt(*f1[(mo, me, t)], 100)} | "
+                             f"{fmt_loss(cell[(mo, me, t)])} | {base} |")
             elif gone:
                 where = ", ".join(f"k={d['shots']} s{d['seed']}" for d in gone)
                 lines.append(f"| {t} ({DOMAIN.get(t, 'user task')}) | — | {mo} | {me} | diverged, no result "
-                             f"({len(gone)} run{'s' * (len(gone) > 1)}: {where}) | — | {base} |")
+                             f"({len(gone)} run{'s' * (len(gone) > 1)}: {where}) | — | — | {base} |")
     tests = []
     for mo in sorted({r["model"] for r in recs}):
         for ours, base in (("ours", "lora"), ("ours-lm", "lora-lm")):

@@ -23,6 +23,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from gradft.report_outcomes import n_results, outcome_cells, scored_lines  # noqa: E402
+from gradft.report_tuning import noise_lines  # noqa: E402
 from gradft.stats import bootstrap_average_ci, holm, paired_comparison  # noqa: E402
 from gradft.tracking import ran_on  # noqa: E402
 
@@ -161,7 +163,7 @@ def tuning_lines(tuning: dict[str, Any] | None) -> list[str]:
         rows.append(f"| {m} | {s['n_trials']}{widened} ({s['complete']} / {s['pruned']} / {s['failed']}) | {best} "
                     f"| {ranges} "
                     f"| {100 * s['select_accuracy']:.1f} | {edge} |")
-    return [*rows, ""]
+    return [*rows, "", *noise_lines(tuning)]
 
 
 def hardware_line(recs: list[dict]) -> str:
@@ -171,21 +173,26 @@ def hardware_line(recs: list[dict]) -> str:
     return "Ran on: " + ", ".join(f"{n} on {hw}" for hw, n in where.most_common()) + "."
 
 
-def diverged_cells(root: Path | list[Path]) -> list[str]:
+def diverged_cells(root: Path | list[Path], recs: list[dict] = ()) -> list[str]:
     """Cells (``task/method/kK/sS``) whose run diverged (a non-finite loss or gradient more often than
-    trainer.max_skipped allows): an error.json and no results.json."""
+    trainer.max_skipped allows): an error.json and no results.json; those ``recs`` hold scored (``diverged``
+    records: ``gradft.report_outcomes``) are left to ``scored_lines``."""
     roots = [Path(r) for r in root] if isinstance(root, list) else [Path(root)]
+    scored = {Path(r["_path"]).resolve() for r in recs if r.get("diverged")}
     return sorted(str(e.parent.relative_to(r if len(roots) == 1 else r.parent)) for r in roots
                   for e in r.rglob("error.json")
-                  if "NonFiniteError" in e.read_text(errors="ignore") and not (e.parent / "results.json").exists())
+                  if "NonFiniteError" in e.read_text(errors="ignore") and not (e.parent / "results.json").exists()
+                  and e.resolve() not in scored)
 
 
-def diverged_lines(root: Path | list[Path]) -> list[str]:
-    """The diverged cells are missing from every mean and paired test; said here (one line, or none), never silently
-    left out."""
-    cells = diverged_cells(root)
-    return [f"**Diverged, no result** ({len(cells)} cell{'s' * (len(cells) > 1)}: non-finite losses beyond "
-            f"trainer.max_skipped; left out of the means and the paired tests): {', '.join(cells)}."] if cells else []
+def diverged_lines(root: Path | list[Path], recs: list[dict] = ()) -> list[str]:
+    """The diverged cells: those scored as the train-pool majority (in the means), then those no neighbour could
+    score (missing from every mean and paired test); said here, never silently left out."""
+    cells = diverged_cells(root, recs)
+    return scored_lines(recs) + ([f"**Diverged, no result** ({len(cells)} cell{'s' * (len(cells) > 1)}: non-finite "
+                                  "losses beyond trainer.max_skipped, and no result of the same (task, seed) to read "
+                                  "its train-pool majority from; left out of the means and the paired tests): "
+                                  f"{', '.join(cells)}."] if cells else [])
 
 
 RUNAWAY = 1e3  # mean ‖H·v‖/‖g‖ above this: guidance, not the task, set the steps (the others: 0.07–260)
@@ -230,17 +237,20 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
     acc = {m: {(r["task"], r["seed"]): _num(r["metrics"]["accuracy"]) for r in by_m[m]} for m in methods}
     header = ["method", "n_seeds", "avg_acc_mean", "avg_acc_std", "avg_acc_ci_low", "avg_acc_ci_high",
               "stability_mean", "stability_std", "alignment_mean", "alignment_std",
-              *[f"{t}_acc_{s}" for t in tasks for s in ("mean", "std")]]
+              *[f"{t}_acc_{s}" for t in tasks for s in ("mean", "std")], "final_loss", "diverged", "unstable"]
     rows, md_rows = [], []
+    planned = len(tasks) * n_seeds  # every method is planned in every (task, seed) cell of the table
     for m in methods:
         cols = [mean_std(seed_means(by_m[m], tasks, k)) for k in ("accuracy", "gradient_stability",
                                                                       "directional_alignment")]
         # the CI resamples the same complete seeds the mean averages (a partial grid's stray cells would move it)
         lo, hi = bootstrap_average_ci(complete_seeds(acc[m], tasks)) if cols[0][2] else (math.nan, math.nan)
         per_task = [mean_std([_num(r["metrics"]["accuracy"]) for r in by_m[m] if r["task"] == t]) for t in tasks]
-        rows.append([m, cols[0][2], *cols[0][:2], lo, hi, *[x for c in cols[1:] + per_task for x in c[:2]]])
+        outcome = outcome_cells(by_m[m], planned)
+        rows.append([m, cols[0][2], *cols[0][:2], lo, hi, *[x for c in cols[1:] + per_task for x in c[:2]],
+                     *outcome])
         ci = f"[{100 * lo:.1f}, {100 * hi:.1f}]" if math.isfinite(lo) else "—"
-        md_rows.append([m, fmt(*cols[0], 100, full=n_seeds), ci, fmt(*cols[1], digits=3, full=n_seeds),
+        md_rows.append([m, fmt(*cols[0], 100, full=n_seeds), ci, *outcome, fmt(*cols[1], digits=3, full=n_seeds),
                         fmt(*cols[2], digits=3, full=n_seeds), *[fmt(*c, 100, full=n_seeds) for c in per_task]])
     trained = [r for r in recs if r["shots"] > 0] or recs
     for key, name in BASELINES.items():  # floors from results.json; older results (drawn-shots majority): "—"
@@ -248,8 +258,9 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
         maj = [{"task": t, "seed": s, "metrics": {"accuracy": v}} for (t, s), v in first.items()]
         avg = mean_std(seed_means(maj, tasks, "accuracy"))
         per_task = [mean_std([v for (t, _), v in first.items() if t == task]) for task in tasks]
-        rows.append([key, avg[2], avg[0], avg[1], "", "", "", "", "", "", *[x for c in per_task for x in c[:2]]])
-        md_rows.append([name, fmt(*avg, 100), "—", "—", "—", *[fmt(*c, 100) for c in per_task]])
+        rows.append([key, avg[2], avg[0], avg[1], "", "", "", "", "", "", *[x for c in per_task for x in c[:2]],
+                     "", "", ""])
+        md_rows.append([name, fmt(*avg, 100), "—", "—", "—", "—", "—", "—", *[fmt(*c, 100) for c in per_task]])
     tests = paired_tests(acc)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "table1.csv", "w", newline="") as f:
@@ -263,7 +274,7 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
         w.writerows([[m, b, *[t[k] for k in keys]] for (m, b), t in tests.items()])
     figure = paired_figure(acc, tests, out)
 
-    steps = sorted({r["steps"] for r in trained})
+    steps = sorted({r["steps"] for r in trained if "steps" in r})
     n_eval = {t: sorted({r.get("eval_examples") for r in recs if r["task"] == t}) for t in tasks}
     lines = [
         "# Table 1: comparison of fine-tuning methods", "",
@@ -274,15 +285,19 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
         f"({', '.join(f'{t} {n_eval[t][0] if len(n_eval[t]) == 1 else n_eval[t]}' for t in tasks)} examples); "
         "each entry is mean ± std over seeds (sample std). Avg accuracy, stability and alignment are averaged "
         f"over the {len(tasks)} tasks within each seed first; seeds missing a task are left out of them. 95% CI: "
-        "bootstrap of the task average, seeds resampled within each task.",
-        f"From {len(recs)} results.json under `{root}`, {datetime.now():%Y-%m-%d %H:%M}. Baselines: train-pool "
+        "bootstrap of the task average, seeds resampled within each task. Final train loss: mean ± std over runs of "
+        "the mean training loss over the last epoch; Diverged: diverged cells / planned (task, seed) cells (a diverged "
+        "cell counts as the train-pool majority's accuracy); Unstable: guided runs whose guidance health check "
+        "warned / guided runs.",
+        f"From {n_results(recs)} results.json under `{root}`, {datetime.now():%Y-%m-%d %H:%M}. Baselines: train-pool "
         "majority = always the train pool's most frequent class (knowable without eval labels); chance = 1/C; eval "
         "majority = the eval split's own majority rate (the best constant, which needs eval labels). Ablations: "
         "ours-mag = λ1 = 0 (magnitude term only), ours-dir = λ2 = 0 (direction term only), ours-every4 = guidance "
         "on every 4th step, ours-init = d_prior from the step-0 k-shot gradient. " + hardware_line(recs),
-        *diverged_lines(root), *runaway_lines(recs), "",
-        "| Method | Avg accuracy | 95% CI | Gradient stability | Directional alignment | " + " | ".join(tasks) + " |",
-        "|---" * (5 + len(tasks)) + "|",
+        *diverged_lines(root, recs), *runaway_lines(recs), "",
+        "| Method | Avg accuracy | 95% CI | Final train loss | Diverged | Unstable | Gradient stability | "
+        "Directional alignment | " + " | ".join(tasks) + " |",
+        "|---" * (8 + len(tasks)) + "|",
         *["| " + " | ".join(map(str, r)) + " |" for r in md_rows], "",
     ]
     planned = (tuning or {}).get("planned_cells")

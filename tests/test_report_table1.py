@@ -110,7 +110,7 @@ def test_cells_that_diverged_are_named_not_silently_left_out(tmp_path):
         if finished:  # a later retry finished the cell: no longer missing
             (d / "results.json").write_text("{}")
 
-    assert "Diverged" not in table1(records(), tmp_path / "out", tmp_path)["markdown"]
+    assert "**Diverged" not in table1(records(), tmp_path / "out", tmp_path)["markdown"]
     cell("cb/ours_init/k32/s101", "NonFiniteError('4 steps had a non-finite loss')")
     cell("rte/ours/k32/s100", "NonFiniteError('4 steps had a non-finite loss')", finished=True)
     cell("wic/lora/k32/s100", "RuntimeError('CUDA out of memory')")  # a crash, retried by the grid: not an outcome
