@@ -32,6 +32,7 @@ from gradft.report_outcomes import n_results, score_diverged  # noqa: E402
 from gradft.report_table1 import BASELINES as BASELINES  # noqa: E402  (re-exported: report.BASELINES)
 from gradft.report_table1 import ICL, ZERO, _methods, _num, table1  # noqa: E402
 from gradft.report_table1 import paired as paired  # noqa: E402  (re-exported: report.paired)
+from gradft.report_tuning import fill_selection  # noqa: E402
 from gradft.resultfile import inspect, result_files  # noqa: E402
 
 log = logging.getLogger("gradft.report")
@@ -148,7 +149,7 @@ def _tuning(path: str | Path | None) -> dict[str, Any] | None:
     if axes:  # what the grid plans at each of its shot counts (planned_at subtracts the infeasible cells)
         node = {**node, "planned_shots": list(axes.get("shots", [])),
                 "planned_per_shots": math.prod(len(v) for a, v in axes.items() if a != "shots")}
-    return node
+    return fill_selection(node)  # a grid file from before the tuning-noise block: computed from its studies
 
 
 def planned_at(tuning: dict[str, Any] | None, root: Path, shots: int) -> dict[str, Any] | None:

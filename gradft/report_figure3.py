@@ -95,7 +95,7 @@ def figure3(recs: list[dict], out: Path, root: Path | list[Path], tuning: dict |
     values, ranges and budget go under the table."""
     models = sorted({r["model"] for r in recs})
     known = {r["task"] for r in recs}
-    scored = {Path(r["_path"]).parent.resolve() for r in recs if r.get("diverged")}  # in recs: in the means
+    scored = {Path(r["_path"]).parent.resolve() for r in recs if r.get("diverged") and "_path" in r}  # in the means
     diverged = [d for d in diverged_runs(root, models[0] if len(models) == 1 else "?")  # a grid cell's: by its task
                 if (d["table_task"] or (d["table_task"] is None and (d["task"] in known or d["task"] in DOMAIN)))
                 and Path(d["where"]).resolve() not in scored]

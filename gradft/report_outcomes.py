@@ -86,7 +86,9 @@ def score_diverged(runs: list[dict[str, Any]], recs: list[dict]) -> tuple[list[d
             continue
         m = donor["metrics"]
         metrics = {k: v for k, v in m.items() if k.startswith("baseline_")}
-        metrics.update(accuracy=m[MAJORITY], f1_macro=m.get(f"{MAJORITY}_f1_macro"))
+        metrics["accuracy"] = m[MAJORITY]
+        if "f1_macro" in m:  # the constant prediction's macro-F1, where its neighbours report one
+            metrics["f1_macro"] = m.get(f"{MAJORITY}_f1_macro")
         scored.append({"model": donor["model"] if d["model"] == "?" else d["model"], "method": d["method"],
                        "task": d["task"], "shots": d["shots"], "seed": d["seed"], "data_seed": donor["data_seed"],
                        "head": donor.get("head"), "config_key": "", "metrics": metrics, "diverged": True,

@@ -169,7 +169,7 @@ def tuning_lines(tuning: dict[str, Any] | None) -> list[str]:
 def hardware_line(recs: list[dict]) -> str:
     """Where the runs executed (results.json "env"), by count: a grid may be finished on other hardware than it
     started on (same configs, same keys; floating-point results differ in their last bits)."""
-    where = Counter(ran_on(r) for r in recs)
+    where = Counter(ran_on(r) for r in recs if not r.get("diverged"))  # a diverged run scored: no result of its own
     return "Ran on: " + ", ".join(f"{n} on {hw}" for hw, n in where.most_common()) + "."
 
 
@@ -178,7 +178,7 @@ def diverged_cells(root: Path | list[Path], recs: list[dict] = ()) -> list[str]:
     trainer.max_skipped allows): an error.json and no results.json; those ``recs`` hold scored (``diverged``
     records: ``gradft.report_outcomes``) are left to ``scored_lines``."""
     roots = [Path(r) for r in root] if isinstance(root, list) else [Path(root)]
-    scored = {Path(r["_path"]).resolve() for r in recs if r.get("diverged")}
+    scored = {Path(r["_path"]).resolve() for r in recs if r.get("diverged") and "_path" in r}
     return sorted(str(e.parent.relative_to(r if len(roots) == 1 else r.parent)) for r in roots
                   for e in r.rglob("error.json")
                   if "NonFiniteError" in e.read_text(errors="ignore") and not (e.parent / "results.json").exists()

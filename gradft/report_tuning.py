@@ -6,16 +6,22 @@ attr ``select_accuracy_se`` of ``gradft.sweep_signal``; None in studies from bef
 first ``enqueue`` point: the config's defaults) and best − runner-up (the second-best COMPLETE trial), each with a
 paired bootstrap 95 % CI over the (task, seed) cells both trials ran when their per-cell selection accuracies are
 stored (user attr ``select_accuracy_runs``: ``{"task/s<seed>": acc}``), else the bare difference and a note; and
-the λ = 0 control trials (user attr ``control``). ``noise_lines`` prints that as the report's tuning-noise block.
+the λ = 0 control trials (user attr ``control``). ``noise_lines`` prints that as the report's tuning-noise block;
+``fill_selection`` computes it for a grid file written before it from the study itself (the spec's storage, else the
+committed copy ``results/tuning/*/<study>.db``), when it can be found.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from pathlib import Path
 from typing import Any
 
 from gradft.stats import paired_comparison
+from gradft.sweep_signal import objective_stats
 
+log = logging.getLogger("gradft.report")
 RUNS = "select_accuracy_runs"  # gradft.sweep: a trial's selection accuracy per (task, seed) run
 SE = "select_accuracy_se"  # gradft.sweep_signal.objective_stats: the objective's standard error
 
@@ -52,7 +58,9 @@ def selection_summary(trials: list[Any], enqueue: list[dict[str, Any]]) -> dict[
     best = done[0]
     default = next((t for t in sorted(done, key=lambda t: t.number) if enqueue and _is_default(t, enqueue[0])
                     and "control" not in t.user_attrs), None)
+    runs = best.user_attrs.get(RUNS)
     return {"best_trial": best.number, "se": _finite(best.user_attrs.get(SE)),
+            "se_from_runs": _finite(objective_stats(runs)["select_accuracy_se"]) if isinstance(runs, dict) else None,
             "best_is_control": "control" in best.user_attrs, "cells_stored": isinstance(best.user_attrs.get(RUNS),
                                                                                         dict),
             "minus_default": difference(best, default) if default is not None and default is not best else None,
@@ -90,7 +98,8 @@ def noise_lines(tuning: dict[str, Any] | None) -> list[str]:
             rows.append(f"| {m} | #{s.get('best_trial', '?')} | not recorded | not recorded | not recorded | "
                         "not recorded (grid file written before the tuning-noise block: rerun `gradft.tuned`) |")
             continue
-        se = f"{100 * sel['se']:.2f}" if sel.get("se") is not None else "not recorded"
+        se = (f"{100 * sel['se']:.2f}" if sel.get("se") is not None else "not recorded"
+              + (f" ({100 * sel['se_from_runs']:.2f} from its runs)" if sel.get("se_from_runs") is not None else ""))
         default = "best is the default" if sel.get("default_is_best") else _diff(sel.get("minus_default"), "default")
         controls = ", ".join(f"#{c['trial']} {100 * c['value']:.1f} ("
                              + ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
@@ -99,3 +108,44 @@ def noise_lines(tuning: dict[str, Any] | None) -> list[str]:
         rows.append(f"| {m} | #{sel['best_trial']}{' †' * bool(sel.get('best_is_control'))} | {se} | {default} | "
                     f"{_diff(sel.get('minus_runner_up'), 'runner-up')} | {controls} |")
     return [*rows, ""]
+
+
+def _storages(s: dict[str, Any]) -> list[str]:
+    """Where a study of the tuning node may be: its spec's storage, then the committed copies of the studies."""
+    out = []
+    try:
+        from gradft.sweep_spec import load_spec
+
+        out.append(load_spec(s["spec"]).storage)
+    except Exception as e:  # noqa: BLE001 — a moved or unreadable spec: try the committed copies
+        log.info("tuning block: spec %s unreadable (%s)", s.get("spec"), e)
+    out += [f"sqlite:///{p}" for p in sorted(Path("results/tuning").glob(f"*/{s.get('study')}.db"))]
+    return [u for u in out if not u.startswith("sqlite:///") or Path(u.removeprefix("sqlite:///")).is_file()]
+
+
+def fill_selection(tuning: dict[str, Any]) -> dict[str, Any]:
+    """The tuning node with ``selection`` computed from each study it lacks it for (a grid file from before),
+    where the study is found; the others stay without it (printed as "not recorded")."""
+    import optuna
+
+    out = dict(tuning)
+    for m, s in tuning.items():
+        if not isinstance(s, dict) or "best" not in s or s.get("selection") or not s.get("study"):
+            continue
+        for url in _storages(s):
+            try:
+                study = optuna.load_study(study_name=s["study"], storage=url)
+            except Exception as e:  # noqa: BLE001 — not this storage: try the next
+                log.info("tuning block: no study %s in %s (%s)", s["study"], url, e)
+                continue
+            enqueue = []
+            try:
+                from gradft.sweep_spec import load_spec
+
+                enqueue = load_spec(s["spec"]).enqueue
+            except Exception:  # noqa: BLE001 — no spec: no default point to compare with
+                pass
+            out[m] = {**s, "selection": selection_summary(study.get_trials(deepcopy=False), enqueue),
+                      "selection_from": url}
+            break
+    return out

@@ -1,0 +1,83 @@
+"""The tuning block says whether the tuning could select (issue 28, item 2): per study the objective's standard
+error, best − default and best − runner-up with a paired bootstrap CI over the (task, seed) cells both trials ran,
+the λ = 0 control trials marked; "not recorded" / "not stored" where an old study lacks them. Real Optuna SQLite
+studies built in the test (trials added with their user attrs: nothing is trained), written into a grid file by
+``gradft.tuned`` and read back by the report as ``--tuning`` does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import yaml
+
+from gradft import report, tuned
+from gradft.report_table1 import tuning_lines
+from gradft.stats import bootstrap_mean_ci
+from gradft.sweep_signal import objective_stats
+
+LR = {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}
+BASE = {"cb/s0": 0.60, "cb/s1": 0.62, "rte/s0": 0.55, "rte/s1": 0.57}
+TRIALS = [  # (lr, per-(task, seed) shift, control)
+    (1e-3, {"cb/s0": 0.00, "cb/s1": 0.00, "rte/s0": 0.00, "rte/s1": 0.00}, None),  # #0: the default point
+    (3e-3, {"cb/s0": 0.06, "cb/s1": 0.02, "rte/s0": 0.05, "rte/s1": 0.03}, None),  # #1: the best
+    (5e-4, {"cb/s0": 0.01, "cb/s1": 0.05, "rte/s0": 0.02, "rte/s1": 0.04}, None),  # #2: the runner-up
+    (1e-3, {"cb/s0": -0.02, "cb/s1": -0.01, "rte/s0": 0.0, "rte/s1": -0.03}, {"guidance.lambda1": 0}),  # #3
+]
+
+
+def make_study(tmp: Path, name: str, cells: bool) -> Path:
+    spec = tmp / f"{name}.yaml"
+    spec.write_text(yaml.safe_dump({
+        "study_name": name, "storage": f"sqlite:///{tmp}/{name}.db", "out_dir": str(tmp / "out"), "n_trials": 4,
+        "tasks": ["cb", "rte"], "n_seeds": 2, "space": {"method.lr": LR}, "sampler": {"name": "random"},
+        "base": ["method=lora", "model=tiny_bert"], "enqueue": [{"method.lr": 1e-3}]}))
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp}/{name}.db", direction="maximize")
+    for lr, shift, control in TRIALS:
+        runs = {k: v + shift[k] for k, v in BASE.items()}
+        attrs = {**({"select_accuracy_runs": runs, **objective_stats(runs)} if cells else {}),
+                 **({"control": control} if control else {})}
+        study.add_trial(optuna.trial.create_trial(
+            params={"method.lr": lr}, distributions={"method.lr": optuna.distributions.FloatDistribution(
+                1e-4, 1e-2, log=True)}, value=sum(runs.values()) / len(runs), user_attrs=attrs))
+    return spec
+
+
+def block(tmp: Path, spec: Path) -> str:
+    assert tuned.main([str(spec), "--name", spec.stem, "--conf-dir", str(tmp / "conf"), "--seeds", "100,101"]) == 0
+    node = report._tuning(tmp / "conf" / "experiment" / f"{spec.stem}.yaml")  # what `report --tuning` reads
+    return "\n".join(tuning_lines(node))
+
+
+def lora_row(md: str) -> list[str]:
+    rows = [line for line in md.splitlines() if line.startswith("| lora | #1 |")]  # the noise block's row
+    assert rows, md
+    return rows[0].split(" | ")
+
+
+def ci_text(shift_a: dict, shift_b: dict) -> str:
+    d = [shift_a[k] - shift_b[k] for k in sorted(shift_a)]
+    lo, hi = bootstrap_mean_ci(d)
+    return f"{100 * sum(d) / len(d):+.2f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def test_the_tuning_block_prints_the_objectives_se_and_best_minus_default_and_runner_up_with_paired_cis(tmp_path):
+    md = block(tmp_path, make_study(tmp_path, "tune_lora", cells=True))
+    best = {k: v + TRIALS[1][1][k] for k, v in BASE.items()}
+    se = objective_stats(best)["select_accuracy_se"]
+    cols = lora_row(md)
+    assert cols[2] == f"{100 * se:.2f}"  # the best trial's objective SE, in points
+    assert cols[3] == f"{ci_text(TRIALS[1][1], TRIALS[0][1])} vs #0"  # best − default, paired over 4 cells
+    assert cols[4] == f"{ci_text(TRIALS[1][1], TRIALS[2][1])} vs #2"  # best − runner-up
+    assert "#3 " in cols[5] and "(guidance.lambda1=0)" in cols[5]  # the λ = 0 control trial, marked
+    assert "objective SE" in md and "best − runner-up" in md
+
+
+def test_an_old_study_without_se_or_per_cell_accuracies_says_so(tmp_path):
+    md = block(tmp_path, make_study(tmp_path, "tune_old", cells=False))
+    row = lora_row(md)
+    assert row[2] == "not recorded"
+    assert row[3].endswith("(no CI: per-(task, seed) accuracies not stored) vs #0")
+    old = tuning_lines({"lora": {"best": {"method.lr": 1e-3}, "best_trial": 4, "n_trials": 4, "complete": 4,
+                                 "pruned": 0, "failed": 0, "space": {"method.lr": LR}, "select_accuracy": 0.6}})
+    assert any(line.startswith("| lora | #4 | not recorded |") for line in old)  # a grid file from before
