@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gradft.report_outcomes import fmt_loss, n_results  # noqa: E402
+from gradft.report_outcomes import fmt_loss, n_results, rate_lines  # noqa: E402
 from gradft.report_table1 import (  # noqa: E402
     _methods,
     _num,
@@ -172,6 +172,7 @@ def figure3(recs: list[dict], out: Path, root: Path | list[Path], tuning: dict |
                 where = ", ".join(f"k={d['shots']} s{d['seed']}" for d in gone)
                 lines.append(f"| {t} ({DOMAIN.get(t, 'user task')}) | — | {mo} | {me} | diverged, no result "
                              f"({len(gone)} run{'s' * (len(gone) > 1)}: {where}) | — | — | {base} |")
+    lines += rate_lines(recs, diverged)
     tests = []
     for mo in sorted({r["model"] for r in recs}):
         for ours, base in (("ours", "lora"), ("ours-lm", "lora-lm")):

@@ -135,3 +135,21 @@ def outcome_cells(recs: list[dict], planned: int) -> list[str]:
 def n_results(recs: list[dict]) -> int:
     """How many of ``recs`` are results.json files (not diverged runs scored as the majority)."""
     return sum(not r.get("diverged") for r in recs)
+
+
+def rate_lines(recs: list[dict], unscored: list[dict]) -> list[str]:
+    """Per (model, method): diverged cells / planned cells — every (task, seed) any method of that model ended (a
+    result or a divergence) at each of this method's shot counts — and the unstable guided runs."""
+    ended = recs + unscored
+    rows = []
+    for mo, me in sorted({(r["model"], r["method"]) for r in ended}):
+        mine = [r for r in ended if (r["model"], r["method"]) == (mo, me)]
+        cells = {(r["task"], r["seed"]) for r in ended if r["model"] == mo}
+        planned = len(cells) * len({r["shots"] for r in mine})
+        diverged = sum(bool(r.get("diverged")) or "metrics" not in r for r in mine)  # scored, or no result
+        guided = [r for r in mine if "guidance_stats" in r]
+        rows.append(f"| {mo} | {me} | {fmt_rate(diverged, planned)} | "
+                    f"{fmt_rate(sum(map(unstable, guided)), len(guided)) if guided else '—'} |")
+    return ["", "Diverged: diverged runs / planned cells (each (task, seed) of the model at each of the method's k); "
+            "unstable: guided runs whose guidance health check warned / guided runs.", "",
+            "| model | method | diverged | unstable |", "|---|---|---|---|", *rows] if rows else []

@@ -6,7 +6,9 @@ has every method's best values as ``per_method`` overrides, the ablation rows of
 ``ours_every4``, ``ours_init``: ours' tuned values minus the one they switch off), fresh evaluation seeds (never a
 tuning seed), an LM-head grid's (``head=lm``) untuned ``icl`` row (in-context learning: nothing to tune), and a
 ``tuning`` node recording each study's budget, ranges, best trial, its selection accuracy and whether the best value
-sits at the edge of its range (then the range was wrong: widen it and continue the study).
+sits at the edge of its range (then the range was wrong: widen it and continue the study), and whether the study
+could select (``selection``: the objective's SE, best − default and best − runner-up with paired CIs, the λ = 0
+controls; ``gradft.report_tuning``).
 A study that has not met its budget is refused unless ``--partial`` (the file then says so). Figure 2's grid is the
 same with ``--tasks cb,copa,rte,wic --shots 16,32,64,128,256 --no-ablations`` and the full/lora/ours studies.
 """

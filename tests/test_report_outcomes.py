@@ -25,7 +25,7 @@ def write_run(root, task, method, seed, acc, batch_size=None, **extra) -> None:
     d.mkdir(parents=True)
     r = {"model": "minilm", "method": method, "task": task, "shots": 32, "seed": seed, "data_seed": seed,
          "steps": 40, "config_key": "synthetic",
-         "metrics": {"accuracy": acc, "baseline_train_majority": MAJORITY[(task, seed)],
+         "metrics": {"accuracy": acc, "baseline_train_majority": MAJORITY.get((task, seed), 0.5),
                      "baseline_train_majority_f1_macro": 0.33, "baseline_chance": 0.5, "baseline_eval_majority": 0.6},
          **extra}
     (d / "results.json").write_text(json.dumps(r))
@@ -111,3 +111,24 @@ def test_figure2_shows_each_methods_final_loss_per_k_and_its_divergence_rate(tmp
     md = figure2_table(recs, tmp_path, tmp_path).read_text()
     assert "| lora | 0.100 ± 0.000 | 0.400 ± 0.000 | 0/8 (0 %) |" in md
     assert "| ours | 0.500 ± 0.000 | 0.500 ± 0.000 | 1/8 (12 %) |" in md  # the diverged run has no loss to show
+
+
+def test_figure3_scores_a_diverged_domain_cell_as_its_majority_with_loss_and_rate_columns(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    root = tmp_path / "grid"
+    data = {"source": "files", "labels": ["no", "yes"]}  # a domain (table) task: Figure 3
+    for seed in SEEDS:
+        write_run(root, "overruling", "lora", seed, 0.8, data=data, final_train_loss=0.2)
+        if seed == 1:
+            d = root / "overruling" / "ours" / "k32" / "s1"
+            d.mkdir(parents=True)
+            (d / "error.json").write_text(json.dumps({"error": "NonFiniteError('nan')", "diverged": True}))
+        else:
+            write_run(root, "overruling", "ours", seed, 0.7, data=data, final_train_loss=0.6)
+    report.report(root, tmp_path / "out")
+    md = (tmp_path / "out" / "figure3.md").read_text()
+    ours = next(line for line in md.splitlines() if "| minilm | ours |" in line and line.startswith("| overruling"))
+    assert "| 60.0 ± 14.1 (1 of 2 diverged: scored as the majority) |" in ours  # 0.7 and its majority, 0.5
+    assert "(1 of 2 diverged: scored as the majority)" in ours and "| 0.600 (n=1) |" in ours
+    assert "| minilm | ours | 1/2 (50 %) | — |" in md and "| minilm | lora | 0/2 (0 %) | — |" in md
+    assert "From 3 results.json and 1 diverged run(s) without one" in md
