@@ -89,7 +89,10 @@ def score_diverged(runs: list[dict[str, Any]], recs: list[dict]) -> tuple[list[d
         metrics["accuracy"] = m[MAJORITY]
         if "f1_macro" in m:  # the constant prediction's macro-F1, where its neighbours report one
             metrics["f1_macro"] = m.get(f"{MAJORITY}_f1_macro")
-        scored.append({"model": donor["model"] if d["model"] == "?" else d["model"], "method": d["method"],
+        method = d["method"]
+        if donor.get("head") == "lm" and not method.endswith("-lm") and method not in ("zero-shot", "icl"):
+            method += "-lm"  # a grid's LM-head cell, named as gradft.report.collect names its results
+        scored.append({"model": donor["model"] if d["model"] == "?" else d["model"], "method": method,
                        "task": d["task"], "shots": d["shots"], "seed": d["seed"], "data_seed": donor["data_seed"],
                        "head": donor.get("head"), "config_key": "", "metrics": metrics, "diverged": True,
                        "eval_examples": donor.get("eval_examples"), "data": donor.get("data"),
