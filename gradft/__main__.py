@@ -98,6 +98,7 @@ def _write_diverged(cfg: DictConfig, e: BaseException) -> None:
     import socket
     import time
 
+    from gradft.guidance_config import guidance_fields
     from gradft.tracking import atomic_write, config_key
 
     shots = int(cfg.shots)
@@ -105,7 +106,7 @@ def _write_diverged(cfg: DictConfig, e: BaseException) -> None:
         "time": time.time(), "error": repr(e), "pid": os.getpid(), "host": socket.gethostname(), "diverged": True,
         "seed": cfg.seed, "data_seed": cfg.data_seed, "config_key": config_key(cfg), "task": cfg.task.name,
         "method": cfg.method.name if shots else "zero-shot", "model": cfg.model.name, "shots": shots,
-        "head": cfg.get("head", "classifier"), "table_task": "dir" not in cfg.task}))
+        "head": cfg.get("head", "classifier"), "table_task": "dir" not in cfg.task, **guidance_fields(cfg)}))
 
 
 def main() -> None:

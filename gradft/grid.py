@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from gradft import data as gdata
 from gradft import resultfile, stopping
 from gradft.grid_eta import estimate
-from gradft.guidance_config import superseded
+from gradft.guidance_config import guidance_fields, superseded
 from gradft.locks import HOST, acquire, describe
 from gradft.run import CONF_DIR, run
 from gradft.tracking import atomic_write, config_key
@@ -240,7 +240,8 @@ def run_cell(p: Plan, cell: Cell) -> str | None:
             atomic_write(d / "error.json", json.dumps({
                 "time": time.time(), "error": repr(e), "pid": os.getpid(), "host": HOST,
                 "diverged": type(e).__name__ == "NonFiniteError", "seed": cell.seed, "data_seed": cell.data_seed,
-                "config_key": config_key(cfg) if cfg is not None else None}))
+                "config_key": config_key(cfg) if cfg is not None else None,
+                **(guidance_fields(cfg) if cfg is not None else {})}))
             p.event("fail", cell, error=repr(e)[:500])
         except OSError as e2:
             log.error("cell %s: could not record its failure either (%s)", cell.rel, e2)

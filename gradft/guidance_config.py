@@ -88,6 +88,37 @@ def superseded(results: dict) -> bool:
     return results.get("guidance", "none") != "none" and results.get("guidance_version", 1) != GUIDANCE_VERSION
 
 
+def guidance_fields(cfg) -> dict:
+    """What an error.json records of a run's guidance, so that the report can tell a superseded one."""
+    g = cfg.guidance
+    return {"guidance": g.name, **({"guidance_version": g.get("version", 1)} if g.name != "none" else {})}
+
+
+def superseded_run(run_dir) -> bool:
+    """A run folder without results.json (a diverged run's error.json) that is guided and of an older guidance
+    version: superseded like its results would be. Read from error.json's ``guidance``/``guidance_version`` (written
+    since version 2), else its config.yaml, else — error.json files from before 2026-12-07 record neither — from the
+    method's name (gradft's guided methods are ``ours*``)."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    d = Path(run_dir)
+    try:
+        e = json.loads((d / "error.json").read_text())
+    except (OSError, ValueError):
+        e = {}
+    if isinstance(e, dict) and "guidance" in e:
+        return e["guidance"] != "none" and e.get("guidance_version", 1) != GUIDANCE_VERSION
+    try:
+        g = (yaml.safe_load((d / "config.yaml").read_text()) or {}).get("guidance") or {}
+        return isinstance(g, dict) and g.get("name", "none") != "none" and g.get("version", 1) != GUIDANCE_VERSION
+    except (OSError, ValueError, AttributeError):
+        method = e.get("method") if isinstance(e, dict) and e.get("method") else d.parent.parent.name
+        return str(method).startswith("ours")
+
+
 def guidance_config(cfg) -> GuidanceConfig:
     from omegaconf import OmegaConf
 

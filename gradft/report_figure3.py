@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from gradft.guidance_config import superseded_run  # noqa: E402
 from gradft.report_outcomes import fmt_loss, n_results, rate_lines  # noqa: E402
 from gradft.report_table1 import (  # noqa: E402
     _methods,
@@ -52,7 +53,8 @@ def diverged_runs(root: Path | list[Path], model: str = "?") -> list[dict[str, A
                 e = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
-            if not (isinstance(e, dict) and e.get("diverged")) or (path.parent / "results.json").exists():
+            if not (isinstance(e, dict) and e.get("diverged")) or (path.parent / "results.json").exists() \
+                    or superseded_run(path.parent):  # a diverged guided run of an older guidance version
                 continue
             cell = GRID_CELL.search(path.parent.as_posix())
             if "task" not in e and cell is None:

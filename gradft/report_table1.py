@@ -23,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from gradft.guidance_config import superseded_run  # noqa: E402
 from gradft.report_outcomes import n_results, outcome_cells, scored_lines  # noqa: E402
 from gradft.report_tuning import noise_lines  # noqa: E402
 from gradft.stats import bootstrap_average_ci, holm, paired_comparison  # noqa: E402
@@ -182,7 +183,7 @@ def diverged_cells(root: Path | list[Path], recs: list[dict] = ()) -> list[str]:
     return sorted(str(e.parent.relative_to(r if len(roots) == 1 else r.parent)) for r in roots
                   for e in r.rglob("error.json")
                   if "NonFiniteError" in e.read_text(errors="ignore") and not (e.parent / "results.json").exists()
-                  and e.resolve() not in scored)
+                  and e.resolve() not in scored and not superseded_run(e.parent))
 
 
 def diverged_lines(root: Path | list[Path], recs: list[dict] = ()) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ import yaml
 from gradft.forward import task_loss
 from gradft.gradients import ParamSpace, unit
 from gradft.guidance import StructuredGuidance
-from gradft.guidance_config import GUIDANCE_VERSION, GuidanceConfig, superseded
+from gradft.guidance_config import GUIDANCE_VERSION, GuidanceConfig, superseded, superseded_run
 from gradft.methods import trainable_parameters
 from gradft.run import run
 from gradft.train import Trainer
@@ -169,3 +170,17 @@ def test_a_pre_fix_guided_cell_is_no_longer_done_or_reported_while_a_baseline_ce
     plan = load_plan("smoke", out=root)
     assert {c.method: plan.is_done(c) for c in plan.cells if c.task == "cb"} == {"prompt": True, "ours": False}
     assert {r["method"] for r in collect(root)} == {"prompt"}
+
+
+def test_a_diverged_guided_run_of_an_older_version_is_superseded_and_a_current_or_baseline_one_is_not(tmp_path):
+    def cell(method: str, **fields) -> Path:
+        d = tmp_path / "cb" / method / "k32" / "s100"
+        d.mkdir(parents=True)
+        (d / "error.json").write_text(json.dumps({"diverged": True, "seed": 100, **fields}))
+        return d
+
+    assert superseded_run(cell("ours"))  # written before version 2: nothing recorded, a guided method's folder
+    assert not superseded_run(cell("lora"))
+    assert not superseded_run(cell("ours_update", guidance="structured", guidance_version=GUIDANCE_VERSION))
+    assert superseded_run(cell("mine", guidance="structured", guidance_version=1))
+    assert not superseded_run(cell("mine2", guidance="none"))
