@@ -148,6 +148,7 @@ def test_the_report_names_the_icl_row_icl_beside_zero_shot(tmp_path):
         (d / "results.json").write_text(json.dumps({
             "method": method, "task": "cb", "shots": shots, "seed": seed, "data_seed": seed, "model": "smollm2",
             "head": "lm", "guidance": "none", "config_key": method, "metrics": {"accuracy": acc}}))
+        (d / "config.yaml").write_text(f"seed: {seed}\ndata_seed: {seed}\n")  # a result is valid beside its config
 
     write("full", 0, 100, 0.4)
     for seed in (100, 101):

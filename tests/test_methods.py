@@ -71,9 +71,9 @@ def test_bad_method_values_raise_naming_the_key(method, key, value):
 
 
 def test_unknown_method_kind_lists_the_known_ones():
-    with pytest.raises(ValueError, match="adapter, full, lora, prompt"):
+    with pytest.raises(ValueError, match="adapter, full, icl, lora, prompt"):
         method_config(OmegaConf.create({"name": "sgd", "kind": "sgd"}))
-    assert set(METHODS) == {"full", "adapter", "lora", "prompt"}
+    assert set(METHODS) == {"full", "adapter", "lora", "prompt", "icl"}
 
 
 def test_peft_task_type_follows_the_loaded_head_even_for_lm_head_model_class_names():
