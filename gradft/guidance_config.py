@@ -15,6 +15,7 @@ MODES = ("hessian", "update")
 #      gradient g + H·v, a feedback loop (issue 27)
 #   2: they follow the task gradient g; trust region on ‖H·v‖; guidance.mode=update
 GUIDANCE_VERSION = 2
+VERSION_2_TIME = 1796601600.0  # 2026-12-07 00:00 UTC: an error.json written before it without a version is version 1
 HVPS = ("finite_difference", "central", "sub_batch", "double_backward")
 
 
@@ -97,8 +98,8 @@ def guidance_fields(cfg) -> dict:
 def superseded_run(run_dir) -> bool:
     """A run folder without results.json (a diverged run's error.json) that is guided and of an older guidance
     version: superseded like its results would be. Read from error.json's ``guidance``/``guidance_version`` (written
-    since version 2), else its config.yaml, else — error.json files from before 2026-12-07 record neither — from the
-    method's name (gradft's guided methods are ``ours*``)."""
+    since version 2), else its config.yaml, else — error.json files written before version 2 (2026-12-07) record
+    neither — by its time and the method's name (gradft's guided methods are ``ours*``)."""
     import json
     from pathlib import Path
 
@@ -115,8 +116,9 @@ def superseded_run(run_dir) -> bool:
         g = (yaml.safe_load((d / "config.yaml").read_text()) or {}).get("guidance") or {}
         return isinstance(g, dict) and g.get("name", "none") != "none" and g.get("version", 1) != GUIDANCE_VERSION
     except (OSError, ValueError, AttributeError):
-        method = e.get("method") if isinstance(e, dict) and e.get("method") else d.parent.parent.name
-        return str(method).startswith("ours")
+        if not isinstance(e, dict) or not e.get("time", VERSION_2_TIME) < VERSION_2_TIME:
+            return False
+        return str(e.get("method") or d.parent.parent.name).startswith("ours")
 
 
 def guidance_config(cfg) -> GuidanceConfig:

@@ -179,7 +179,8 @@ def test_a_diverged_guided_run_of_an_older_version_is_superseded_and_a_current_o
         (d / "error.json").write_text(json.dumps({"diverged": True, "seed": 100, **fields}))
         return d
 
-    assert superseded_run(cell("ours"))  # written before version 2: nothing recorded, a guided method's folder
+    assert superseded_run(cell("ours", time=1796407321.9))  # written before version 2: no version, a guided method
+    assert not superseded_run(cell("ours_b"))  # no time, no version: not judged superseded
     assert not superseded_run(cell("lora"))
     assert not superseded_run(cell("ours_update", guidance="structured", guidance_version=GUIDANCE_VERSION))
     assert superseded_run(cell("mine", guidance="structured", guidance_version=1))
