@@ -35,4 +35,5 @@ dist.all_gather(copies, flat)
 if rank == 0:
     agree = all(torch.equal(c, flat) for c in copies)
     print(f"{world} ranks, {guide.counts['guided_steps']} guided steps: ranks agree: {agree}")
+dist.barrier()  # leave together: a rank that tears gloo down while another still talks aborts ("terminate called")
 dist.destroy_process_group()

@@ -60,6 +60,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         res = {mode: train(mode, rank, world) for mode in OPTIONS}
         res["hessian_no_allreduce"] = train("hessian", rank, world, reduce=None)
         torch.save(res, f"{out}/rank{rank}.pt")
+        torch.distributed.barrier()  # leave together: gloo torn down under a rank still talking aborts it
     finally:
         torch.distributed.destroy_process_group()
 
