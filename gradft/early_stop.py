@@ -33,18 +33,19 @@ def check_stop_config(cfg: Any) -> None:
     stop = tr.get("stop", "fixed")
     if stop not in STOP_MODES:
         raise ValueError(f"trainer.stop={stop!r}: must be one of {', '.join(STOP_MODES)}")
-    patience = tr.get("patience", 3)
-    if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
-        raise ValueError(f"trainer.patience={patience!r}: must be an integer ≥ 1")
+    _positive_int("trainer.patience", tr.get("patience", 3))
     if stop == "early" and not (cfg.eval.select_every or 0) > 0:
         raise ValueError("trainer.stop=early scores the selection split every eval.select_every steps: set "
                          "eval.select_every=N (N > 0), e.g. the steps of one epoch")
     select = data.get("select", "task")
     if select not in SELECT_MODES:
         raise ValueError(f"data.select={select!r}: must be one of {', '.join(SELECT_MODES)}")
-    size = data.get("select_size", 500)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"data.select_size={size!r}: must be an integer ≥ 1")
+    _positive_int("data.select_size", data.get("select_size", 500))
+
+
+def _positive_int(key: str, v: Any) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{key}={v!r}: must be an integer ≥ 1")
 
 
 class EarlyStopping:

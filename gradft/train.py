@@ -129,7 +129,6 @@ class Trainer:
         self.metric_space, self.metrics_every = metric_space, metrics_every
         self.log_fn = log_fn or (lambda values, step: None)
         self.state = TrainState()
-        self.guided_steps = 0
         self.total = total  # the run's step count (fit may be called in chunks): progress says step t/total
         self.phases = phases or Phases()  # "metric_passes": the time of the gradient-metric passes
         self._t0: float | None = None
@@ -161,7 +160,6 @@ class Trainer:
                 self.guidance.gradient_over(*micro_batches(batch, self.grad_accum))
             loss, task_g, task_norm = guided.loss, guided.task, guided.logs["guide/grad_norm"]
             logs.update(guided.logs)
-            self.guided_steps += 1
             finite = bool(torch.isfinite(guided.total).all()) and bool(torch.isfinite(loss))
             if finite:
                 self.space.write_grads(guided.total)

@@ -31,7 +31,7 @@ def _train(mode: str, grad_accum: int = 1, checkpointing: bool = False, dropout:
     torch.manual_seed(1)
     for step in range(4):
         trainer.step(global_batch(tok, step))
-    assert trainer.guided_steps == 3 and trainer.state.skipped_nonfinite == 0
+    assert trainer.guidance.counts["guided_steps"] == 3 and trainer.state.skipped_nonfinite == 0
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
