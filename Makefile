@@ -58,21 +58,21 @@ lint: install  ## ruff
 
 bench: install  ## step time / memory / FLOP rate per method (reports/bench.json); COPA prefix reuse; H.v errors; cell profiles (MiniLM, SmolLM2 head=lm) beside plain loops
 	$(BIN)/python -m gradft.bench $(ARGS)
-	$(BIN)/python -m gradft.bench_scoring $(SCORING_ARGS)
-	$(BIN)/python -m gradft.bench_hvp
-	$(BIN)/python -m gradft.bench_cell
-	$(BIN)/python -m gradft.bench_cell --model smollm2 --overrides head=lm --out reports/bench_cell_smollm2_lm.json
-	$(BIN)/python -m gradft.bench_metrics
-	$(BIN)/python -m gradft.report_estimators --out reports/estimators.md
+	$(BIN)/python -m gradft.bench.scoring $(SCORING_ARGS)
+	$(BIN)/python -m gradft.bench.hvp
+	$(BIN)/python -m gradft.bench.cell
+	$(BIN)/python -m gradft.bench.cell --model smollm2 --overrides head=lm --out reports/bench_cell_smollm2_lm.json
+	$(BIN)/python -m gradft.bench.metrics
+	$(BIN)/python -m gradft.report.estimators --out reports/estimators.md
 
 sweep: install  ## Optuna sweep sweeps/$(SWEEP).yaml (resumable); N_TRIALS=… WORKERS=…
-	$(BIN)/python -m gradft.sweep sweeps/$(SWEEP).yaml $(if $(N_TRIALS),--n-trials $(N_TRIALS)) --workers $(WORKERS) $(ARGS)
+	$(BIN)/python -m gradft.experiments.sweep sweeps/$(SWEEP).yaml $(if $(N_TRIALS),--n-trials $(N_TRIALS)) --workers $(WORKERS) $(ARGS)
 
 tune: install  ## the fair-tuning protocol: sweeps/tune_$(SETTING)_<m>.yaml for m in $(TUNE), in turn, GRID_WORKERS workers (resumable)
-	for m in $(TUNE); do $(BIN)/python -m gradft.sweep sweeps/tune_$(SETTING)_$$m.yaml --workers $(GRID_WORKERS) $(ARGS) || exit 1; done
+	for m in $(TUNE); do $(BIN)/python -m gradft.experiments.sweep sweeps/tune_$(SETTING)_$$m.yaml --workers $(GRID_WORKERS) $(ARGS) || exit 1; done
 
 dashboard: install  ## open the sweep's study in optuna-dashboard
-	$(BIN)/python -m gradft.sweep sweeps/$(SWEEP).yaml --dashboard
+	$(BIN)/python -m gradft.experiments.sweep sweeps/$(SWEEP).yaml --dashboard
 
 # --- the fair-comparison protocol (docs: README "Fair tuning"): each step resumes, finished trials / cells are kept ---
 GRID ?= table1
@@ -87,9 +87,9 @@ SHOTS_smollm2 ?= 0,32
 FIG2_SHOTS_minilm ?= 16,32,64,128,256
 FIG2_SHOTS_smollm2 ?= 0,16,32,64,128,256
 table1: install  ## the fair protocol for SETTING=minilm|smollm2: tune all five (same budget) -> tuned grid, fresh seeds -> reports/$(SETTING)/
-	for m in $(METHODS); do $(BIN)/python -m gradft.sweep sweeps/tune_$(SETTING)_$$m.yaml --workers $(GRID_WORKERS) || exit 1; done
-	$(BIN)/python -m gradft.tuned $(foreach m,$(METHODS),sweeps/tune_$(SETTING)_$(m).yaml) --name table1_$(SETTING) --seeds $(SEEDS_$(SETTING)) --shots $(SHOTS_$(SETTING)) --overrides $(CAP_$(SETTING))
-	$(BIN)/python -m gradft.grid table1_$(SETTING) --workers $(GRID_WORKERS) --out results/$(SETTING) $(ARGS)
+	for m in $(METHODS); do $(BIN)/python -m gradft.experiments.sweep sweeps/tune_$(SETTING)_$$m.yaml --workers $(GRID_WORKERS) || exit 1; done
+	$(BIN)/python -m gradft.experiments.tuned $(foreach m,$(METHODS),sweeps/tune_$(SETTING)_$(m).yaml) --name table1_$(SETTING) --seeds $(SEEDS_$(SETTING)) --shots $(SHOTS_$(SETTING)) --overrides $(CAP_$(SETTING))
+	$(BIN)/python -m gradft.experiments.grid table1_$(SETTING) --workers $(GRID_WORKERS) --out results/$(SETTING) $(ARGS)
 	$(BIN)/python -m gradft.report --root results/$(SETTING)/table1_$(SETTING) --out reports/$(SETTING) --tuning conf/experiment/table1_$(SETTING).yaml
 
 # Figure 2 keeps the tuned 40 steps at every k (the lr was tuned for 40 steps; 10 epochs would be 20-320 steps,
@@ -98,36 +98,36 @@ table1: install  ## the fair protocol for SETTING=minilm|smollm2: tune all five 
 # results/$(SETTING)/table1_$(SETTING) instead of running them again.
 FIG2_STEPS ?= trainer.steps=40
 figure2: install  ## Figure 2 on the same protocol: tuned full/lora/ours, shots 16-256 on cb,copa,rte,wic, 3 fresh seeds -> reports/$(SETTING)/figure2
-	for m in full lora ours; do $(BIN)/python -m gradft.sweep sweeps/tune_$(SETTING)_$$m.yaml --workers $(GRID_WORKERS) || exit 1; done
-	$(BIN)/python -m gradft.tuned $(foreach m,full lora ours,sweeps/tune_$(SETTING)_$(m).yaml) --name figure2_$(SETTING) --seeds 100,101,102 --tasks cb,copa,rte,wic --shots $(FIG2_SHOTS_$(SETTING)) --no-ablations --overrides $(CAP_$(SETTING)) $(FIG2_STEPS)
-	$(BIN)/python -m gradft.grid figure2_$(SETTING) --workers $(GRID_WORKERS) --out results/$(SETTING) $(ARGS)
+	for m in full lora ours; do $(BIN)/python -m gradft.experiments.sweep sweeps/tune_$(SETTING)_$$m.yaml --workers $(GRID_WORKERS) || exit 1; done
+	$(BIN)/python -m gradft.experiments.tuned $(foreach m,full lora ours,sweeps/tune_$(SETTING)_$(m).yaml) --name figure2_$(SETTING) --seeds 100,101,102 --tasks cb,copa,rte,wic --shots $(FIG2_SHOTS_$(SETTING)) --no-ablations --overrides $(CAP_$(SETTING)) $(FIG2_STEPS)
+	$(BIN)/python -m gradft.experiments.grid figure2_$(SETTING) --workers $(GRID_WORKERS) --out results/$(SETTING) $(ARGS)
 	$(BIN)/python -m gradft.report --root results/$(SETTING)/figure2_$(SETTING) --out reports/$(SETTING)/figure2 --tuning conf/experiment/figure2_$(SETTING).yaml
 
 grid: install  ## any grid of conf/experiment/ (GRID=table1: the untuned 5 methods x 6 tasks x seeds; figure2, smoke, ...)
-	$(BIN)/python -m gradft.grid $(GRID) $(ARGS)
+	$(BIN)/python -m gradft.experiments.grid $(GRID) $(ARGS)
 
 FIG3_SETTINGS ?= minilm smollm2
 FIG3_TASKS := overruling,promise_nfr,scicite,uk_manifesto,unfair_tos
 figure3: install  ## Figure 3 on the same protocol per setting (minilm: classifier head, smollm2: LM head): tuned full/lora/ours x 5 domain tasks x 3 fresh seeds -> reports/<setting>/figure3
 	for s in $(FIG3_SETTINGS); do \
-	  for m in full lora ours; do $(BIN)/python -m gradft.sweep sweeps/tune_$${s}_$$m.yaml --workers $(GRID_WORKERS) || exit 1; done; \
-	  $(BIN)/python -m gradft.tuned sweeps/tune_$${s}_{full,lora,ours}.yaml --name figure3_$$s --seeds 100,101,102 --tasks $(FIG3_TASKS) --no-ablations || exit 1; \
-	  $(BIN)/python -m gradft.grid figure3_$$s --workers $(GRID_WORKERS) --out results/$$s $(ARGS) || exit 1; \
+	  for m in full lora ours; do $(BIN)/python -m gradft.experiments.sweep sweeps/tune_$${s}_$$m.yaml --workers $(GRID_WORKERS) || exit 1; done; \
+	  $(BIN)/python -m gradft.experiments.tuned sweeps/tune_$${s}_{full,lora,ours}.yaml --name figure3_$$s --seeds 100,101,102 --tasks $(FIG3_TASKS) --no-ablations || exit 1; \
+	  $(BIN)/python -m gradft.experiments.grid figure3_$$s --workers $(GRID_WORKERS) --out results/$$s $(ARGS) || exit 1; \
 	  $(BIN)/python -m gradft.report --root results/$$s/figure3_$$s --out reports/$$s/figure3 || exit 1; \
 	done
 
 heads: install  ## SmolLM2: new classifier head vs prompt + LM head (and zero-shot) on BoolQ/CB/COPA, 3 seeds
-	$(BIN)/python -m gradft.grid heads $(ARGS)
+	$(BIN)/python -m gradft.experiments.grid heads $(ARGS)
 	$(BIN)/python -m gradft.report --root outputs/grid/heads --out reports/heads
 
 zeroshot: install  ## SmolLM2 zero-shot prompts on all six tasks (head=lm shots=0) -> reports/zeroshot
-	$(BIN)/python -m gradft.grid table1 model=smollm2 head=lm shots=0 eval.max_examples=1000 --out outputs/zeroshot $(ARGS)
+	$(BIN)/python -m gradft.experiments.grid table1 model=smollm2 head=lm shots=0 eval.max_examples=1000 --out outputs/zeroshot $(ARGS)
 	$(BIN)/python -m gradft.report --root outputs/zeroshot --out reports/zeroshot --shots 0
 
 guidance-fix: install  ## issue 27's measurement: ours at its tuned point, pre-fix (Table 1's cells) vs fixed hessian (κ = 1, none) vs update -> reports/guidance_fix_<setting>.md
 	for s in minilm smollm2; do \
-	  $(BIN)/python -m gradft.grid guidance_fix_$$s --workers $(GRID_WORKERS) --out results/$$s $(ARGS) || exit 1; \
-	  $(BIN)/python -m gradft.report_guidance --setting $$s --out reports/guidance_fix_$$s.md || exit 1; \
+	  $(BIN)/python -m gradft.experiments.grid guidance_fix_$$s --workers $(GRID_WORKERS) --out results/$$s $(ARGS) || exit 1; \
+	  $(BIN)/python -m gradft.report.guidance --setting $$s --out reports/guidance_fix_$$s.md || exit 1; \
 	done
 
 REPORT_OUT ?= outputs/reports
@@ -144,7 +144,7 @@ report: install  ## every table and figure from the committed results/<setting>/
 	  $(BIN)/python -m gradft.report $$roots --out $(REPORT_OUT) || exit 1; fi
 
 compute: install  ## worker-hours spent per grid and tuning study, from the committed results/ (the protocol's budget)
-	$(BIN)/python -m gradft.compute results
+	$(BIN)/python -m gradft.experiments.compute results
 
 data: install  ## write the SuperGLUE local layout (data.superglue_root) from the HF hub, for users who want files (needs network)
 	HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 $(BIN)/python -m gradft.data.export $(ARGS)

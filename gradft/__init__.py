@@ -36,9 +36,9 @@ if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
 
 # public name -> the module that defines it (imported on first access)
-_API = {"Guidance": "gradft.api", "GuidanceConfig": "gradft.guidance_config", "GuidedStep": "gradft.guidance",
+_API = {"Guidance": "gradft.api", "GuidanceConfig": "gradft.config.guidance", "GuidedStep": "gradft.guidance",
         "StructuredGuidance": "gradft.guidance", "ParamSpace": "gradft.gradients", "GuidedTrainer": "gradft.hf",
-        "all_reduce_mean": "gradft.distributed"}
+        "all_reduce_mean": "gradft.gradients"}
 __all__ = ["CONF_DIR", "PROJECT_ROOT", "__version__", "project_root", *_API]
 
 

@@ -1,12 +1,13 @@
 """The command line: ``python -m gradft method=lora task=rte shots=32 seed=1`` (any Hydra override).
 
-A thin ``@hydra.main`` around ``gradft.run.run``. The composed config is checked (``gradft.config.validate``) before
+A thin ``@hydra.main`` around ``gradft.run.run``. The composed config is checked (``gradft.config.schema.validate``)
+before
 torch, transformers, peft, datasets or wandb are imported, so a bad value exits 2 within seconds with a one-line
 message; an unknown key says what it may have meant. SIGINT and SIGTERM stop a run with one log line (exit 130 and
 143), its W&B run finished as failed and no results.json written. A folder that cannot be written (disk full,
 read-only, no permission: Hydra's run folder, the W&B folder, results.json) is one line naming the file, exit 1;
 results are written atomically, so no partial file is left. ``+preset=<grid>`` applies a grid file's tuned
-overrides for the chosen method before Hydra composes (``gradft.preset``).
+overrides for the chosen method before Hydra composes (``gradft.config.preset``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from gradft.config import CONF_DIR, check_override_keys, validate
-from gradft.preset import expand_preset
+from gradft.config.preset import expand_preset
+from gradft.config.schema import CONF_DIR, check_override_keys, validate
 
 log = logging.getLogger("gradft")
 # the errors of a file system that refuses writes: one line, not a traceback
@@ -84,7 +85,7 @@ def _main(cfg: DictConfig) -> float | None:
             sys.exit(1)
         if not _user_error(e):
             raise
-        if type(e).__name__ == "NonFiniteError":  # an outcome, not a typo: the report lists it (gradft.grid's form)
+        if type(e).__name__ == "NonFiniteError":  # an outcome, not a typo: the report lists it
             _write_diverged(cfg, e)
         log.error("%s: %s", type(e).__name__, e)  # into the run's log file
         print(f"gradft: error: {e}", file=sys.stderr)
@@ -98,7 +99,7 @@ def _write_diverged(cfg: DictConfig, e: BaseException) -> None:
     import socket
     import time
 
-    from gradft.guidance_config import guidance_fields
+    from gradft.config.guidance import guidance_fields
     from gradft.tracking import atomic_write, config_key
 
     shots = int(cfg.shots)

@@ -4,8 +4,8 @@ Owns the wrapper a user's loop calls once per optimisation step: ``Guidance(mode
 step, ``guide.step_gradient(batch)`` (or ``micro_batches=[...]`` for gradient accumulation) before
 ``optimizer.step()``. It sets every guided parameter's ``.grad`` to the step's gradient — the guided one on guided
 steps, the plain task gradient on the others (``every``, ``warmup``) — and feeds the guidance the *task* gradient
-(``observe``) itself. Under DistributedDataParallel it averages every gradient over the ranks (``gradft.distributed``).
-The algebra lives in ``gradft.guidance.StructuredGuidance``; the options are ``gradft.guidance_config.GuidanceConfig``.
+(``observe``) itself. Under DistributedDataParallel it averages every gradient over the ranks (``gradft.gradients``).
+The algebra lives in ``gradft.guidance.StructuredGuidance``; the options are ``gradft.config.guidance.GuidanceConfig``.
 
 Limits: ``loss_fn(model, batch)`` must return a scalar that is a mean over the batch (any batch type: a dict of
 tensors, a tuple, a custom object); the model's forward must be a deterministic function of the parameters, the
@@ -22,10 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradft.distributed import all_reduce_mean, is_ddp, unwrap, world_size
-from gradft.gradients import ParamSpace, norm
+from gradft.config.guidance import GuidanceConfig
+from gradft.gradients import ParamSpace, all_reduce_mean, is_ddp, norm, unwrap, world_size
 from gradft.guidance import GuidedStep, StructuredGuidance
-from gradft.guidance_config import GuidanceConfig
 
 __all__ = ["Guidance", "GuidanceConfig", "GuidedStep", "StructuredGuidance", "guidance_config_from"]
 

@@ -1,6 +1,6 @@
 """Batched evaluation under no_grad: examples sorted by length (less padding), padded per batch, predictions put
 back in the original order, then scored with the task's metrics. ``scores`` (a list to fill) receives each
-example's per-class scores from the same pass (run.py writes them to predictions.jsonl: ``gradft.saving``)."""
+example's per-class scores from the same pass (run.py writes them to predictions.jsonl: ``gradft.trained.save``)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 B examples × C choices into B·C rows and the model (``num_labels=1``) scores each row; the scores are reshaped to
 (B, C) and the loss is cross-entropy over the choices.
 
-``head=lm`` (batches from ``gradft.prompting.PromptCollator``): the pretrained LM head gives them. Verbalizer
+``head=lm`` (batches from ``gradft.data.prompting.PromptCollator``): the pretrained LM head gives them. Verbalizer
 batches: the logits of the label words at the answer position. Candidate batches: each candidate's mean token
 log-probability given the prompt, (B, C). Methods, guidance and the gradient metrics only ever see ``task_loss``.
 """

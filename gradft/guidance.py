@@ -29,7 +29,7 @@ against autograd of L_total itself and the update reading against its definition
 
 Accumulation and data parallelism (``gradient_over``): g is the weighted sum of the micro-batches' gradients (one
 backward each, the graphs never held together), and the shifted gradient of the finite difference replays the same
-micro-batches with the same dropout masks. ``reduce`` (e.g. an all-reduce average over ranks, ``gradft.distributed``)
+micro-batches with the same dropout masks. ``reduce`` (e.g. an all-reduce average over ranks, ``gradft.gradients``)
 is applied to every flat gradient before it is used, so v, H·v and the reshaped g are the global batch's on every
 rank. Without micro-batches and without ``reduce``, what a step computes is unchanged, bit for bit.
 """
@@ -44,9 +44,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from gradft.config.guidance import GuidanceConfig
 from gradft.forward import n_examples, slice_examples, task_loss
 from gradft.gradients import EPS, ParamSpace, hvp_exact, hvp_finite_difference, unit
-from gradft.guidance_config import GuidanceConfig
 
 # fd_r=null: the step r along v̂ for the dtype the forward runs in. fp32, MiniLM + LoRA (reports/bench_hvp.json):
 # forward 3.4e-2 relative error at r = 1e-3, 3.2e-3 at 1e-2, 9.4e-3 at 1e-1; central (O(r²)) 1.6e-3 at 1e-2, 1.8e-4

@@ -25,10 +25,9 @@ import transformers
 from torch import Tensor, nn
 
 from gradft.api import guidance_config_from
-from gradft.distributed import all_reduce_mean
-from gradft.gradients import ParamSpace, norm
+from gradft.config.guidance import GuidanceConfig
+from gradft.gradients import ParamSpace, all_reduce_mean, norm
 from gradft.guidance import StructuredGuidance
-from gradft.guidance_config import GuidanceConfig
 
 
 class GuidedTrainer(transformers.Trainer):

@@ -109,7 +109,7 @@ AUTO_CLASSES = {"classifier": AutoModelForSequenceClassification, "causal": Auto
 
 def lm_kind(cfg: DictConfig, cache_dir: str | Path) -> str:
     """causal | masked: ``model.lm_kind``, or for ``auto`` what the checkpoint's config names (no weights loaded)."""
-    from gradft.prompting import lm_kind_of
+    from gradft.data.prompting import lm_kind_of
 
     configured = str(cfg.get("lm_kind", "auto"))
     if configured != "auto" or cfg.source == "scratch":

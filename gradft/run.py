@@ -2,12 +2,12 @@
 
     validate config -> load task + sample k shots -> load backbone -> apply method (+ guidance)
     -> d_task, train (plain or guided steps, gradient metrics) -> evaluate -> results.json + W&B
-    (+ the trained model and predictions.jsonl: gradft.saving)
+    (+ the trained model and predictions.jsonl: gradft.trained.save)
 
 ``head=classifier`` trains a new classification head; ``head=lm`` phrases each example as the task's prompt and
-scores label words or candidates with the pretrained LM head (``gradft.prompting``). ``shots=0`` (head=lm only)
+scores label words or candidates with the pretrained LM head (``gradft.data.prompting``). ``shots=0`` (head=lm only)
 evaluates the pretrained model as it is: no method is applied, no step is taken, the gradient metrics are null.
-``method=icl`` (head=lm) is the same with the k shots as demonstrations in every prompt (``gradft.icl``).
+``method=icl`` (head=lm) is the same with the k shots as demonstrations in every prompt (``gradft.methods.icl``).
 
 A run is a pure function of its composed config: ``seed`` fixes initialisation and batch order, ``data_seed``
 fixes which k examples are drawn. All config errors are raised before any model is loaded.
@@ -29,26 +29,24 @@ from omegaconf import DictConfig
 from transformers import get_linear_schedule_with_warmup
 
 from gradft import data as gdata
-from gradft.config import CONF_DIR, train_steps, validate  # noqa: F401  (re-exported: callers import them here)
+from gradft.config.guidance import guidance_config
+from gradft.config.schema import CONF_DIR, train_steps, validate  # noqa: F401  (re-exported: callers import them here)
 from gradft.data.checks import draw_for_run, source_label_index
+from gradft.data.prompting import PromptCollator, prompt_spec
 from gradft.data.taskconf import compose_task
-from gradft.early_stop import EarlyStopping, final_train_loss
 from gradft.evaluate import evaluate
 from gradft.forward import set_gradient
-from gradft.grad_sketch import gradient_monitor
 from gradft.gradients import ParamSpace
 from gradft.guidance import StructuredGuidance
-from gradft.guidance_config import guidance_config
-from gradft.icl import attach as attach_demonstrations
-from gradft.icl import is_icl
 from gradft.methods import apply_method, trainable_parameters
-from gradft.metrics import GradientMonitor, baselines
+from gradft.methods.icl import attach as attach_demonstrations
+from gradft.methods.icl import is_icl
+from gradft.metrics import GradientMonitor, baselines, gradient_monitor
 from gradft.models import backbone_parameters, head_kind, load_backbone
-from gradft.prompting import PromptCollator, prompt_spec
-from gradft.saving import save_run
-from gradft.stopping import interrupted, sigterm_interrupts
+from gradft.stopping import EarlyStopping, final_train_loss, interrupted, sigterm_interrupts
 from gradft.tracking import Tracker, config_key, hardware, write_results
 from gradft.train import Phases, Trainer, enable_checkpointing, epoch_batches
+from gradft.trained.save import save_run
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +115,7 @@ def _train(cfg: DictConfig, task: gdata.TaskData, shots: list[gdata.Example], mo
            metric_space: ParamSpace, collate, device, tracker: Tracker, report, tok,
            phases: Phases) -> tuple[Trainer, Any, Any, int, dict[str, Any]]:
     """d_task, optional guidance, then the training loop: (trainer, monitor, guidance, steps, length), steps the
-    cap and length how far it went (``trainer.stop``: gradft.early_stop)."""
+    cap and length how far it went (``trainer.stop``: gradft.stopping)."""
     bs = min(cfg.trainer.batch_size, len(shots))
     shot_batches = list(gdata.iterate_batches(shots, bs, collate, shuffle=False))  # tokenized once, reused
     monitor = None  # metrics.every=0 (sweeps: only the selection accuracy counts) skips d_task and every metric pass
@@ -141,7 +139,7 @@ def _train(cfg: DictConfig, task: gdata.TaskData, shots: list[gdata.Example], mo
                       guidance, monitor, metric_space, cfg.metrics.every or 1, tracker.log, total=steps,
                       phases=phases, grad_accum=int(cfg.trainer.get("grad_accum", 1)))
     batches = epoch_batches(shots, bs, collate, cfg.seed)
-    # trainer.stop=early: `steps` is the cap; the selection split is scored every select_every steps (gradft.early_stop)
+    # trainer.stop=early: `steps` is the cap; the selection split is scored every select_every steps (gradft.stopping)
     stopper = EarlyStopping(space.params, cfg.trainer.patience) if cfg.trainer.get("stop") == "early" else None
     every = cfg.eval.select_every if report is not None or stopper else 0
     done, curve = 0, []
@@ -249,7 +247,7 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
         metric_names = list(cfg.task.get("metrics", []))
         n_cls = len(task.labels)
         metrics: dict[str, float] = {}
-        scores: list = []  # per example and class, from the same pass: predictions.jsonl (gradft.saving)
+        scores: list = []  # per example and class, from the same pass: predictions.jsonl (gradft.trained.save)
         if "eval" in cfg.eval.splits:  # sweeps score only the selection split: never select on the reported one
             with phases("eval"):
                 metrics = evaluate(scorer, eval_set, collate, eval_bs, device, metric_names, n_cls, scores=scores)

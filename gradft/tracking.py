@@ -20,6 +20,8 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
+from gradft import PROJECT_ROOT
+
 log = logging.getLogger(__name__)
 
 SEED_KEYS = ("seed", "data_seed")
@@ -125,7 +127,7 @@ def config_key(cfg: DictConfig | dict, drop: tuple[str, ...] = SEED_KEYS) -> str
             c.get(group, {}).pop(key, None)
     tr = c.get("trainer", {})
     if {"steps", "epochs", "max_steps", "batch_size"} <= tr.keys() and "shots" in c:
-        from gradft.config import steps_for  # (config imports this module)
+        from gradft.config.schema import steps_for  # (config imports this module)
 
         # trainer.steps=40 and epochs=10 of 32 shots / batch 8 compute the same run: the key holds the count
         tr["steps"] = steps_for(tr, int(c["shots"]))
@@ -173,8 +175,8 @@ class Tracker:
 
         group = lcfg.get("group") or f"{cfg.method.name}-{cfg.task.name}-k{cfg.shots}-{config_key(cfg)}"
         out_dir.mkdir(parents=True, exist_ok=True)  # W&B warns "git root <dir> does not exist" for a missing dir
-        repo = Path(__file__).resolve().parent.parent
-        git = {"git_root": str(repo)} if (repo / ".git").exists() else {"disable_git": True}
+        repo = PROJECT_ROOT  # None for an installed wheel
+        git = {"git_root": str(repo)} if repo and (repo / ".git").exists() else {"disable_git": True}
         self.run = wandb.init(
             project=lcfg.project, entity=lcfg.get("entity"), mode=mode, dir=str(out_dir), group=group,
             job_type=cfg.method.name, name=f"{cfg.method.name}-{cfg.task.name}-k{cfg.shots}-s{cfg.seed}",

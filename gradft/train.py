@@ -27,10 +27,9 @@ from tqdm.auto import tqdm
 from gradft import stopping
 from gradft.data import iterate_batches
 from gradft.forward import n_examples, slice_examples, task_loss, to_device
-from gradft.grad_sketch import sketched_gradient
 from gradft.gradients import ParamSpace
 from gradft.guidance import StructuredGuidance
-from gradft.metrics import GradientMonitor
+from gradft.metrics import GradientMonitor, sketched_gradient
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +140,7 @@ class Trainer:
             with self.metric_space.requiring_grad():
                 if self.monitor.sketch is None:  # exact: one flat vector
                     g, gnorm = self.metric_space.grad(task_loss(self.model, batch)), None
-                else:  # streamed: never the whole gradient at once (gradft.grad_sketch)
+                else:  # streamed: never the whole gradient at once (gradft.metrics)
                     g, sq = sketched_gradient(task_loss(self.model, batch), self.metric_space.params,
                                               self.monitor.sketch)
                     gnorm = math.sqrt(sq)

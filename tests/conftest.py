@@ -58,7 +58,7 @@ def spawn(module: str, *args: str, stdout: int = subprocess.DEVNULL) -> subproce
 def smoke_grid(tmp_path_factory) -> Path:
     """The smoke grid (cb, rte × prompt, ours × seed 0 on a tiny BERT), run once per test process: test_grid.py and
     test_report.py only read it (or work on copies)."""
-    from gradft import grid
+    from gradft.experiments import grid
 
     out = tmp_path_factory.mktemp("smoke-grid")
     assert grid.main(["smoke", "--out", str(out)]) == 0

@@ -1,6 +1,6 @@
-"""``gradft.bench`` end to end on the tiny model: the json has every key as a finite positive number, and the
+"""``gradft.bench.step`` end to end on the tiny model: the json has every key as a finite positive number, and the
 counted passes are what each step really does (LoRA 1 fwd/1 bwd, forward difference 2/2, central 3/3, sub-batch 3/3
-calls over 1.25 batches of FLOPs, exact 1/2); ``gradft.bench_cell``'s profile; ``gradft.bench_hvp``'s errors."""
+calls over 1.25 batches of FLOPs, exact 1/2); ``gradft.bench.cell``'s profile; ``gradft.bench.hvp``'s errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import math
 import pytest
 import yaml
 
-from gradft.bench import RATIOS, TARGETS, VARIANTS, main
+from gradft.bench.step import RATIOS, TARGETS, VARIANTS, main
 from gradft.run import CONF_DIR
 
 POSITIVE = ("median_s", "min_s", "max_s", "cpu_median_s", "flops_per_step", "gflop_per_step", "gflops", "gemm_fraction",
@@ -86,7 +86,7 @@ def test_unknown_variant_is_refused():
 
 
 def test_prefix_reuse_bench_scores_the_same_tokens_and_computes_fewer(tmp_path):
-    from gradft.bench_scoring import main as bench_scoring
+    from gradft.bench.scoring import main as bench_scoring
 
     out = tmp_path / "scoring.json"
     data = bench_scoring(["--model", "tiny_llama", "--examples", "8", "--batch", "4", "--rounds", "1",
@@ -103,7 +103,7 @@ def test_prefix_reuse_bench_scores_the_same_tokens_and_computes_fewer(tmp_path):
 
 @pytest.mark.parametrize("model,head", [("tiny_bert", "classifier"), ("tiny_llama", "lm")])
 def test_cell_profile_splits_the_whole_wall_time_and_the_plain_twin_does_the_same_work(tmp_path, model, head):
-    from gradft.bench_cell import main as cell_main
+    from gradft.bench.cell import main as cell_main
 
     out = tmp_path / "cell.json"
     r = cell_main(["--model", model, "--threads", "1", "--out", str(out), "--overrides", "trainer.steps=4",
@@ -119,7 +119,7 @@ def test_cell_profile_splits_the_whole_wall_time_and_the_plain_twin_does_the_sam
 
 
 def test_gradient_metrics_off_skip_d_task_and_every_metric_pass(tmp_path):
-    from gradft.bench_cell import main as cell_main
+    from gradft.bench.cell import main as cell_main
 
     r = cell_main(["--model", "tiny_bert", "--threads", "1", "--no-plain", "--out", str(tmp_path / "c.json"),
                    "--overrides", "trainer.steps=2", "metrics.every=0", "eval.max_examples=8"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gradft import bench_metrics as bm
+from gradft.bench import metrics as bm
 
 RUNS = Path(__file__).resolve().parent.parent / "results" / "estimators"
 

@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 
-from gradft import compute, tracking
+from gradft import tracking
+from gradft.experiments import compute
 
 
 def test_wall_time_is_summed_per_grid_and_per_study_with_its_trials_together(smoke_grid, tmp_path, capsys):

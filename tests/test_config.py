@@ -1,4 +1,5 @@
-"""Config errors before anything is loaded (``gradft.config``): every number finite and in range, 0 training steps,
+"""Config errors before anything is loaded (``gradft.config.schema``): every number finite and in range, 0 training
+steps,
 unknown keys with a "did you mean", prompt fields; and the CLI answering them in seconds without importing torch.
 (Which options of a config group exist, and the run-level checks that need data: test_run.py, test_data.py.)"""
 
@@ -11,8 +12,8 @@ import time
 import pytest
 from conftest import ROOT, make_cfg
 
-from gradft.config import check_override_keys, schema, validate
-from gradft.prompt_spec import FORMAT_FIELDS, task_fields
+from gradft.config.prompt import FORMAT_FIELDS, task_fields
+from gradft.config.schema import check_override_keys, schema, validate
 
 TINY = ["model=tiny_bert", "trainer.steps=2", "eval.max_examples=16"]
 
@@ -76,12 +77,12 @@ def test_every_shipped_config_file_is_in_the_key_schema():
 def test_prompt_fields_of_each_format_match_the_examples_the_data_layer_builds():
     """FORMAT_FIELDS (torch-free, for the early check) must be what gradft.data really puts in Example.fields."""
     from gradft import data as gdata
-    from gradft.prompting import fields_of
+    from gradft.data.prompting import fields_of
 
     for task in ("boolq", "cb", "copa", "multirc", "rte", "wic"):
         cfg = make_cfg(f"task={task}", "head=lm")
         ex = gdata.load_task(cfg.task, cfg.data).eval[0]
-        spec = __import__("gradft.prompt_spec", fromlist=["prompt_spec"]).prompt_spec(
+        spec = __import__("gradft.config.prompt", fromlist=["prompt_spec"]).prompt_spec(
             cfg.task, len(cfg.task.labels), cfg.task.format == "copa")
         assert set(fields_of(ex, spec)) == task_fields(cfg.task, spec), task
     assert set(FORMAT_FIELDS) == {"wic", "copa", "multirc"}
@@ -127,7 +128,7 @@ def test_cli_config_errors_exit_2_in_seconds_without_importing_torch(args, needl
 def test_head_lm_with_labels_inferred_from_the_data_passes_the_early_check():
     from conftest import make_cfg
 
-    from gradft.config import validate
+    from gradft.config.schema import validate
 
     validate(make_cfg("task=cb", "head=lm", "task.labels=null"))  # counted once the train pool is read
     with pytest.raises(ValueError, match="verbalizer"):

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from conftest import spawn
 
-from gradft import grid, sweep
-from gradft.grid import compose_run
+from gradft.experiments import grid, sweep
+from gradft.experiments.grid import compose_run
 
 WORDS = {"negative": ["awful", "bad", "dull", "poor"], "neutral": ["fine", "okay", "plain", "average"],
          "positive": ["great", "good", "superb", "lovely"]}

@@ -11,9 +11,9 @@ import torch
 from conftest import make_cfg
 
 import gradft.run as grun
-from gradft.config import validate
-from gradft.early_stop import EarlyStopping, final_train_loss
+from gradft.config.schema import validate
 from gradft.run import run
+from gradft.stopping import EarlyStopping, final_train_loss
 
 QUICK = ["model=tiny_bert", "task=promise_nfr", "shots=16", "eval.max_examples=16", "metrics.every=0",
          "logger.mode=disabled", "trainer.threads=1"]

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import spawn
 
-from gradft import grid, locks
-from gradft.grid import compose_run
+from gradft.experiments import grid, locks
+from gradft.experiments.grid import compose_run
 
 ROOT = Path(__file__).resolve().parent.parent
 CELLS = {"cb/prompt/k32/s0", "cb/ours/k32/s0", "rte/prompt/k32/s0", "rte/ours/k32/s0"}
@@ -31,7 +31,7 @@ def events(tree: Path, kind: str = "start") -> Counter:
 
 
 def cli(*args: str) -> subprocess.Popen:
-    return spawn("gradft.grid", *args)
+    return spawn("gradft.experiments.grid", *args)
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_the_eta_rests_on_measured_cell_times_and_progress_is_logged_per_cell(tr
     assert p.eta(p.cells, 2) == (4 * 3 / 2, "est_seconds_per_cell of the grid file")  # as if nothing had run
     assert grid.main(["smoke", "--out", str(tree), "--dry-run"]) == 0
     assert "1 to run, ETA ~0 min with 1 worker(s), measured on 3 finished cells" in capsys.readouterr().out
-    with caplog.at_level("INFO", logger="gradft.grid"):
+    with caplog.at_level("INFO", logger="gradft.experiments.grid"):
         assert grid.main(["smoke", "--out", str(tree)]) == 0
     assert "grid smoke: 4/4 cells done, 0 to run" in caplog.text
 
@@ -167,7 +167,7 @@ def test_a_cell_finished_by_a_sibling_grid_is_adopted_not_rerun(tree, caplog):
     """Figure 2's 32-shot cells are Table 1's: under the same --out, a grid copies a sibling's finished cell with the
     same key (here the sibling gave 2 steps as trainer.steps=2, this grid as half an epoch of 32 shots / batch 8)."""
     (tree / "smoke").rename(tree / "table1_like")
-    with caplog.at_level("INFO", logger="gradft.grid"):
+    with caplog.at_level("INFO", logger="gradft.experiments.grid"):
         assert grid.main(["smoke", "--out", str(tree), "trainer.steps=null", "trainer.epochs=0.5"]) == 0
     assert "4 cells adopted from sibling grids" in caplog.text
     assert events(tree) == Counter() and events(tree, "adopt") == Counter(dict.fromkeys(CELLS, 1))
@@ -306,7 +306,7 @@ def test_a_cell_that_diverged_is_kept_as_an_outcome_and_run_again_only_when_aske
     # one update puts the weights at ~1e30: every later loss is non-finite, past trainer.max_skipped=1
     args = ["smoke", "--out", str(tmp_path), "task=cb", "method=full", "trainer.steps=4", "trainer.max_skipped=1",
             "method.lr=1e30"]
-    with caplog.at_level("INFO", logger="gradft.grid"):
+    with caplog.at_level("INFO", logger="gradft.experiments.grid"):
         assert grid.main(args) == 0  # the grid is complete: its one cell's outcome is "diverged"
     err = json.loads((tmp_path / "smoke" / "cb/full/k32/s0" / "error.json").read_text())
     assert err["diverged"] and err["seed"] == 0 and err["config_key"]

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gradft import grid, locks, report, resultfile, tracking
+from gradft import tracking
+from gradft.experiments import grid, locks, resultfile
+from gradft.report import build as report
 
 CELL = "cb/prompt/k32/s0"
 ONE = ["task=cb", "method=prompt"]  # one cell of the smoke grid
@@ -40,7 +42,7 @@ def test_a_finished_cell_of_another_config_is_refused_without_overwrite_and_kept
     cell = tree / "smoke" / CELL
     old = (cell / "results.json").read_bytes()
     old_key = json.loads(old)["config_key"]
-    with caplog.at_level("INFO", logger="gradft.grid"):
+    with caplog.at_level("INFO", logger="gradft.experiments.grid"):
         assert grid.main(["smoke", "--out", str(tree), *ONE, "trainer.steps=3"]) == 2
     assert f"hold results of another config: {CELL}; nothing run. --overwrite" in caplog.text
     assert (cell / "results.json").read_bytes() == old and starts(tree)[CELL] == 1  # untouched, nothing started
@@ -66,7 +68,7 @@ def test_a_full_disk_while_writing_results_fails_the_grid_and_leaves_a_cell_that
     monkeypatch.setattr(tracking, "atomic_write", full_disk)
     monkeypatch.setattr(grid, "atomic_write", full_disk)
     args = ["smoke", "--out", str(tree), *ONE, "trainer.steps=3", "--overwrite"]
-    with caplog.at_level("INFO", logger="gradft.grid"):
+    with caplog.at_level("INFO", logger="gradft.experiments.grid"):
         assert grid.main(args) == 1
     assert f"failed: {CELL} (OSError: [Errno 28] No space left on device" in caplog.text
     cell = tree / "smoke" / CELL
@@ -109,7 +111,7 @@ def test_a_real_full_disk_fails_the_grid_and_the_cell_reruns_once_there_is_space
     out = str(small_disk)
     assert grid.main(["smoke", "--out", out, *ONE]) == 0
     filler = fill(small_disk, leave_pages=2)
-    with caplog.at_level("INFO", logger="gradft.grid"):
+    with caplog.at_level("INFO", logger="gradft.experiments.grid"):
         assert grid.main(["smoke", "--out", out, *ONE, "trainer.steps=3", "--overwrite"]) == 1
     assert f"failed: {CELL} (OSError: [Errno 28] No space left on device" in caplog.text
     cell = small_disk / "smoke" / CELL
@@ -170,7 +172,7 @@ def test_a_results_json_of_the_wrong_shape_or_out_of_range_is_not_done_and_not_r
     path.write_text(json.dumps([] if change == "list" else r))
     p = grid.plan("smoke", ONE, tree)
     assert not p.is_done(p.cells[0]) and not p.conflicts()
-    with caplog.at_level("WARNING", logger="gradft.report"):
+    with caplog.at_level("WARNING", logger="gradft.report.build"):
         recs = report.collect(tree)  # one warning, no traceback
     assert len(recs) == 3 and f"skipping {path}" in caplog.text
 
@@ -179,7 +181,7 @@ def test_an_empty_config_yaml_anywhere_under_out_is_one_warning_not_a_crash(tree
     shutil.copytree(tree / "smoke", tree / "sibling")
     (tree / "sibling" / CELL / "config.yaml").write_text("")  # a sibling's: never adopted
     (tree / "smoke" / CELL / "config.yaml").write_text("")  # this grid's own: rerun, the old files kept
-    with caplog.at_level("INFO", logger="gradft.grid"):
+    with caplog.at_level("INFO", logger="gradft.experiments.grid"):
         assert grid.main(["smoke", "--out", str(tree), "method=prompt"]) == 0
     assert f"{tree / 'smoke' / CELL / 'results.json'}: config.yaml is empty or not a mapping; rerunning" in caplog.text
     assert starts(tree)[CELL] == 2 and starts(tree)["rte/prompt/k32/s0"] == 1  # only the empty one reran
@@ -188,7 +190,7 @@ def test_an_empty_config_yaml_anywhere_under_out_is_one_warning_not_a_crash(tree
 def test_the_holm_header_counts_the_tests_it_ran(tmp_path):
     from test_report_table1 import records
 
-    from gradft.report_table1 import table1
+    from gradft.report.table1 import table1
 
     recs = [r for r in records() if not (r["method"] == "prompt" and (r["task"], r["seed"]) != ("cb", 100))]
     t = table1(recs, tmp_path, tmp_path)  # ours − prompt has one pair: no p-value, not in Holm's family
@@ -237,7 +239,7 @@ def test_a_waiting_grid_says_which_cell_and_holder_it_waits_for(tree, caplog):
                                 "boot_id": locks.BOOT_ID, "start": locks.start_time(holder.pid)}))
     threading.Timer(4.0, holder.kill).start()  # the holder dies: its lock goes stale and the grid goes on
     try:
-        with caplog.at_level("INFO", logger="gradft.grid"):
+        with caplog.at_level("INFO", logger="gradft.experiments.grid"):
             assert grid.main(["smoke", "--out", str(tree), *ONE]) == 0
     finally:
         holder.kill()

@@ -228,7 +228,7 @@ def test_under_bf16_autocast_the_difference_is_taken_in_fp32_weights_with_a_step
 @pytest.mark.slow
 def test_the_default_step_is_accurate_in_float32_on_minilm_lora():
     """The real model the defaults were measured on: r = 1e-3 (the old default) erred 3.4e-2, r = 1e-2 3.2e-3."""
-    from gradft.bench_hvp import measure
+    from gradft.bench.hvp import measure
 
     cfg = make_cfg("task=rte", "method=lora")
     res = measure(cfg.model, cfg.method, cfg.task, cfg.data, [1e-3], cache_dir=cfg.paths.cache_dir)

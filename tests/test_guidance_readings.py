@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
+from gradft.config.guidance import GUIDANCE_VERSION, GuidanceConfig, superseded, superseded_run
 from gradft.forward import task_loss
 from gradft.gradients import ParamSpace, unit
 from gradft.guidance import StructuredGuidance
-from gradft.guidance_config import GUIDANCE_VERSION, GuidanceConfig, superseded, superseded_run
 from gradft.methods import trainable_parameters
 from gradft.run import run
 from gradft.train import Trainer
@@ -150,8 +150,8 @@ def test_update_lambdas_above_one_unknown_modes_and_other_versions_are_refused(b
 
 
 def test_a_pre_fix_guided_cell_is_no_longer_done_or_reported_while_a_baseline_cell_still_is(smoke_grid, tmp_path):
-    from gradft.grid import plan as load_plan
-    from gradft.report import collect
+    from gradft.experiments.grid import plan as load_plan
+    from gradft.report.build import collect
 
     root = tmp_path / "out"
     shutil.copytree(smoke_grid, root)

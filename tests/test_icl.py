@@ -12,11 +12,12 @@ import torch
 from conftest import make_cfg
 
 from gradft import data as gdata
-from gradft import grid, report
+from gradft.data.prompting import PromptCollator, candidates, prompt_spec
+from gradft.experiments import grid
 from gradft.forward import logits_of
-from gradft.icl import SharedPrefixLM, attach, demo_order, demo_text
+from gradft.methods.icl import SharedPrefixLM, attach, demo_order, demo_text
 from gradft.models import load_backbone
-from gradft.prompting import PromptCollator, candidates, prompt_spec
+from gradft.report import build as report
 from gradft.run import run, validate
 
 
@@ -159,7 +160,7 @@ def test_the_report_names_the_icl_row_icl_beside_zero_shot(tmp_path):
 
 
 def test_the_tuned_grid_writer_adds_the_untuned_icl_row_to_lm_head_grids_only():
-    from gradft.tuned import grid_doc
+    from gradft.experiments.tuned import grid_doc
 
     def study(*base: str) -> dict:
         return {"method": "lora", "base": list(base), "own": [], "best": {"method.lr": 1e-3}, "n_trials": 4}

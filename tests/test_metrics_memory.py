@@ -8,9 +8,9 @@ import torch
 from omegaconf import OmegaConf
 
 from gradft.forward import set_gradient, task_loss
-from gradft.grad_sketch import EXACT_UP_TO, CountSketch, gradient_monitor, stream_grads, use_sketch
 from gradft.gradients import ParamSpace
 from gradft.methods import apply_method
+from gradft.metrics import EXACT_UP_TO, CountSketch, gradient_monitor, stream_grads, use_sketch
 from gradft.models import backbone_parameters, load_backbone
 from gradft.train import Trainer
 from tests.test_distributed import global_batch
@@ -90,7 +90,7 @@ def test_the_sketch_is_linear_and_preserves_inner_products():
 
 
 def test_bench_metrics_memory_measures_each_mode_on_a_tiny_model():
-    from gradft.bench_metrics import memory_one
+    from gradft.bench.metrics import memory_one
 
     rows = {mode: memory_one("tiny_bert", mode) for mode in ("none", "exact", "sketch")}
     # in a test process earlier tests' freed pages can absorb the peak (≥ 0); the bench runs each mode in a fresh one

@@ -26,8 +26,9 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-SCRIPTS = {"gradft": "gradft", "gradft-grid": "gradft.grid", "gradft-sweep": "gradft.sweep",
-           "gradft-tuned": "gradft.tuned", "gradft-report": "gradft.report", "gradft-compute": "gradft.compute",
+SCRIPTS = {"gradft": "gradft", "gradft-grid": "gradft.experiments.grid", "gradft-sweep": "gradft.experiments.sweep",
+           "gradft-tuned": "gradft.experiments.tuned", "gradft-report": "gradft.report.build",
+           "gradft-compute": "gradft.experiments.compute",
            "gradft-data": "gradft.data"}
 
 

@@ -115,7 +115,7 @@ def test_a_sigkilled_worker_on_postgresql_has_its_trial_failed_and_replaced(pg_u
     killed = [t.number for t in study_trials(pg_url, "sigkill") if t.state == TrialState.RUNNING]
     assert len(killed) == 1, ts
 
-    caplog.set_level("INFO", logger="gradft.sweep")
+    caplog.set_level("INFO", logger="gradft.experiments.sweep")
     assert run_sweep(spec, "--n-trials", "3", *FAST) == 0
     after = study_trials(pg_url, "sigkill")
     assert after[killed[0]].state == TrialState.FAIL

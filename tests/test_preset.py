@@ -12,8 +12,8 @@ import pytest
 import yaml
 from conftest import ROOT, make_cfg
 
-from gradft import grid
-from gradft.preset import expand_preset
+from gradft.config.preset import expand_preset
+from gradft.experiments import grid
 from gradft.tracking import config_key
 
 TINY = ["model=tiny_bert", "trainer.steps=1", "eval.max_examples=8", "metrics.every=0", "logger.mode=disabled"]

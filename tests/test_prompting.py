@@ -12,10 +12,10 @@ import torch
 from conftest import make_cfg
 
 from gradft import data as gdata
+from gradft.data.prompting import PromptCollator, PromptSpec, candidates, lm_kind_of, prompt_spec, render
 from gradft.forward import logits_of, task_loss
 from gradft.methods import apply_method
 from gradft.models import load_backbone
-from gradft.prompting import PromptCollator, PromptSpec, candidates, lm_kind_of, prompt_spec, render
 from gradft.run import run, validate
 
 TASKS = ["boolq", "cb", "copa", "multirc", "rte", "wic"]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gradft import grid, report
+from gradft.experiments import grid
+from gradft.report import build as report
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -76,7 +77,7 @@ def test_figures_are_written_and_non_empty_and_one_shot_count_draws_no_curve(rep
 def test_report_logs_table_and_figures_to_wandb_offline(reported, tmp_path):
     root, _ = reported
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    proc = subprocess.run([sys.executable, "-m", "gradft.report", "--root", str(root), "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "gradft.report.build", "--root", str(root), "--out", str(tmp_path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -84,7 +85,7 @@ def test_report_logs_table_and_figures_to_wandb_offline(reported, tmp_path):
 
 
 def test_report_reads_results_only_and_never_imports_model_code():
-    code = "import sys, gradft.report; assert not {'torch', 'transformers', 'gradft.run'} & set(sys.modules)"
+    code = "import sys, gradft.report.build; assert not {'torch', 'transformers', 'gradft.run'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
 
 
@@ -174,7 +175,7 @@ def test_figure3_from_a_tiny_domain_grid_has_bars_and_the_three_baselines(tmp_pa
     assert grid.main(["figure3", "--out", str(root), "task=promise_nfr,overruling", "method=lora,ours", "seed=0,1",
                       "head=classifier", "model=tiny_bert", "trainer.steps=1", "eval.max_examples=16",
                       "logger.mode=disabled", "trainer.threads=1", "metrics.every=0"]) == 0
-    tuned = tmp_path / "figure3_tiny.yaml"  # the tuning node `python -m gradft.tuned` writes
+    tuned = tmp_path / "figure3_tiny.yaml"  # the tuning node `python -m gradft.experiments.tuned` writes
     tuned.write_text("tuning:\n  written: now\n  lora:\n    n_trials: 2\n    complete: 2\n    pruned: 0\n"
                      "    failed: 0\n    best: {method.lr: 0.0025}\n    space: {method.lr: {type: float, low: 0.0001, "
                      "high: 0.03, log: true}}\n    select_accuracy: 0.55\n    tasks: [cb, rte]\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gradft import report_estimators as rep
+from gradft.report import estimators as rep
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "results" / "estimators"

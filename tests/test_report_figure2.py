@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from gradft.report_figure2 import figure2_table, planned_trained
+from gradft.report.figure2 import figure2_table, planned_trained
 
 SHOTS = [16, 64, 256]
 LIFT = {64: 0.05}  # ours − lora: +5 points at k=64, level elsewhere

@@ -1,4 +1,4 @@
-"""Issue 27's table (``gradft.report_guidance``): each number is the seed mean of what the cells' results.json say."""
+"""Issue 27's table (``gradft.report.guidance``): each number is the seed mean of what the cells' results.json say."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gradft.report_guidance import collect, main, table
+from gradft.report.guidance import collect, main, table
 
 
 def _write(root: Path, grid: str, method: str, seed: int, tau: float, g: float, hits: int | None, acc: float) -> None:

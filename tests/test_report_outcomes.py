@@ -1,7 +1,7 @@
 """Every table shows what accuracy hides (issue 28, items 3 and 4): each method's final training loss, and divergence
 counted, never dropped — a diverged cell enters the means and the paired tests as the train-pool majority's accuracy
 of its (task, seed) cell, is named under the table, and sets the method's divergence rate; guided runs whose
-guidance warned are counted as unstable. Synthetic results.json trees read by the real ``gradft.report``."""
+guidance warned are counted as unstable. Synthetic results.json trees read by the real ``gradft.report.build``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from gradft import report
+from gradft.report import build as report
 
 TASKS = ("cb", "rte")
 SEEDS = (0, 1)
@@ -97,7 +97,7 @@ def test_a_diverged_cell_enters_the_mean_as_its_train_pool_majority_and_sets_the
 
 
 def test_figure2_shows_each_methods_final_loss_per_k_and_its_divergence_rate(tmp_path):
-    from gradft.report_figure2 import figure2_table
+    from gradft.report.figure2 import figure2_table
 
     recs = []
     for k in (16, 64):

@@ -12,7 +12,7 @@ import sys
 
 from conftest import ROOT, make_cfg
 
-from gradft import report
+from gradft.report import build as report
 from gradft.run import run
 
 TINY = ["trainer.steps=1", "eval.max_examples=8", "metrics.every=0", "logger.mode=disabled", "task=promise_nfr"]
@@ -46,7 +46,7 @@ def test_zero_shot_and_diverged_runs_are_rows_and_the_counts_agree(tmp_path, cap
 
 
 def test_the_domain_sentence_names_the_users_tasks_instead_of_denying_a_financial_one():
-    from gradft.report_figure3 import domain_sentence
+    from gradft.report.figure3 import domain_sentence
 
     text = domain_sentence(["scicite", "fin_news"])
     assert "user tasks here: fin_news" in text and "has no data set here" not in text

@@ -9,7 +9,7 @@ import csv
 import numpy as np
 import pytest
 
-from gradft.report_table1 import table1, tuning_lines
+from gradft.report.table1 import table1, tuning_lines
 
 TASKS = ["boolq", "cb", "copa", "multirc", "rte", "wic"]
 SHIFT = {"full": -0.02, "adapter": 0.0, "lora": -0.06, "prompt": -0.10, "ours": 0.0, "ours-mag": -0.04}
@@ -74,9 +74,9 @@ def test_tuning_block_prints_values_ranges_budget_and_edge_warnings():
 
 
 def test_a_table_from_part_of_its_grid_says_how_many_of_the_planned_cells_it_has(tmp_path):
-    from gradft.report import _tuning, planned_at
+    from gradft.report.build import _tuning, planned_at
 
-    grid_file = tmp_path / "t1.yaml"  # the shape `python -m gradft.tuned` writes: 6 tasks × 6 methods × 5 seeds
+    grid_file = tmp_path / "t1.yaml"  # as gradft.experiments.tuned writes it: 6 tasks × 6 methods × 5 seeds
     grid_file.write_text("grid:\n  axes:\n    task: [" + ", ".join(TASKS) + "]\n    method: [" + ", ".join(SHIFT)
                          + "]\n    shots: [32, 256]\n    seed: [100, 101, 102, 103, 104]\ntuning:\n  written: now\n")
     node = planned_at(_tuning(grid_file), tmp_path, 32)

@@ -2,7 +2,7 @@
 error, best − default and best − runner-up with a paired bootstrap CI over the (task, seed) cells both trials ran,
 the λ = 0 control trials marked; "not recorded" / "not stored" where an old study lacks them. Real Optuna SQLite
 studies built in the test (trials added with their user attrs: nothing is trained), written into a grid file by
-``gradft.tuned`` and read back by the report as ``--tuning`` does."""
+``gradft.experiments.tuned`` and read back by the report as ``--tuning`` does."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from pathlib import Path
 import optuna
 import yaml
 
-from gradft import report, tuned
-from gradft.report_table1 import tuning_lines
-from gradft.stats import bootstrap_mean_ci
-from gradft.sweep_signal import objective_stats
+from gradft.experiments import tuned
+from gradft.experiments.signal import objective_stats
+from gradft.report import build as report
+from gradft.report.stats import bootstrap_mean_ci
+from gradft.report.table1 import tuning_lines
 
 LR = {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}
 BASE = {"cb/s0": 0.60, "cb/s1": 0.62, "rte/s0": 0.55, "rte/s1": 0.57}

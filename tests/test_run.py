@@ -15,7 +15,7 @@ import torch
 import transformers
 from conftest import make_cfg
 
-from gradft.config import validate
+from gradft.config.schema import validate
 from gradft.run import run
 
 ROOT = Path(__file__).resolve().parent.parent

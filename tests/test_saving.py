@@ -1,4 +1,4 @@
-"""The trained model out (issue 29): what a run saves, that it reloads with gradft.predict and with plain
+"""The trained model out (issue 29): what a run saves, that it reloads with gradft.trained.predict and with plain
 transformers/peft, and that the reloaded model reproduces the run's eval predictions and accuracy exactly."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from conftest import make_cfg
 from omegaconf import OmegaConf
 
 from gradft import data as gdata
-from gradft.config import validate
-from gradft.grid import compose_run, plan
-from gradft.predict import main as predict_main
-from gradft.predict import score
+from gradft.config.schema import validate
+from gradft.experiments.grid import compose_run, plan
 from gradft.run import _cap, run
 from gradft.tracking import config_key
+from gradft.trained.predict import main as predict_main
+from gradft.trained.predict import score
 
 QUICK = ["model=tiny_bert", "trainer.steps=3", "eval.max_examples=24", "metrics.every=0", "logger.mode=disabled",
          "method.lr=5e-2"]  # a large step, so that the tiny model's scores move off their initial values
@@ -203,7 +203,7 @@ def test_grids_save_no_model_unless_asked():
 
 
 def test_predict_reads_a_table_tasks_file_by_its_fields_and_label_field(tmp_path):
-    from gradft.predict import read_examples
+    from gradft.trained.predict import read_examples
 
     cfg = OmegaConf.create({"task": {"name": "reviews", "format": "pair", "fields": ["sentence"],
                                      "label_field": "sentiment", "map_labels": {"meh": "neutral"}}})

@@ -13,8 +13,8 @@ from conftest import make_cfg
 from omegaconf import OmegaConf
 
 from gradft import data as gdata
-from gradft import grid
-from gradft.grid import compose_run
+from gradft.experiments import grid
+from gradft.experiments.grid import compose_run
 from gradft.tracking import config_key
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import ROOT, make_cfg
 
-from gradft.config import validate
+from gradft.config.schema import validate
 
 QUICK = ["model=tiny_bert", "trainer.steps=1", "eval.max_examples=8", "metrics.every=1", "logger.mode=disabled"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gradft import stats
+from gradft.report import stats
 
 
 def test_holm_matches_the_step_down_definition():

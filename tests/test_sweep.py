@@ -20,8 +20,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from gradft import sweep
-from gradft.grid import compose_run
+from gradft.experiments import sweep
+from gradft.experiments.grid import compose_run
 from gradft.run import CONF_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def points(ts) -> list[tuple]:
 
 
 def cli(*args: str) -> subprocess.Popen:
-    return spawn("gradft.sweep", *args, stdout=subprocess.PIPE)
+    return spawn("gradft.experiments.sweep", *args, stdout=subprocess.PIPE)
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_a_pruner_without_intermediate_values_is_refused(tmp_path):
 def test_shipped_sweeps_are_valid_specs_whose_trials_compose():
     for name in ("ours_rte", "ablation", "smoke"):
         text = (ROOT / "sweeps" / f"{name}.yaml").read_text()
-        assert text.startswith("# python -m gradft.sweep sweeps/")
+        assert text.startswith("# python -m gradft.experiments.sweep sweeps/")
         spec = sweep.load_spec(ROOT / "sweeps" / f"{name}.yaml")
         assert spec.storage == f"sqlite:///outputs/sweeps/{name}.db"
         point = {k: d["choices"][-1] if d["type"] == "categorical" else d["high"] for k, d in spec.space.items()}
@@ -235,7 +235,8 @@ def test_sigkilled_worker_keeps_finished_trials_and_its_running_trial_fails_on_r
 @pytest.mark.parametrize("url,needle", [("postgresql://u:p@127.0.0.1:9/db", "Connection refused"),
                                         ("sqlite:////proc/no/such/dir/x.db", "cannot be opened")])
 def test_a_storage_url_that_cannot_be_opened_fails_with_a_clear_message(url, needle, tmp_path, capsys):
-    """main's exit code and its one line on stderr (``python -m gradft.sweep`` exits with what main returns)."""
+    """main's exit code and its one line on stderr (the command exits with what main
+    returns)."""
     assert sweep.main([str(ROOT / "sweeps" / "smoke.yaml"), "--storage", url, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"storage={url.replace(':p@', ':***@')!r}" in err and needle in err, err[-1500:]  # no password
@@ -243,7 +244,8 @@ def test_a_storage_url_that_cannot_be_opened_fails_with_a_clear_message(url, nee
 
 def test_a_sweep_that_met_its_budget_exits_0_at_once_without_starting_workers(resumed):
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "gradft.sweep", str(resumed), "--workers", "2",
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "gradft.experiments.sweep", str(resumed),
+                           "--workers", "2",
                            "--n-trials", "3", "--conf-dir", str(resumed.parent / "conf")], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     seconds = time.perf_counter() - t0

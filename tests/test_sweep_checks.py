@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 from test_sweep import FAST, make_spec, run_sweep, trials
 
-from gradft import sweep_spec
+from gradft.experiments import sweep_spec
 
 
 def test_a_typo_in_a_searched_name_is_refused_before_any_trial_with_a_did_you_mean(tmp_path, capsys):
@@ -47,7 +47,7 @@ def test_failed_trials_of_an_earlier_run_do_not_stop_the_fixed_spec(tmp_path, ca
     study = optuna.create_study(study_name=s.study_name, storage=s.storage, direction="maximize")
     for _ in range(3):
         study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
-    with caplog.at_level("INFO", logger="gradft.sweep"):
+    with caplog.at_level("INFO", logger="gradft.experiments.sweep"):
         assert run_sweep(spec, "--n-trials", "1", *FAST) == 0
     assert [t.state for t in trials(spec)] == [TrialState.FAIL] * 3 + [TrialState.COMPLETE]
     assert "3 failed trial(s) of earlier runs (#0, #1, #2) stay in the study" in caplog.text

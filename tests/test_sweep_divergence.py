@@ -9,7 +9,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from gradft import sweep
+from gradft.experiments import sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,9 +14,9 @@ import optuna
 import pytest
 import yaml
 
-from gradft import sweep
-from gradft.config import validate
-from gradft.grid import compose_run
+from gradft.config.schema import validate
+from gradft.experiments import sweep
+from gradft.experiments.grid import compose_run
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["trainer.steps=1"]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gradft.config.guidance import GuidanceConfig
 from gradft.gradients import ParamSpace
 from gradft.guidance import StructuredGuidance
-from gradft.guidance_config import GuidanceConfig
 from gradft.tracking import config_key
 from gradft.train import Trainer, enable_checkpointing
 from tests.conftest import make_cfg
@@ -64,7 +64,7 @@ def test_the_new_options_at_their_defaults_leave_every_config_key_as_it_was():
 
 @pytest.mark.parametrize("override", ["trainer.grad_accum=0", "trainer.gradient_checkpointing=3"])
 def test_bad_trainer_options_are_refused(override):
-    from gradft.config import validate
+    from gradft.config.schema import validate
 
     with pytest.raises(ValueError, match=override.split("=")[0]):
         validate(make_cfg(override))

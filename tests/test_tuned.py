@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gradft import grid, report_table1, sweep, tuned
+from gradft.experiments import grid, sweep, tuned
+from gradft.report import table1 as report_table1
 
 FAST = ["trainer.steps=1"]
 
@@ -93,7 +94,8 @@ def test_a_figure2_grid_takes_its_tasks_and_shots_from_the_axes_not_from_the_tun
     text = (conf / "experiment" / "f2.yaml").read_text()
     g = yaml.safe_load(text)["grid"]
     # the header's command writes the same grid again: every option that shaped it is in it
-    assert (f"python -m gradft.tuned {paths[0]} {paths[1]} --name f2 --seeds 100 --tasks cb,rte --shots 16,64 "
+    assert (f"python -m gradft.experiments.tuned {paths[0]} {paths[1]} --name f2 --seeds 100 "
+            "--tasks cb,rte --shots 16,64 "
             "--no-ablations --overrides eval.max_examples=700)") in text
     assert g["axes"]["task"] == ["cb", "rte"] and g["axes"]["shots"] == [16, 64]
     assert g["axes"]["method"] == ["lora", "ours"]  # no ablation rows

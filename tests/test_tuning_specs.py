@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gradft import sweep
-from gradft.config import validate
-from gradft.grid import compose_run
+from gradft.config.schema import validate
+from gradft.experiments import sweep
+from gradft.experiments.grid import compose_run
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 METHODS = ["full", "adapter", "lora", "prompt", "ours"]

@@ -1,7 +1,7 @@
 """``python -m gradft.data task=<name> [shots=32] [--config-dir ./my_conf]``: inspect a task, load no model.
 
 The same composition as ``python -m gradft`` (conf/config.yaml, any override, a user's config dir), the same checks
-(``gradft.config.validate``, then ``gradft.data.checks``: the k-shot draw under ``data.balance``, head=lm's label
+(``gradft.config.schema.validate``, then ``gradft.data.checks``: the k-shot draw under ``data.balance``, head=lm's label
 words, a guidance source task's labels), then `gradft.data.inspect.describe`. Whatever the run would refuse before
 loading a model exits 2 here with the run's one-line message.
 """
@@ -19,7 +19,7 @@ from gradft.data.formats import DataError
 
 def check_like_run(cfg: DictConfig):
     """The task as the run reads it, after every check the run makes before it loads a model."""
-    from gradft.config import validate
+    from gradft.config.schema import validate
     from gradft.data import load_task
     from gradft.data.checks import draw_for_run, source_label_index
     from gradft.data.taskconf import compose_task

@@ -34,7 +34,7 @@ def _example_lines(task_cfg: Any, task: TaskData, ex: Example) -> list[str]:
     if task_cfg.get("prompt") is None:
         return [*lines, "  head=lm: no `prompt:` in the task config (head=lm needs template + verbalizer)"]
     try:
-        from gradft.prompting import candidates, prompt_spec, render
+        from gradft.data.prompting import candidates, prompt_spec, render
 
         spec = prompt_spec(task_cfg, len(task.labels), task.multiple_choice)
         text = render(ex, spec)

@@ -1,6 +1,7 @@
 """The methods' config dataclasses: what each ``conf/method/*.yaml`` may set, validated on construction.
 
-Torch-free on purpose: ``gradft.config.validate`` builds them before torch, peft or transformers are imported, so a
+Torch-free on purpose: ``gradft.config.schema.validate`` builds them before torch, peft or transformers are imported,
+so a
 bad method value fails in about a second. The implementations (``apply``) live in the method modules.
 """
 
@@ -83,7 +84,8 @@ class PromptConfig:
 
 @dataclass
 class IclConfig:
-    """In-context learning (``gradft.icl``): no parameter trains; the k shots are demonstrations in the prompt."""
+    """In-context learning (``gradft.methods.icl``): no parameter trains; the k shots are
+    demonstrations in the prompt."""
     name: str = "icl"
     context: int | None = None  # tokens per row, demonstrations included (null: the model's context window)
     eval_batch_size: int = 4  # rows of up to `context` tokens: eval.batch_size (64) of them would not fit in memory
