@@ -1,6 +1,8 @@
 """Batched evaluation under no_grad: examples sorted by length (less padding), padded per batch, predictions put
 back in the original order, then scored with the task's metrics. ``scores`` (a list to fill) receives each
-example's per-class scores from the same pass (run.py writes them to predictions.jsonl: ``gradft.trained.save``)."""
+example's per-class scores from the same pass (run.py writes them to predictions.jsonl: ``gradft.trained.save``).
+Also owns which examples are scored (``eval_examples``: the ``eval.max_examples`` cap) and the batch builder of
+each head (``make_collator``), shared by a run and ``gradft.trained.predict``."""
 
 from __future__ import annotations
 
@@ -8,12 +10,16 @@ import logging
 import time
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
-from gradft.data import Collator, Example
+from gradft.config.prompt import prompt_spec
+from gradft.data import Collator, Example, TaskData
+from gradft.data.prompting import PromptCollator
 from gradft.forward import logits_of, to_device
 from gradft.metrics import task_metrics
+from gradft.models import head_kind
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +60,26 @@ def evaluate(model: nn.Module, examples: list[Example], collate: Collator, batch
     out = task_metrics(metric_names, preds, [e.label for e in examples], n_classes, [e.group for e in examples])
     log.info("%s: %s (%.1f s)", desc, ", ".join(f"{k} {v:.4f}" for k, v in out.items()), time.perf_counter() - t0)
     return out
+
+
+def make_collator(cfg: DictConfig, task_cfg: DictConfig, task: TaskData, tok,
+                  model) -> Collator | PromptCollator:
+    """The batch builder for ``head``: text pairs for a classifier, prompts for the LM head. Prefix reuse needs a
+    causal LM that takes position ids and a KV cache as given: not under peft prompt tuning (virtual tokens)."""
+    if cfg.get("head", "classifier") == "classifier":
+        return Collator(tok, cfg.model.max_length, task.multiple_choice)
+    spec = prompt_spec(task_cfg, len(task.labels), task.multiple_choice)
+    peft_cfg = getattr(model, "active_peft_config", None)
+    reuse = bool(cfg.model.get("prefix_reuse", True)) and not getattr(peft_cfg, "is_prompt_learning", False)
+    return PromptCollator(tok, spec.max_length or cfg.model.max_length, spec, head_kind(model), reuse)
+
+
+def eval_examples(examples: list[Example], n: int | None) -> list[Example]:
+    """``eval.max_examples``: the first n examples, extended to finish the last MultiRC question group (so exact
+    match stays defined)."""
+    if not n or n >= len(examples):
+        return examples
+    end = n
+    while end < len(examples) and examples[end].group is not None and examples[end].group == examples[n - 1].group:
+        end += 1
+    return examples[:end]

@@ -27,16 +27,12 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from gradft.gradients import cosine, norm
-
-if TYPE_CHECKING:
-    from gradft.gradients import ParamSpace
-    from gradft.metrics import GradientMonitor
+from gradft.forward import set_gradient, task_loss, to_device
+from gradft.gradients import ParamSpace, cosine, norm
 
 
 def accuracy(preds: Sequence[int], labels: Sequence[int]) -> float:
@@ -135,7 +131,6 @@ class GradientMonitor:
     gradient_stability    = 1 / (1 + std_t ‖g_t‖ / mean_t ‖g_t‖)        (population std; 1 = constant norm)
     directional_alignment = mean_t cos(g_t, d_task)                      (d_task: full k-shot gradient at step 0)
     """
-
     def __init__(self, d_task: Tensor, sketch=None):
         self.d_task = d_task  # flat over the metric space, or its sketch (``gradft.metrics``)
         self.sketch = sketch  # None: exact flat vectors (every space up to grad_sketch.EXACT_UP_TO by default)
@@ -199,7 +194,6 @@ def use_sketch(mode: str, numel: int) -> bool:
 
 class CountSketch:
     """A seeded linear map R^N -> R^dim, applied one parameter tensor at a time."""
-
     def __init__(self, dim: int = SKETCH_DIM, seed: int = 0, chunk: int = CHUNK):
         self.dim, self.seed, self.chunk = dim, seed, chunk
 
@@ -259,9 +253,6 @@ def gradient_monitor(model: nn.Module, space: ParamSpace, batches: list, device:
                      mode: str = "auto") -> GradientMonitor:
     """The run's ``GradientMonitor`` with d_task = the k-shot gradient over ``space`` (a ``ParamSpace``): exact
     (``forward.set_gradient``, as before) or, when ``use_sketch``, its sketch, streamed batch by batch."""
-    from gradft.forward import set_gradient, task_loss, to_device
-    from gradft.metrics import GradientMonitor
-
     if not use_sketch(mode, space.numel):
         return GradientMonitor(set_gradient(model, space, batches, device))
     sketch = CountSketch()

@@ -31,6 +31,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from gradft.data.prompting import lm_kind_of
+
 log = logging.getLogger(__name__)
 hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected on every run: we log our own line
 hf_logging.disable_progress_bar()
@@ -109,8 +111,6 @@ AUTO_CLASSES = {"classifier": AutoModelForSequenceClassification, "causal": Auto
 
 def lm_kind(cfg: DictConfig, cache_dir: str | Path) -> str:
     """causal | masked: ``model.lm_kind``, or for ``auto`` what the checkpoint's config names (no weights loaded)."""
-    from gradft.data.prompting import lm_kind_of
-
     configured = str(cfg.get("lm_kind", "auto"))
     if configured != "auto" or cfg.source == "scratch":
         return lm_kind_of(None, configured)
@@ -203,3 +203,9 @@ def backbone_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     assert isinstance(model, PreTrainedModel)
     head = head_parameter_names(model)
     return [(n, p) for n, p in model.named_parameters() if n not in head]
+
+
+def peft_task_type(model: nn.Module) -> str:
+    """peft's task type for the model's head: SEQ_CLS (new classifier, trained via modules_to_save), CAUSAL_LM (prompt
+    tuning prepends virtual tokens, LM head frozen), FEATURE_EXTRACTION (masked LM: plain forward, head frozen)."""
+    return {"classifier": "SEQ_CLS", "causal": "CAUSAL_LM", "masked": "FEATURE_EXTRACTION"}[head_kind(model)]

@@ -32,9 +32,8 @@ from gradft import data as gdata
 from gradft.config.guidance import guidance_config
 from gradft.config.schema import CONF_DIR, train_steps, validate  # noqa: F401  (re-exported: callers import them here)
 from gradft.data.checks import draw_for_run, source_label_index
-from gradft.data.prompting import PromptCollator, prompt_spec
 from gradft.data.taskconf import compose_task
-from gradft.evaluate import evaluate
+from gradft.evaluate import eval_examples, evaluate, make_collator
 from gradft.forward import set_gradient
 from gradft.gradients import ParamSpace
 from gradft.guidance import StructuredGuidance
@@ -42,23 +41,13 @@ from gradft.methods import apply_method, trainable_parameters
 from gradft.methods.icl import attach as attach_demonstrations
 from gradft.methods.icl import is_icl
 from gradft.metrics import GradientMonitor, baselines, gradient_monitor
-from gradft.models import backbone_parameters, head_kind, load_backbone
+from gradft.models import backbone_parameters, load_backbone
 from gradft.stopping import EarlyStopping, final_train_loss, interrupted, sigterm_interrupts
 from gradft.tracking import Tracker, config_key, hardware, write_results
 from gradft.train import Phases, Trainer, enable_checkpointing, epoch_batches
 from gradft.trained.save import save_run
 
 log = logging.getLogger(__name__)
-
-
-def _cap(examples: list[gdata.Example], n: int | None) -> list[gdata.Example]:
-    """The first n examples, extended to finish the last MultiRC question group (so exact match stays defined)."""
-    if not n or n >= len(examples):
-        return examples
-    end = n
-    while end < len(examples) and examples[end].group is not None and examples[end].group == examples[n - 1].group:
-        end += 1
-    return examples[:end]
 
 
 def summary_keys(metrics: dict[str, float]) -> dict[str, float]:
@@ -97,18 +86,6 @@ def _source_gradient_fn(cfg: DictConfig, task: gdata.TaskData, model, space, col
         examples = [replace(e, label=index[e.label]) for e in examples]
     batches = list(gdata.iterate_batches(examples, cfg.trainer.batch_size, collate, shuffle=False))
     return lambda: set_gradient(model, space, batches, device)
-
-
-def make_collator(cfg: DictConfig, task_cfg: DictConfig, task: gdata.TaskData, tok,
-                  model) -> gdata.Collator | PromptCollator:
-    """The batch builder for ``head``: text pairs for a classifier, prompts for the LM head. Prefix reuse needs a
-    causal LM that takes position ids and a KV cache as given: not under peft prompt tuning (virtual tokens)."""
-    if cfg.get("head", "classifier") == "classifier":
-        return gdata.Collator(tok, cfg.model.max_length, task.multiple_choice)
-    spec = prompt_spec(task_cfg, len(task.labels), task.multiple_choice)
-    peft_cfg = getattr(model, "active_peft_config", None)
-    reuse = bool(cfg.model.get("prefix_reuse", True)) and not getattr(peft_cfg, "is_prompt_learning", False)
-    return PromptCollator(tok, spec.max_length or cfg.model.max_length, spec, head_kind(model), reuse)
 
 
 def _train(cfg: DictConfig, task: gdata.TaskData, shots: list[gdata.Example], model, space: ParamSpace,
@@ -204,7 +181,7 @@ def _run(cfg: DictConfig, out_dir: str | Path | None, report: Callable[[int, flo
     with phases("data"):
         task = gdata.load_task(cfg.task, cfg.data)
         shots = draw_for_run(cfg, task)  # the checks python -m gradft.data makes too
-        eval_set = _cap(task.eval, cfg.eval.max_examples)
+        eval_set = eval_examples(task.eval, cfg.eval.max_examples)
     phases.start("model_load")
     torch.manual_seed(cfg.seed)  # the new head, LoRA's A, adapters and prompts are initialised from here
     n_out = 1 if task.multiple_choice else len(task.labels)

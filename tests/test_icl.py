@@ -12,7 +12,8 @@ import torch
 from conftest import make_cfg
 
 from gradft import data as gdata
-from gradft.data.prompting import PromptCollator, candidates, prompt_spec
+from gradft.config.prompt import prompt_spec
+from gradft.data.prompting import PromptCollator, candidates
 from gradft.experiments import grid
 from gradft.forward import logits_of
 from gradft.methods.icl import SharedPrefixLM, attach, demo_order, demo_text

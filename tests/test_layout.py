@@ -28,9 +28,6 @@ LAYERS = {
 LAZY = {
     ("gradft.__main__", "gradft.run"): "the CLI checks the config in ~2 s before torch loads",
     ("gradft.__main__", "gradft.tracking"): "the CLI checks the config in ~2 s before wandb loads",
-    ("gradft.data.__main__", "gradft.data"): "`python -m gradft.data --help` and its config errors come before torch",
-    ("gradft.data.__main__", "gradft.data.checks"): "as above",
-    ("gradft.data.__main__", "gradft.data.inspect"): "as above",
 }
 
 
@@ -79,6 +76,39 @@ def all_in_function_imports() -> int:
             if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n += sum(isinstance(x, (ast.Import, ast.ImportFrom)) for x in ast.walk(f))
     return n
+
+
+def defined_names(path: Path) -> set[str]:
+    """Names a module defines itself (def, class, assignment at the top level), not those it imports."""
+    out = set()
+    for n in ast.parse(path.read_text()).body:
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(n.name)
+        elif isinstance(n, (ast.Assign, ast.AnnAssign)):
+            for t in n.targets if isinstance(n, ast.Assign) else [n.target]:
+                out |= {x.id for x in ast.walk(t) if isinstance(x, ast.Name)}
+        elif isinstance(n, (ast.If, ast.Try)):  # names defined under a guard
+            out |= {x.name for x in ast.walk(n) if isinstance(x, (ast.FunctionDef, ast.ClassDef))}
+    return out
+
+
+# Package facades: their __init__ names the package's public API (docs/api.md; gradft/data/__init__.py).
+FACADES = {"gradft", "gradft.data"}
+
+
+def reexports() -> list[str]:
+    """``from gradft.x import name`` where x only re-exports name (a shim): callers must import it from its home."""
+    known, out = modules(), []
+    for mod, path in known.items():
+        for n in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(n, ast.ImportFrom) or n.level or not (n.module or "").startswith("gradft"):
+                continue
+            if n.module in FACADES or n.module not in known:
+                continue
+            own = defined_names(known[n.module])
+            out += [f"{mod}: {a.name} from {n.module}" for a in n.names
+                    if a.name not in own and f"{n.module}.{a.name}" not in known]
+    return out
 
 
 def circles() -> list[list[str]]:
@@ -151,6 +181,10 @@ def test_gradft_imports_inside_functions_are_only_the_clis_lazy_ones():
     assert lazy == [], "import at the top, or add it to LAZY with the reason"
 
 
+def test_every_name_is_imported_from_the_module_that_defines_it_no_shims():
+    assert reexports() == []
+
+
 def test_the_layer_map_names_every_module():
     for mod in modules():
         assert any(mod == k or mod.startswith(k + ".") for k in LAYERS), mod
@@ -165,5 +199,6 @@ if __name__ == "__main__":
     print(f"in-function imports of gradft modules: {sum(r[2] for r in rows)} "
           f"({len({(a, b) for a, b, i, _ in rows if i})} distinct pairs)")
     print(f"in-function imports of any library: {all_in_function_imports()}")
+    print(f"re-exported names imported through a shim: {len(reexports())}")
     print(f"upward imports: {sum(layer(b) > layer(a) for a, b, _, _ in rows)}")
     print(f"longest module: {longest[0]} ({len(longest[1].read_text().splitlines())} lines)")

@@ -79,7 +79,7 @@ def test_unknown_method_kind_lists_the_known_ones():
 def test_peft_task_type_follows_the_loaded_head_even_for_lm_head_model_class_names():
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from gradft.methods import peft_task_type
+    from gradft.models import peft_task_type
 
     tiny = {"n_embd": 16, "n_layer": 1, "n_head": 2, "vocab_size": 64}
     gpt2 = AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt2", **tiny))  # GPT2LMHeadModel: causal

@@ -12,7 +12,8 @@ import torch
 from conftest import make_cfg
 
 from gradft import data as gdata
-from gradft.data.prompting import PromptCollator, PromptSpec, candidates, lm_kind_of, prompt_spec, render
+from gradft.config.prompt import PromptSpec, prompt_spec
+from gradft.data.prompting import PromptCollator, candidates, lm_kind_of, render
 from gradft.forward import logits_of, task_loss
 from gradft.methods import apply_method
 from gradft.models import load_backbone
@@ -177,7 +178,7 @@ def test_long_prompts_are_cut_from_the_front_keeping_the_answer_slot():
 
 @pytest.mark.parametrize("name,length", [("boolq", 384), ("multirc", 512), ("copa", None)])
 def test_long_passage_tasks_give_their_prompts_room_beyond_the_models_length(name, length):
-    from gradft.run import make_collator
+    from gradft.evaluate import make_collator
 
     cfg, task, spec = _task(name, "model=tiny_llama")
     model, tok = _lm("tiny_llama")

@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 
 from gradft import data as gdata
 from gradft.config.schema import validate
+from gradft.evaluate import eval_examples as capped_eval
 from gradft.experiments.grid import compose_run, plan
-from gradft.run import _cap, run
+from gradft.run import run
 from gradft.tracking import config_key
 from gradft.trained.predict import main as predict_main
 from gradft.trained.predict import score
@@ -43,7 +44,7 @@ def assert_reloads_exactly(out: Path, results: dict) -> list[dict]:
 
 def eval_examples(out: Path) -> list[gdata.Example]:
     cfg = OmegaConf.load(out / "config.yaml")
-    return _cap(gdata.load_task(cfg.task, cfg.data).eval, cfg.eval.max_examples)
+    return capped_eval(gdata.load_task(cfg.task, cfg.data).eval, cfg.eval.max_examples)
 
 
 def plain_logits(model, tok, ex: gdata.Example) -> list[float]:

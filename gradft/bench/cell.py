@@ -28,8 +28,16 @@ import time
 from typing import Any
 
 import torch
+from peft import LoraConfig, TaskType, get_peft_model
+from transformers import get_linear_schedule_with_warmup
 
 from gradft import data as gdata
+from gradft.bench.step import compose_cfg
+from gradft.config.prompt import prompt_spec
+from gradft.config.schema import train_steps
+from gradft.data.prompting import PromptCollator
+from gradft.models import load_backbone
+from gradft.run import run
 from gradft.tracking import atomic_write
 
 CELL = ["task=rte", "method=lora", "shots=32", "trainer.epochs=20", "metrics.every=4", "logger.mode=disabled",
@@ -47,14 +55,6 @@ def _lm_label_logits(model, b: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def plain_loop(cfg) -> dict[str, float]:
     """LoRA fine-tuning and evaluation of the cell's shots and val split with peft + torch alone."""
-    from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import get_linear_schedule_with_warmup
-
-    from gradft.config.prompt import prompt_spec
-    from gradft.data.prompting import PromptCollator
-    from gradft.models import load_backbone
-    from gradft.run import train_steps
-
     t0, c0 = time.perf_counter(), time.process_time()
     lm = cfg.get("head", "classifier") == "lm"
     task = gdata.load_task(cfg.task, cfg.data)
@@ -104,8 +104,6 @@ def plain_loop(cfg) -> dict[str, float]:
 
 
 def gradft_cell(cfg) -> dict[str, Any]:
-    from gradft.run import run
-
     t0, c0 = time.perf_counter(), time.process_time()
     res = run(cfg, cfg.paths.output_dir)
     wall = time.perf_counter() - t0
@@ -117,8 +115,6 @@ def gradft_cell(cfg) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from gradft.bench.step import compose_cfg
-
     p = argparse.ArgumentParser(prog="python -m gradft.bench.cell", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="minilm")
     p.add_argument("--overrides", nargs="*", default=[], help="on top of the cell: " + " ".join(CELL))

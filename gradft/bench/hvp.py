@@ -26,9 +26,11 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gradft import data as gdata
+from gradft.bench.step import compose_cfg
+from gradft.config.guidance import GuidanceConfig
 from gradft.forward import slice_examples, task_loss
 from gradft.gradients import ParamSpace, hvp_finite_difference, unit
-from gradft.guidance import FD_R, GuidanceConfig, StructuredGuidance
+from gradft.guidance import FD_R, StructuredGuidance
 from gradft.methods import apply_method, trainable_parameters
 from gradft.models import load_backbone
 from gradft.tracking import atomic_write
@@ -98,8 +100,6 @@ def measure(cfg_model, method_cfg, task_cfg, data_cfg, rs: list[float], m: int =
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from gradft.bench.step import compose_cfg
-
     p = argparse.ArgumentParser(prog="python -m gradft.bench.hvp", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="minilm")
     p.add_argument("--method", default="lora")

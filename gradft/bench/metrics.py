@@ -28,7 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gradft.metrics import stability
+import torch
+from omegaconf import OmegaConf
+
+from gradft import CONF_DIR
+from gradft.forward import task_loss
+from gradft.gradients import ParamSpace
+from gradft.methods import apply_method
+from gradft.metrics import gradient_monitor, sketched_gradient, stability, stream_grads
+from gradft.models import backbone_parameters, load_backbone
 
 
 def alignment(cosines: list[float]) -> float:
@@ -81,16 +89,6 @@ def _rss_kb(field: str) -> int:
 
 def memory_one(model_name: str, mode: str) -> dict[str, Any]:
     """In this process: load ``model_name``, then the peak extra resident memory of the gradient metrics."""
-    import torch
-    from omegaconf import OmegaConf
-
-    from gradft.config.schema import CONF_DIR
-    from gradft.forward import task_loss
-    from gradft.gradients import ParamSpace
-    from gradft.methods import apply_method
-    from gradft.metrics import gradient_monitor, sketched_gradient, stream_grads
-    from gradft.models import backbone_parameters, load_backbone
-
     torch.manual_seed(0)
     cfg = OmegaConf.load(Path(CONF_DIR) / "model" / f"{model_name}.yaml")
     model, tok = load_backbone(cfg, 2, str(Path.home() / ".cache" / "gradft"), "classifier")

@@ -30,16 +30,17 @@ from typing import Any
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from peft import LoraConfig, TaskType, get_peft_model
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from gradft import CONF_DIR
 from gradft.config.guidance import guidance_config
 from gradft.forward import set_gradient
 from gradft.gradients import ParamSpace
 from gradft.guidance import StructuredGuidance
 from gradft.methods import apply_method, trainable_parameters
 from gradft.models import load_backbone
-from gradft.run import CONF_DIR
 from gradft.tracking import atomic_write
 from gradft.train import Trainer
 
@@ -105,7 +106,6 @@ def build(name: str, cfg: DictConfig, batch: dict[str, Tensor], device: torch.de
     torch.manual_seed(0)  # every variant starts from the same head / LoRA init
     model, _ = load_backbone(cfg.model, 2, cfg.paths.cache_dir)
     if name == "plain_lora":  # the reference: peft + torch only, nothing from gradft below this line
-        from peft import LoraConfig, TaskType, get_peft_model
 
         m = cfg.method
         model = get_peft_model(model, LoraConfig(
@@ -172,7 +172,6 @@ def count_passes(model: nn.Module) -> Iterator[dict[str, int]]:
 class Memory:
     """GPU: torch.cuda.max_memory_allocated. CPU (Linux): the kernel's RSS high-water mark VmHWM, reset through
     /proc/self/clear_refs, with glibc's free pages handed back (malloc_trim) first so a step's new pages show."""
-
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self.trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only

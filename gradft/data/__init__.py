@@ -6,9 +6,10 @@ exported for tests and tools. See docs/tasks.md for the per-task formatting.
 """
 
 from .collate import Collator, iterate_batches
-from .formats import COPA_CONNECTORS, DataError, Example, mark_span
+from .formats import COPA_CONNECTORS, DataError, Example, TaskData, mark_span
 from .sampling import sample_shots
-from .superglue import TaskData, hold_out, hub_to_examples, is_multiple_choice, load_task
+from .superglue import hold_out, hub_to_examples, is_multiple_choice
+from .tasks import load_task
 
 __all__ = [
     "COPA_CONNECTORS",

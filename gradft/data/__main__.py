@@ -14,16 +14,16 @@ import hydra
 from omegaconf import DictConfig
 
 from gradft import CONF_DIR
+from gradft.config.schema import validate
+from gradft.data.checks import draw_for_run, source_label_index
 from gradft.data.formats import DataError
+from gradft.data.inspect import describe
+from gradft.data.taskconf import compose_task
+from gradft.data.tasks import load_task
 
 
 def check_like_run(cfg: DictConfig):
     """The task as the run reads it, after every check the run makes before it loads a model."""
-    from gradft.config.schema import validate
-    from gradft.data import load_task
-    from gradft.data.checks import draw_for_run, source_label_index
-    from gradft.data.taskconf import compose_task
-
     validate(cfg)
     task = load_task(cfg.task, cfg.data)
     draw_for_run(cfg, task)
@@ -37,8 +37,6 @@ def check_like_run(cfg: DictConfig):
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
-    from gradft.data.inspect import describe
-
     try:
         task = check_like_run(cfg)
     except (DataError, ValueError) as e:

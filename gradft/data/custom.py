@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .formats import DataError, Example, norm_label
+from .sources import quiet_datasets, set_root_hint
 from .tables import read_table, sha256_file
 
 TABLE_KEYS = {"name", "source", "root", "encoding", "fields", "label_field", "labels", "filter", "map_labels", "dedup",
@@ -88,15 +89,13 @@ def _file_rows(task: dict[str, Any], spec: Mapping[str, Any], files: list[dict[s
 
 
 def _hub_rows(task: dict[str, Any], spec: Mapping[str, Any], files: list[dict[str, Any]], role: str) -> list[Row]:
-    from .superglue import _quiet_datasets
-
     hub_id, name, split = task.get("hub_id"), task.get("hub_name"), spec["split"]
     if not hub_id:
         raise DataError(f"task {task['name']!r}: source=hub needs `hub_id` (a dataset id, or json/csv/parquet "
                         "with `data_files`)")
     kwargs = {"data_files": task["data_files"]} if task.get("data_files") else {}
     try:
-        with _quiet_datasets() as datasets:
+        with quiet_datasets() as datasets:
             ds = datasets.load_dataset(hub_id, name, split=split, **kwargs)
     except Exception as exc:  # network, cache, unknown split: one message naming what was asked for
         raise DataError(f"could not load hub dataset {hub_id!r} (config {name!r}, split {split!r}): {exc}") from exc
@@ -194,8 +193,6 @@ def carve(items: list, n: int, seed: int, stratify: bool, what: str) -> tuple[li
 
 def _domain_hint(task: dict[str, Any], data: Mapping[str, Any]) -> str:
     """For a task whose `root` lies under data.domain_root (the shipped domain tasks) and is missing: how to set it."""
-    from .superglue import set_root_hint
-
     domain, root = data.get("domain_root"), task.get("root")
     if task.get("source") == "hub" or not domain or not root or not str(root).startswith(str(domain)):
         return ""

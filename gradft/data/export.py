@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .taskconf import CONF_DIR
+from omegaconf import OmegaConf
+
+from gradft import CONF_DIR  # importing gradft registers the ${project_root:} resolver
 
 TASKS = ("boolq", "cb", "copa", "multirc", "rte", "wic")
 
@@ -36,10 +38,6 @@ def hub_rows_to_local(rows: list[dict[str, Any]], task: dict[str, Any]) -> list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    from omegaconf import OmegaConf
-
-    import gradft  # noqa: F401  (the ${project_root:} resolver)
-
     data = OmegaConf.load(CONF_DIR / "config.yaml").data
     ap = argparse.ArgumentParser(prog="python -m gradft.data.export", description=__doc__.split("\n\n")[0])
     ap.add_argument("tasks", nargs="*", default=list(TASKS))

@@ -11,8 +11,10 @@ Format functions raise `DataError` without a location; `rows_to_examples` prefix
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 
 FORMATS = ("pair", "wic", "copa", "multirc")
 
@@ -199,3 +201,25 @@ def rows_to_examples(
                 f"{where(i, row)}: record does not fit format {task_cfg['format']!r}: {exc!r}"
             ) from None
     return out
+
+
+@dataclass
+class TaskData:
+    name: str  # "rte"
+    labels: list[str]  # class names in index order; COPA: ["choice1", "choice2"]
+    multiple_choice: bool  # True for COPA
+    train_pool: list[Example]  # what k-shot sampling draws from
+    select: list[Example]  # selection split for hyper-parameter search (FewGLUE dev32, or held out)
+    eval: list[Example]  # the reported split (official val)
+    info: dict[str, Any] = field(default_factory=dict)  # provenance for results.json: files + sha256, split, sizes
+
+
+def plain(cfg: Any) -> dict[str, Any]:
+    """OmegaConf DictConfig / mapping / None -> plain dict (resolved)."""
+    if cfg is None:
+        return {}
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    if isinstance(cfg, Mapping):
+        return dict(cfg)
+    raise DataError(f"expected a config mapping, got {type(cfg).__name__}")

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .formats import Example
-from .superglue import TaskData
+from gradft.config.prompt import prompt_spec
+from gradft.metrics import baselines
+
+from .formats import Example, TaskData
+from .prompting import candidates, render
 
 
 def _table(task: TaskData) -> list[str]:
@@ -34,8 +37,6 @@ def _example_lines(task_cfg: Any, task: TaskData, ex: Example) -> list[str]:
     if task_cfg.get("prompt") is None:
         return [*lines, "  head=lm: no `prompt:` in the task config (head=lm needs template + verbalizer)"]
     try:
-        from gradft.data.prompting import candidates, prompt_spec, render
-
         spec = prompt_spec(task_cfg, len(task.labels), task.multiple_choice)
         text = render(ex, spec)
         answer = repr(candidates(ex, spec)[ex.label]) if task.multiple_choice else repr(spec.verbalizer[ex.label])
@@ -48,8 +49,6 @@ def _example_lines(task_cfg: Any, task: TaskData, ex: Example) -> list[str]:
 
 def describe(task_cfg: Any, task: TaskData, shots: int, eval_cap: int | None = None, balance: str = "auto") -> str:
     """The inspection text; ``balance`` is the run's ``data.balance`` (strict refuses a short class before this)."""
-    from gradft.metrics import baselines
-
     info = task.info
     out = [f"task {task.name}: {len(task.labels)} classes {task.labels}"
            + (" (inferred from the train pool, sorted)" if info.get("labels_inferred") else "")

@@ -24,11 +24,10 @@ from typing import Any
 
 import torch
 
-from gradft.config.prompt import PromptSpec, prompt_spec
-from gradft.data import DataError, Example
+from gradft.config.prompt import PromptSpec
+from gradft.data.formats import DataError, Example
 
-__all__ = ["LM_KINDS", "PromptCollator", "PromptSpec", "candidates", "fields_of", "lm_kind_of", "prompt_spec",
-           "render"]
+__all__ = ["LM_KINDS", "PromptCollator", "candidates", "fields_of", "lm_kind_of", "render"]
 
 LM_KINDS = ("causal", "masked")
 

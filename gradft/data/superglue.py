@@ -1,6 +1,6 @@
 """Loading SuperGLUE / FewGLUE splits into a `TaskData`, from local jsonl files or the HF hub.
 
-Owns `TaskData`, `load_task`, task-config validation, root resolution, jsonl reading with precise
+Owns `load_superglue`, task-config validation, root resolution, jsonl reading with precise
 error messages (file + 1-based line), the hub path (`hub_to_examples`, testable offline with an
 in-memory `datasets.Dataset`) and the held-out selection split (`hold_out`).
 """
@@ -11,8 +11,6 @@ import json
 import logging
 import random
 from collections.abc import Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +18,15 @@ from .formats import (
     FORMATS,
     DataError,
     Example,
+    TaskData,
     hub_label_fn,
     label_names,
     local_label_fn,
+    plain,
     rows_to_examples,
 )
+from .sources import quiet_datasets, set_root_hint
+from .tables import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -33,42 +35,8 @@ ROOTS = {
     "superglue": ("superglue_root", "/path/to/super_glue"),
     "fewglue": ("fewglue_root", "/path/to/fewglue"),
 }
-# data config key -> the environment variable that sets it (conf/config.yaml `data:`), named in errors
-ROOT_ENV = {"superglue_root": "GRADFT_SUPERGLUE", "fewglue_root": "GRADFT_FEWGLUE", "domain_root": "GRADFT_DOMAIN"}
-
-
-def set_root_hint(key: str, placeholder: str) -> str:
-    """How to point a data root elsewhere: the environment variable or the override."""
-    return f"set {ROOT_ENV[key]}={placeholder} or pass data.{key}={placeholder}"
 HUB_SPLITS = {"train": "train", "eval": "validation"}  # hub source: which hub split feeds which role
 HELDOUT_SEED = 0  # fixed: the held-out selection split must not change with the run seed
-
-
-@dataclass
-class TaskData:
-    name: str  # "rte"
-    labels: list[str]  # class names in index order; COPA: ["choice1", "choice2"]
-    multiple_choice: bool  # True for COPA
-    train_pool: list[Example]  # what k-shot sampling draws from
-    select: list[Example]  # selection split for hyper-parameter search (FewGLUE dev32, or held out)
-    eval: list[Example]  # the reported split (official val)
-    info: dict[str, Any] = field(default_factory=dict)  # provenance for results.json: files + sha256, split, sizes
-
-
-def _plain(cfg: Any) -> dict[str, Any]:
-    """OmegaConf DictConfig / mapping / None -> plain dict (resolved)."""
-    if cfg is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    if isinstance(cfg, Mapping):
-        return dict(cfg)
-    raise DataError(f"expected a config mapping, got {type(cfg).__name__}")
 
 
 def validate_task_cfg(task: Mapping[str, Any]) -> None:
@@ -117,19 +85,6 @@ def resolve_root(data_cfg: Mapping[str, Any], root: str) -> Path:
     return path
 
 
-@contextmanager
-def _quiet_datasets():
-    import datasets
-
-    was_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        yield datasets
-    finally:
-        if was_enabled:
-            datasets.enable_progress_bars()
-
-
 def _scan_jsonl(path: Path) -> list[dict[str, Any]]:
     """Parse line by line with json.loads; DataError names the first malformed (1-based) line."""
     rows = []
@@ -176,7 +131,7 @@ def read_jsonl(path: Path, hint: str = "") -> list[dict[str, Any]]:
     if key in _ROWS:
         return list(_ROWS[key])
     try:
-        with _quiet_datasets() as datasets:
+        with quiet_datasets() as datasets:
             rows = list(datasets.load_dataset("json", data_files=str(path), split="train"))
         if rows:
             while len(_ROWS) >= _ROWS_MAX:
@@ -218,7 +173,7 @@ def hub_to_examples(dataset: Any, task_cfg: Any, where: str = "hub") -> list[Exa
 
     `dataset` is any iterable of row dicts, e.g. `datasets.Dataset.from_list([...])`.
     """
-    task = _plain(task_cfg)
+    task = plain(task_cfg)
     examples = rows_to_examples(
         dataset, task, hub_label_fn(len(task["labels"])), lambda i, row: f"{where} row {i}", hub=True
     )
@@ -231,7 +186,7 @@ def _load_hub(task: dict[str, Any], data: dict[str, Any], split: str) -> list[Ex
     hub_id = data.get("hub_id") or "super_glue"
     hub_name = task.get("hub_name") or task["name"]
     try:
-        with _quiet_datasets() as datasets:
+        with quiet_datasets() as datasets:
             ds = datasets.load_dataset(hub_id, hub_name, split=split)
     except Exception as exc:  # network / cache / loading-script errors all end up here
         raise DataError(
@@ -286,23 +241,8 @@ def resolve_source(task: dict[str, Any], data: dict[str, Any]) -> str:
         return "hub"
 
 
-def load_task(task_cfg: Any, data_cfg: Any) -> TaskData:
-    """Load train pool, selection and evaluation splits of one task (see conf/task/*.yaml, docs/tasks.md).
-
-    A task config with ``dir:`` is a SuperGLUE task (local jsonl layout or the super_glue hub dataset, by
-    ``data.source``); any other is a table task (files or any hub dataset; gradft/data/custom.py). With
-    ``data.select=pool`` the selection split is then carved out of the train pool (gradft/data/selection.py)."""
-    from .selection import carve_selection
-
-    return carve_selection(_load_task(_plain(task_cfg), _plain(data_cfg)), _plain(data_cfg))
-
-
-def _load_task(task: dict[str, Any], data: dict[str, Any]) -> TaskData:
-    if "dir" not in task:
-        from .custom import load_table_task
-
-        parts = load_table_task(task, data)
-        return TaskData(name=task["name"], multiple_choice=False, **parts)
+def load_superglue(task: dict[str, Any], data: dict[str, Any]) -> TaskData:
+    """A SuperGLUE task's three splits, from the local jsonl layout or the super_glue hub dataset (``data.source``)."""
     validate_task_cfg(task)
     source = resolve_source(task, data)
     heldout = int(data.get("heldout", 32))
@@ -322,8 +262,6 @@ def _load_task(task: dict[str, Any], data: dict[str, Any]) -> TaskData:
         else:
             pool, select = hold_out(pool, heldout)
             info["split"] = {"seed": HELDOUT_SEED, "select": heldout}
-        from .tables import sha256_file
-
         info["files"] = [{"path": str(p), "sha256": sha256_file(p)} for p in _local_paths(task, data)]
     elif source == "hub":
         try:

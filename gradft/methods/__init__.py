@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gradft.methods.config import CONFIGS, check_positive  # noqa: F401  (check_positive: re-exported)
+from gradft.methods.config import CONFIGS
 
 if TYPE_CHECKING:
     from torch import nn
@@ -53,11 +53,3 @@ def apply_method(model: nn.Module, cfg: DictConfig) -> nn.Module:
 
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-
-
-def peft_task_type(model: nn.Module) -> str:
-    """peft's task type for the model's head: SEQ_CLS (new classifier, trained via modules_to_save), CAUSAL_LM (prompt
-    tuning prepends virtual tokens, LM head frozen), FEATURE_EXTRACTION (masked LM: plain forward, head frozen)."""
-    from gradft.models import head_kind
-
-    return {"classifier": "SEQ_CLS", "causal": "CAUSAL_LM", "masked": "FEATURE_EXTRACTION"}[head_kind(model)]

@@ -29,8 +29,9 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from gradft.config.prompt import PromptSpec
 from gradft.data import DataError, Example
-from gradft.data.prompting import PromptCollator, PromptSpec, candidates, render
+from gradft.data.prompting import PromptCollator, candidates, render
 
 log = logging.getLogger(__name__)
 

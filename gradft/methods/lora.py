@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gradft.methods.config import LoraMethodConfig
+from gradft.models import peft_task_type
 
 if TYPE_CHECKING:
     from torch import nn
@@ -19,8 +20,6 @@ __all__ = ["LoraMethodConfig", "apply"]
 
 def apply(model: nn.Module, cfg: LoraMethodConfig) -> nn.Module:
     from peft import LoraConfig, TaskType, get_peft_model
-
-    from gradft.methods import peft_task_type
 
     return get_peft_model(
         model,

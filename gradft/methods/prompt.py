@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gradft.methods.config import PromptConfig
+from gradft.models import peft_task_type
 
 if TYPE_CHECKING:
     from torch import nn
@@ -18,8 +19,6 @@ __all__ = ["PromptConfig", "apply"]
 
 def apply(model: nn.Module, cfg: PromptConfig) -> nn.Module:
     from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
-
-    from gradft.methods import peft_task_type
 
     return get_peft_model(
         model,

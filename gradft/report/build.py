@@ -29,11 +29,13 @@ import numpy as np  # noqa: E402
 from gradft.config.guidance import GUIDANCE_VERSION, superseded  # noqa: E402
 from gradft.experiments.resultfile import inspect, result_files  # noqa: E402
 from gradft.report.figure2 import figure2, figure2_table, planned_cells  # noqa: E402
+from gradft.report.figure3 import diverged_runs, figure3, is_table_task
 from gradft.report.outcomes import n_results, score_diverged  # noqa: E402
 from gradft.report.table1 import BASELINES as BASELINES  # noqa: E402  (re-exported: report.BASELINES)
 from gradft.report.table1 import ICL, ZERO, _methods, _num, table1  # noqa: E402
 from gradft.report.table1 import paired as paired  # noqa: E402  (re-exported: report.paired)
 from gradft.report.tuning import fill_selection  # noqa: E402
+from gradft.tracking import resolve_mode
 
 log = logging.getLogger("gradft.report.build")
 
@@ -95,8 +97,6 @@ def loss_curves(recs: list[dict], out: Path) -> Path:
 
 
 def log_wandb(out: Path, table: dict[str, Any], images: list[Path], project: str) -> None:
-    from gradft.tracking import resolve_mode
-
     mode = resolve_mode(os.environ.get("WANDB_MODE", "offline"))
     if mode == "disabled":
         return
@@ -168,8 +168,6 @@ def report(root: str | Path | list[str | Path] = "outputs/grid", out: str | Path
     """Figure 3 from the table (domain / user) tasks' results, every model in one figure; Table 1 + Figure 2 from
     the SuperGLUE results, one set per model (``<out>/<model>/`` when several are found and --model is not given).
     Several roots (e.g. each setting's Figure 3 grid) are read together; their cells must not overlap."""
-    from gradft.report.figure3 import diverged_runs, figure3, is_table_task
-
     roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
     root, out = (roots[0] if len(roots) == 1 else roots), Path(out)
     tuning_node = _tuning(tuning)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gradft.experiments.signal import objective_stats
+from gradft.experiments.sweep_spec import load_spec
 from gradft.report.stats import paired_comparison
 
 log = logging.getLogger("gradft.report.build")
@@ -117,8 +118,6 @@ def _storages(s: dict[str, Any]) -> list[str]:
     """Where a study of the tuning node may be: its spec's storage, then the committed copies of the studies."""
     out = []
     try:
-        from gradft.experiments.sweep_spec import load_spec
-
         out.append(load_spec(s["spec"]).storage)
     except Exception as e:  # noqa: BLE001 — a moved or unreadable spec: try the committed copies
         log.info("tuning block: spec %s unreadable (%s)", s.get("spec"), e)
@@ -143,8 +142,6 @@ def fill_selection(tuning: dict[str, Any]) -> dict[str, Any]:
                 continue
             enqueue = []
             try:
-                from gradft.experiments.sweep_spec import load_spec
-
                 enqueue = load_spec(s["spec"]).enqueue
             except Exception:  # noqa: BLE001 — no spec: no default point to compare with
                 pass

@@ -19,8 +19,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from gradft import data as gdata
 from gradft.data.formats import DataError, Example, norm_label, rows_to_examples
 from gradft.data.tables import read_table
+from gradft.evaluate import eval_examples, make_collator, predict
+from gradft.metrics import task_metrics
+from gradft.trained.save import load_meta, load_model, prediction_rows, task_view, write_predictions
 
 
 def read_examples(path: str | Path, cfg: DictConfig, meta: dict[str, Any]) -> list[Example]:
@@ -60,17 +64,11 @@ def score(run_dir: str | Path, examples: list[Example] | None = None, device: st
     (prediction rows, metrics over the labelled rows, the run's config)."""
     import torch
 
-    from gradft import data as gdata
-    from gradft.evaluate import predict
-    from gradft.metrics import task_metrics
-    from gradft.run import _cap, make_collator
-    from gradft.trained.save import load_model, prediction_rows, task_view
-
     model, tok, cfg, meta = load_model(run_dir, device)
     task = task_view(meta)
     if examples is None:
         task = gdata.load_task(cfg.task, cfg.data)
-        examples = _cap(task.eval, cfg.eval.max_examples)
+        examples = eval_examples(task.eval, cfg.eval.max_examples)
     collate = make_collator(cfg, cfg.task, task, tok, model)
     scores: list = []
     amp = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=meta["precision"] == "bf16")
@@ -97,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, help="default: the run's eval.batch_size")
     a = ap.parse_args(argv)
-    from gradft.trained.save import load_meta, write_predictions
 
     run_dir = Path(a.run_dir)
     try:

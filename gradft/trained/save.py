@@ -36,6 +36,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from gradft import __version__
 from gradft.data.formats import Example, norm_label
+from gradft.methods import method_apply
+from gradft.methods.config import AdapterConfig
+from gradft.models import AUTO_CLASSES, _tokenizer, head_kind, load_backbone, resolve_path
 from gradft.tracking import atomic_write
 
 log = logging.getLogger(__name__)
@@ -73,8 +76,6 @@ def write_predictions(path: Path, rows: list[dict[str, Any]]) -> Path:
 def _base_path(cfg: DictConfig, out: Path, n_out: int, head: str, labels: dict) -> str:
     """The checkpoint the saved weights apply to. Scratch models: rebuilt from the run's seed (as run() built them,
     RNG state restored afterwards) and saved once under ``<run>/base_model``."""
-    from gradft.models import load_backbone, resolve_path
-
     if cfg.model.source != "scratch":
         return str(resolve_path(cfg.model, Path(cfg.paths.cache_dir)))
     with torch.random.fork_rng(devices=[]):
@@ -111,8 +112,6 @@ def _label_config(labels: list[str], multiple_choice: bool, head: str) -> dict[s
 def save_model(out: Path, cfg: DictConfig, model: torch.nn.Module, tok: Any, task: Any) -> dict[str, Any]:
     """Write ``<out>/model`` (formats: module docstring); returns results.json's ``saved`` entries."""
     from peft import PeftModel
-
-    from gradft.models import head_kind
 
     head = cfg.get("head", "classifier")
     n_out = 1 if task.multiple_choice else len(task.labels)
@@ -195,8 +194,6 @@ def load_meta(run_dir: str | Path) -> dict[str, Any]:
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any, DictConfig,
                                                                                    dict[str, Any]]:
     """A run's saved model, in eval mode: (model, tokenizer, the run's config, gradft_model.json)."""
-    from gradft.models import AUTO_CLASSES, _tokenizer
-
     run_dir = Path(run_dir)
     meta = load_meta(run_dir)
     cfg = OmegaConf.load(run_dir / "config.yaml")
@@ -213,9 +210,6 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
         model = PeftModel.from_pretrained(auto.from_pretrained(meta["base_model"], **base_kw), mdir)
     elif fmt == "adapter":
         from safetensors.torch import load_file
-
-        from gradft.methods import method_apply
-        from gradft.methods.config import AdapterConfig
 
         model = method_apply("adapter")(auto.from_pretrained(meta["base_model"], **base_kw),
                                         AdapterConfig(**meta["adapter"]))
