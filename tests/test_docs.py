@@ -1,7 +1,8 @@
 """docs/*.md stay readable in an afternoon and true to the code: no paragraph over 150 words (a table row, a code
-line and a list item each count alone), every ``python -m gradft...`` command quoted in README.md, docs/*.md or the
-Makefile names a module that runs as a command, and every ``gradft/<path>.py`` or ``gradft.<module>.<name>`` they
-name still exists (a module moved without its docs fails here)."""
+line and a list item each count alone), every ``python -m gradft...`` command quoted in README.md, docs/*.md,
+results/README.md, the Makefile or a conf/ comment names a module that runs as a command, and every
+``gradft/<path>.py`` or ``gradft.<module>.<name>`` they name still exists (a module moved without its docs fails
+here)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 TEXTS = [ROOT / "README.md", *DOCS]
+# every text a user copies a command or a path from
+REFERENCES = [*TEXTS, ROOT / "results" / "README.md", ROOT / "Makefile", *sorted((ROOT / "conf").rglob("*.yaml"))]
 MAX_WORDS = 150
 LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 COMMAND = re.compile(r"python\s+-m\s+(gradft[\w.]*)")
@@ -87,9 +90,9 @@ def runnable(module: str) -> bool:
 def quoted_commands() -> dict[str, list[str]]:
     """module -> the files that quote ``python -m <module>``."""
     found: dict[str, list[str]] = {}
-    for path in [*TEXTS, ROOT / "Makefile"]:
+    for path in REFERENCES:
         for module in COMMAND.findall(path.read_text()):
-            found.setdefault(module.rstrip("."), []).append(path.name)
+            found.setdefault(module.rstrip("."), []).append(str(path.relative_to(ROOT)))
     return found
 
 
@@ -109,8 +112,8 @@ def test_every_quoted_command_names_a_runnable_module():
 
 
 def test_every_gradft_file_path_named_in_the_docs_exists():
-    missing = sorted({(path.name, named) for path in TEXTS for named in FILE_PATH.findall(path.read_text())
-                      if not (ROOT / named).is_file()})
+    missing = sorted({(str(path.relative_to(ROOT)), named) for path in REFERENCES
+                      for named in FILE_PATH.findall(path.read_text()) if not (ROOT / named).is_file()})
     assert not missing, f"paths that no longer exist: {missing}"
 
 
@@ -156,6 +159,6 @@ def test_defined_tells_a_moved_name_from_a_present_one():
 
 
 def test_every_dotted_gradft_name_in_the_docs_is_defined_where_it_says():
-    wrong = sorted({(path.name, dotted) for path in TEXTS for dotted in DOTTED.findall(path.read_text())
-                    if not defined(dotted)})
+    wrong = sorted({(str(path.relative_to(ROOT)), dotted) for path in REFERENCES
+                    for dotted in DOTTED.findall(path.read_text()) if not defined(dotted)})
     assert not wrong, f"names whose module moved or that it no longer defines: {wrong}"
