@@ -124,6 +124,27 @@ zeroshot: install  ## SmolLM2 zero-shot prompts on all six tasks (head=lm shots=
 	$(BIN)/python -m gradft.experiments.grid table1 model=smollm2 head=lm shots=0 eval.max_examples=1000 --out outputs/zeroshot $(ARGS)
 	$(BIN)/python -m gradft.report --root outputs/zeroshot --out reports/zeroshot --shots 0
 
+# --- issue 28's signal protocol: a testbed where the baselines beat the train-pool majority by >= 10 points (chosen on
+# the baselines' Figure 3 cells only), a carved 500-example selection split, early stopping by one rule (cap 40 epochs),
+# the same 8-trial budget per method with lambda = 0 controls in the guided studies, both readings tuned apart ---
+SIGNAL_METHODS := full adapter lora prompt ours ours_update
+SIGNAL_TASKS_minilm ?= overruling,promise_nfr,unfair_tos
+SIGNAL_TASKS_smollm2 ?= overruling,promise_nfr
+SIGNAL_SEEDS_minilm ?= 100,101,102,103,104
+SIGNAL_SEEDS_smollm2 ?= 100,101,102
+signal-tune: install  ## issue 28, step 1 (resumable): the six signal studies of SETTING=minilm|smollm2 (sweeps/signal_<setting>_<m>.yaml)
+	for m in $(SIGNAL_METHODS); do $(BIN)/python -m gradft.experiments.sweep sweeps/signal_$(SETTING)_$$m.yaml --workers $(GRID_WORKERS) trainer.threads=1 || exit 1; done
+
+signal: signal-tune  ## issue 28: tune (above), then the tuned grid on fresh seeds (k = 32; smollm2 adds k = 0 and ICL) -> reports/$(SETTING)/signal
+	$(BIN)/python -m gradft.experiments.tuned $(foreach m,$(SIGNAL_METHODS),sweeps/signal_$(SETTING)_$(m).yaml) --name signal_$(SETTING) --seeds $(SIGNAL_SEEDS_$(SETTING)) --tasks $(SIGNAL_TASKS_$(SETTING)) --shots $(SHOTS_$(SETTING)) --no-ablations
+	$(BIN)/python -m gradft.experiments.grid signal_$(SETTING) --workers $(GRID_WORKERS) --out results/$(SETTING) trainer.threads=1 $(ARGS)
+	$(BIN)/python -m gradft.report --root results/$(SETTING)/signal_$(SETTING) --out reports/$(SETTING)/signal --tuning conf/experiment/signal_$(SETTING).yaml
+
+signal-figure2: signal-tune  ## issue 28: Figure 2 on the signal testbed (k = 16..256, training length by the same early-stopping rule), 3 fresh seeds -> reports/$(SETTING)/signal_figure2
+	$(BIN)/python -m gradft.experiments.tuned $(foreach m,full lora ours ours_update,sweeps/signal_$(SETTING)_$(m).yaml) --name signal_figure2_$(SETTING) --seeds 100,101,102 --tasks $(SIGNAL_TASKS_$(SETTING)) --shots $(FIG2_SHOTS_$(SETTING)) --no-ablations
+	$(BIN)/python -m gradft.experiments.grid signal_figure2_$(SETTING) --workers $(GRID_WORKERS) --out results/$(SETTING) trainer.threads=1 $(ARGS)
+	$(BIN)/python -m gradft.report --root results/$(SETTING)/signal_figure2_$(SETTING) --out reports/$(SETTING)/signal_figure2 --tuning conf/experiment/signal_figure2_$(SETTING).yaml
+
 guidance-fix: install  ## issue 27's measurement: ours at its tuned point, pre-fix (Table 1's cells) vs fixed hessian (κ = 1, none) vs update -> reports/guidance_fix_<setting>.md
 	for s in minilm smollm2; do \
 	  $(BIN)/python -m gradft.experiments.grid guidance_fix_$$s --workers $(GRID_WORKERS) --out results/$$s $(ARGS) || exit 1; \
