@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import logging
 import os
+import socket
 import sys
+import time
 
 import hydra
+from hydra._internal.utils import run_and_report
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
@@ -96,10 +100,6 @@ def _main(cfg: DictConfig) -> float | None:
 
 def _write_diverged(cfg: DictConfig, e: BaseException) -> None:
     """``error.json`` with ``diverged: true`` in the run folder, as a grid cell's: the report shows the run."""
-    import json
-    import socket
-    import time
-
     from gradft.tracking import atomic_write, config_key
 
     shots = int(cfg.shots)
@@ -130,8 +130,6 @@ def main() -> None:
         bad = io_error(e)
         if bad is None and not full:
             os.environ.pop("HYDRA_FULL_ERROR", None)
-            from hydra._internal.utils import run_and_report
-
             run_and_report(functools.partial(_raise, e))  # Hydra's usual (compact or trimmed) report, exit 1
         if bad is None:
             raise

@@ -29,6 +29,7 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
 )
+from transformers.models.auto import modeling_auto as auto
 from transformers.utils import logging as hf_logging
 
 from gradft.data.prompting import lm_kind_of
@@ -173,8 +174,6 @@ def load_backbone(cfg: DictConfig, num_labels: int, cache_dir: str | Path,
 
 @functools.cache
 def _kind_of_class(cls: type) -> str:
-    from transformers.models.auto import modeling_auto as auto
-
     for kind, names in (("classifier", auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES),
                         ("causal", auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
                         ("masked", auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES)):

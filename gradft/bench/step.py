@@ -32,6 +32,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from peft import LoraConfig, TaskType, get_peft_model
 from torch import Tensor, nn
+from torch.profiler import ProfilerActivity
+from torch.profiler import profile as torch_profile
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from gradft import CONF_DIR
@@ -204,9 +206,8 @@ class Memory:
 
 def profile(v: Variant, steps: int, device: torch.device) -> None:
     """torch.profiler over ``steps`` units of one variant: the top ops by self time (where the time goes)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])) as p:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as p:
         timed(lambda: [v.unit() for _ in range(steps)], device)
     print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
 

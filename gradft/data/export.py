@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import datasets
 from omegaconf import OmegaConf
 
 from gradft import CONF_DIR  # importing gradft registers the ${project_root:} resolver
@@ -44,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(data.superglue_root), help="default: data.superglue_root")
     ap.add_argument("--hub-id", default=str(data.hub_id))
     args = ap.parse_args(argv)
-    import datasets
 
     for name in args.tasks:
         task = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "task" / f"{name}.yaml"))

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES as MASKED
 
 from gradft.config.prompt import PromptSpec
 from gradft.data.formats import DataError, Example
@@ -82,7 +83,6 @@ def lm_kind_of(architectures: list[str] | None, configured: str, model_type: str
         return "masked"
     if "CausalLM" in names or "LMHeadModel" in names:
         return "causal"
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES as MASKED
 
     return "masked" if model_type in MASKED and not is_decoder else "causal"
 
@@ -100,7 +100,6 @@ def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor
 
 class PromptCollator:
     """Examples -> LM-scoring batches (see the module docstring for the three layouts)."""
-
     def __init__(self, tokenizer: Any, max_length: int, spec: PromptSpec, lm_kind: str, reuse_prefix: bool = False):
         if max_length <= 1:
             raise DataError(f"max_length must be > 1, got {max_length}")

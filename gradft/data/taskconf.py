@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+
 from gradft import CONF_DIR  # the repo's conf/, or the one packaged in the wheel
 
 
 def search_path() -> list[str]:
     """The config sources of the current run (``file://`` / ``pkg://``), the repo's conf/ when none is known."""
-    from hydra.core.hydra_config import HydraConfig
-
     repo = f"file://{CONF_DIR}"
     if not HydraConfig.initialized():
         return [repo]
@@ -28,10 +31,6 @@ def search_path() -> list[str]:
 def compose_task(name: str, cfg: Any) -> Any:
     """The ``task`` node that ``task=<name>`` composes, on the current search path; its interpolations (e.g.
     ``${data.domain_root}``) resolve against ``cfg`` (the run's config), so the run's ``data.*`` overrides apply."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf, open_dict
-
     extra = search_path()[1:]
     overrides = [f"task={name}", *([f"hydra.searchpath=[{','.join(extra)}]"] if extra else [])]
     try:

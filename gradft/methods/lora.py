@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from peft import LoraConfig, TaskType, get_peft_model
+
 from gradft.methods.config import LoraMethodConfig
 from gradft.models import peft_task_type
 
@@ -19,8 +21,6 @@ __all__ = ["LoraMethodConfig", "apply"]
 
 
 def apply(model: nn.Module, cfg: LoraMethodConfig) -> nn.Module:
-    from peft import LoraConfig, TaskType, get_peft_model
-
     return get_peft_model(
         model,
         LoraConfig(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+
 from gradft.methods.config import PromptConfig
 from gradft.models import peft_task_type
 
@@ -18,8 +20,6 @@ __all__ = ["PromptConfig", "apply"]
 
 
 def apply(model: nn.Module, cfg: PromptConfig) -> nn.Module:
-    from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
-
     return get_peft_model(
         model,
         PromptTuningConfig(

@@ -25,6 +25,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import wandb
+import yaml
 
 from gradft.config.guidance import GUIDANCE_VERSION, superseded  # noqa: E402
 from gradft.experiments.resultfile import inspect, result_files  # noqa: E402
@@ -100,7 +102,6 @@ def log_wandb(out: Path, table: dict[str, Any], images: list[Path], project: str
     mode = resolve_mode(os.environ.get("WANDB_MODE", "offline"))
     if mode == "disabled":
         return
-    import wandb
 
     run = wandb.init(project=project, job_type="report", name=f"report-{datetime.now():%Y%m%d-%H%M}", mode=mode,
                      dir=str(out), settings=wandb.Settings(init_timeout=30, silent=True))
@@ -140,7 +141,6 @@ def model_report(recs: list[dict], out: Path, root: Path, model: str, shots: int
 def _tuning(path: str | Path | None) -> dict[str, Any] | None:
     if not path:
         return None
-    import yaml
 
     doc = yaml.safe_load(Path(path).read_text()) or {}
     node = doc.get("tuning")

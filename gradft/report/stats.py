@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
 B = 10_000  # bootstrap resamples
 SEED = 0
@@ -62,8 +63,6 @@ def bootstrap_mean_ci(values: Sequence[float], level: float = 0.95, n: int = B,
 def paired_comparison(a: Mapping[tuple[str, int], float], b: Mapping[tuple[str, int], float]) -> dict[str, float]:
     """a − b over the (task, seed) cells both have: mean difference, its bootstrap 95% CI, paired t-test and
     Wilcoxon signed-rank p-values (two-sided; 1.0 when every difference is 0, NaN below 2 pairs)."""
-    from scipy import stats
-
     keys = sorted(set(a) & set(b))
     d = np.asarray([a[k] - b[k] for k in keys], dtype=float)
     out = {"n_pairs": len(keys), "mean_diff": float(d.mean()) if len(d) else math.nan,

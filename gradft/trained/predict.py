@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gradft import data as gdata
@@ -62,8 +63,6 @@ def score(run_dir: str | Path, examples: list[Example] | None = None, device: st
           batch_size: int | None = None) -> tuple[list[dict[str, Any]], dict[str, float], DictConfig]:
     """Reload the run's model and score ``examples`` (None: its eval split, as the run capped it):
     (prediction rows, metrics over the labelled rows, the run's config)."""
-    import torch
-
     model, tok, cfg, meta = load_model(run_dir, device)
     task = task_view(meta)
     if examples is None:

@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
 
 from gradft import __version__
 from gradft.data.formats import Example, norm_label
@@ -111,8 +113,6 @@ def _label_config(labels: list[str], multiple_choice: bool, head: str) -> dict[s
 
 def save_model(out: Path, cfg: DictConfig, model: torch.nn.Module, tok: Any, task: Any) -> dict[str, Any]:
     """Write ``<out>/model`` (formats: module docstring); returns results.json's ``saved`` entries."""
-    from peft import PeftModel
-
     head = cfg.get("head", "classifier")
     n_out = 1 if task.multiple_choice else len(task.labels)
     labels = _label_config(task.labels, task.multiple_choice, head)
@@ -148,8 +148,6 @@ def save_model(out: Path, cfg: DictConfig, model: torch.nn.Module, tok: Any, tas
                 conf["base_model_name_or_path"] = base
                 (d / "adapter_config.json").write_text(json.dumps(conf, indent=2, sort_keys=True))
         elif fmt == "adapter":
-            from safetensors.torch import save_file
-
             state = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
             save_file(state, str(d / ADAPTER_WEIGHTS))
             meta["adapter"] = {k: cfg.method[k] for k in ("bottleneck", "targets", "train_layernorm")}
@@ -205,12 +203,8 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
     if fmt == "full":
         model = auto.from_pretrained(mdir, **kw)
     elif fmt == "peft":
-        from peft import PeftModel
-
         model = PeftModel.from_pretrained(auto.from_pretrained(meta["base_model"], **base_kw), mdir)
     elif fmt == "adapter":
-        from safetensors.torch import load_file
-
         model = method_apply("adapter")(auto.from_pretrained(meta["base_model"], **base_kw),
                                         AdapterConfig(**meta["adapter"]))
         state = load_file(str(mdir / ADAPTER_WEIGHTS))
