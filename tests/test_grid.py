@@ -18,7 +18,7 @@ import pytest
 from conftest import spawn
 
 from gradft.experiments import grid, locks
-from gradft.experiments.grid import compose_run
+from gradft.experiments.launch import compose_run
 
 ROOT = Path(__file__).resolve().parent.parent
 CELLS = {"cb/prompt/k32/s0", "cb/ours/k32/s0", "rte/prompt/k32/s0", "rte/ours/k32/s0"}

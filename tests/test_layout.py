@@ -31,6 +31,9 @@ LAZY = {
     ("gradft.data.__main__", "gradft.data"): "`python -m gradft.data --help` and its config errors come before torch",
     ("gradft.data.__main__", "gradft.data.checks"): "as above",
     ("gradft.data.__main__", "gradft.data.inspect"): "as above",
+    ("gradft.experiments.sweep", "gradft.run"): "a sweep that met its budget exits at once without torch (test_sweep: "
+                                                 "test_a_sweep_that_met_its_budget_exits_0_at_once_...)",
+    ("gradft.experiments.sweep", "gradft.train"): "as above (NonFiniteError)",
 }
 
 
