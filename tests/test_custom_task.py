@@ -17,7 +17,7 @@ import yaml
 from conftest import spawn
 
 from gradft.experiments import grid, sweep
-from gradft.experiments.grid import compose_run
+from gradft.experiments.launch import compose_run
 
 WORDS = {"negative": ["awful", "bad", "dull", "poor"], "neutral": ["fine", "okay", "plain", "average"],
          "positive": ["great", "good", "superb", "lovely"]}

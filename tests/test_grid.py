@@ -18,7 +18,7 @@ import pytest
 from conftest import spawn
 
 from gradft.experiments import grid, locks
-from gradft.experiments.grid import compose_run
+from gradft.experiments.launch import compose_run, task_seeds
 
 ROOT = Path(__file__).resolve().parent.parent
 CELLS = {"cb/prompt/k32/s0", "cb/ours/k32/s0", "rte/prompt/k32/s0", "rte/ours/k32/s0"}
@@ -239,6 +239,18 @@ def test_table1_grid_has_90_cells_with_seeded_data_draws(tmp_path):
     assert {c.method for c in p.cells} == {"full", "adapter", "lora", "prompt", "ours"}
     assert all(c.data_seed == c.seed and c.shots == 32 for c in p.cells)
     assert p.cell_dir(p.cells[0]) == tmp_path / "table1" / "boolq" / "full" / "k32" / "s0"
+
+
+def test_grid_cells_and_sweep_runs_draw_their_shots_per_seed_or_all_from_one_fixed_data_seed(tmp_path):
+    """One rule (launch.task_seeds) for both: ``data_seed: seed`` gives each seed its own draw, an int one draw."""
+    assert task_seeds(["cb", "rte"], range(2)) == [("cb", 0, 0), ("cb", 1, 1), ("rte", 0, 0), ("rte", 1, 1)]
+    assert task_seeds(["cb"], [3, 4], 7) == [("cb", 3, 7), ("cb", 4, 7)]
+    spec = tmp_path / "fixed.yaml"
+    spec.write_text("grid:\n  axes:\n    task: [cb]\n    method: [prompt]\n    shots: [32]\n    seed: [0, 1]\n"
+                    "  data_seed: 7\n  overrides: [model=tiny_bert, trainer.steps=2]\n")
+    p = grid.plan(str(spec), [], tmp_path)
+    assert [(c.rel, c.data_seed) for c in p.cells] == [("cb/prompt/k32/s0", 7), ("cb/prompt/k32/s1", 7)]
+    assert "data_seed=7" in p.cell_overrides(p.cells[1])
 
 
 def test_a_lock_held_by_a_live_process_is_respected_and_a_dead_ones_is_broken(tmp_path):

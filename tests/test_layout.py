@@ -28,6 +28,9 @@ LAYERS = {
 LAZY = {
     ("gradft.__main__", "gradft.run"): "the CLI checks the config in ~2 s before torch loads",
     ("gradft.__main__", "gradft.tracking"): "the CLI checks the config in ~2 s before wandb loads",
+    ("gradft.experiments.sweep", "gradft.run"): "a sweep that met its budget exits at once without torch (test_sweep: "
+                                                 "test_a_sweep_that_met_its_budget_exits_0_at_once_...)",
+    ("gradft.experiments.sweep", "gradft.train"): "as above (NonFiniteError)",
 }
 
 

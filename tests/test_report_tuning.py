@@ -13,8 +13,8 @@ import yaml
 
 from gradft.experiments import tuned
 from gradft.experiments.signal import objective_stats
+from gradft.experiments.stats import bootstrap_mean_ci
 from gradft.report import build as report
-from gradft.report.stats import bootstrap_mean_ci
 from gradft.report.table1 import tuning_lines
 
 LR = {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}

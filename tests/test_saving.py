@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from gradft import data as gdata
 from gradft.config.schema import validate
 from gradft.evaluate import eval_examples as capped_eval
-from gradft.experiments.grid import compose_run, plan
+from gradft.experiments.grid import plan
+from gradft.experiments.launch import compose_run
 from gradft.run import run
 from gradft.tracking import config_key
 from gradft.trained.predict import main as predict_main

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from gradft import data as gdata
 from gradft.experiments import grid
-from gradft.experiments.grid import compose_run
+from gradft.experiments.launch import compose_run
 from gradft.tracking import config_key
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,5 +1,6 @@
-"""The report's statistics: Holm's adjustment (checked against its definition and a textbook case), bootstrap CIs
-that cover what they should and shrink with more seeds, and paired tests that see a consistent difference."""
+"""The statistics of reports and tuning (gradft.experiments.stats): Holm's adjustment (checked against its
+definition and a textbook case), bootstrap CIs that cover what they should and shrink with more seeds, and paired
+tests that see a consistent difference."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from gradft.report import stats
+from gradft.experiments import stats
 
 
 def test_holm_matches_the_step_down_definition():

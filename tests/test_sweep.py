@@ -21,7 +21,8 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from gradft.experiments import sweep
-from gradft.experiments.grid import compose_run
+from gradft.experiments.launch import compose_run
+from gradft.experiments.sweep_spec import load_spec, make_sampler
 from gradft.run import CONF_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +39,7 @@ def make_spec(tmp_path: Path, **changes) -> Path:
 
 
 def trials(spec_path: Path) -> list[optuna.trial.FrozenTrial]:
-    spec = sweep.load_spec(spec_path)
+    spec = load_spec(spec_path)
     return optuna.load_study(study_name=spec.study_name, storage=spec.storage).get_trials()
 
 
@@ -153,7 +154,7 @@ def test_run_level_pruning_reports_the_running_mean_after_each_run(tmp_path):
 def test_a_failed_reference_point_is_enqueued_again_on_restart(tmp_path):
     point = {"guidance.lambda1": 0.5, "guidance.lambda2": 0.5}
     spec = make_spec(tmp_path, enqueue=[point], max_failures=5, tasks=["cb"])
-    s = sweep.load_spec(spec)
+    s = load_spec(spec)
     study = optuna.create_study(study_name=s.study_name, storage=s.storage, direction="maximize")
     study.enqueue_trial(point)
     study.tell(study.ask(), state=TrialState.FAIL)  # what a killed worker's enqueued trial becomes
@@ -168,14 +169,14 @@ def test_a_failed_reference_point_is_enqueued_again_on_restart(tmp_path):
 
 def test_a_pruner_without_intermediate_values_is_refused(tmp_path):
     with pytest.raises(ValueError, match="eval.select_every"):
-        sweep.load_spec(make_spec(tmp_path, pruner={"name": "median"}))
+        load_spec(make_spec(tmp_path, pruner={"name": "median"}))
 
 
 def test_shipped_sweeps_are_valid_specs_whose_trials_compose():
     for name in ("ours_rte", "ablation", "smoke"):
         text = (ROOT / "sweeps" / f"{name}.yaml").read_text()
         assert text.startswith("# python -m gradft.experiments.sweep sweeps/")
-        spec = sweep.load_spec(ROOT / "sweeps" / f"{name}.yaml")
+        spec = load_spec(ROOT / "sweeps" / f"{name}.yaml")
         assert spec.storage == f"sqlite:///outputs/sweeps/{name}.db"
         point = {k: d["choices"][-1] if d["type"] == "categorical" else d["high"] for k, d in spec.space.items()}
         cfg = compose_run([*spec.base, *(f"{k}={v}" for k, v in point.items()), f"task={spec.tasks[0]}",
@@ -183,8 +184,8 @@ def test_shipped_sweeps_are_valid_specs_whose_trials_compose():
         for k, v in point.items():
             assert OmegaConf.select(cfg, k if "." in k else f"{k}.name") == v
     # the tune_<setting>_<method> studies: tests/test_tuning_specs.py
-    spec = sweep.load_spec(ROOT / "sweeps" / "ablation.yaml")
-    assert isinstance(sweep.make_sampler(spec, 0), optuna.samplers.GridSampler)
+    spec = load_spec(ROOT / "sweeps" / "ablation.yaml")
+    assert isinstance(make_sampler(spec, 0), optuna.samplers.GridSampler)
     assert len(spec.space["method"]["choices"]) * len(spec.space["guidance"]["choices"]) == 8 == spec.n_trials
 
 
@@ -203,7 +204,7 @@ def test_two_workers_on_one_storage_finish_the_budget_without_lost_or_repeated_t
 @pytest.mark.slow
 def test_sigkilled_worker_keeps_finished_trials_and_its_running_trial_fails_on_restart(tmp_path):
     spec = make_spec(tmp_path)
-    s = sweep.load_spec(spec)
+    s = load_spec(spec)
     optuna.create_study(study_name=s.study_name, storage=s.storage, direction="maximize")  # once, before workers
     slow = ["trainer.steps=30"]  # a trial (cb + rte) lasts ~5 s: long enough to be killed in; the restart is FAST
     p = cli(str(spec), "--n-trials", "3", "--conf-dir", str(tmp_path / "conf"), *slow)
@@ -266,7 +267,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 def test_sigterm_to_a_two_worker_sweep_stops_its_workers_and_fails_their_trials(tmp_path):
     spec = make_spec(tmp_path)
-    s = sweep.load_spec(spec)
+    s = load_spec(spec)
     optuna.create_study(study_name=s.study_name, storage=s.storage, direction="maximize")  # before polling it
     p = cli(str(spec), "--workers", "2", "--n-trials", "4", "--conf-dir", str(tmp_path / "conf"), "trainer.steps=5000")
     pids: list[int] = []

@@ -16,7 +16,8 @@ import yaml
 
 from gradft.config.schema import validate
 from gradft.experiments import sweep
-from gradft.experiments.grid import compose_run
+from gradft.experiments.launch import compose_run
+from gradft.experiments.sweep_spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["trainer.steps=1"]
@@ -33,7 +34,7 @@ def _spec(tmp_path: Path) -> Path:
 
 
 def _trials(spec_path: Path) -> list[optuna.trial.FrozenTrial]:
-    spec = sweep.load_spec(spec_path)
+    spec = load_spec(spec_path)
     return optuna.load_study(study_name=spec.study_name, storage=spec.storage).get_trials()
 
 
@@ -89,7 +90,7 @@ def _testbed(setting: str, margin: float = 0.10) -> list[str]:
 
 @pytest.mark.parametrize("setting", ["minilm", "smollm2"])
 def test_signal_specs_give_every_method_one_budget_and_protocol_on_the_rules_tasks(setting):
-    specs = {m: sweep.load_spec(ROOT / "sweeps" / f"signal_{setting}_{m}.yaml") for m in METHODS}
+    specs = {m: load_spec(ROOT / "sweeps" / f"signal_{setting}_{m}.yaml") for m in METHODS}
     assert len({(s.n_trials, s.n_seeds, tuple(s.tasks), s.prune_on, s.out_dir) for s in specs.values()}) == 1
     assert sorted(specs["lora"].tasks) == _testbed(setting) and specs["lora"].n_seeds == 3
     for m, s in specs.items():

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from gradft.experiments import grid, sweep, tuned
+from gradft.experiments.launch import compose_run
 from gradft.report import table1 as report_table1
 
 FAST = ["trainer.steps=1"]
@@ -53,7 +54,7 @@ def test_the_grid_runs_each_method_at_its_best_point_and_ablations_drop_their_te
     assert {"ours_mag", "ours_dir", "ours_every4", "ours_init"} <= set(g["axes"]["method"])
     assert "model=tiny_bert" in g["overrides"] and "metrics.every=0" not in g["overrides"]  # metrics on in eval
     p = grid.plan(str(conf / "experiment" / "t1.yaml"), ["task=cb"], tmp / "grid")
-    cfgs = {c.method: grid.compose_run([*p.cell_overrides(c), "paths.output_dir=."]) for c in p.cells}
+    cfgs = {c.method: compose_run([*p.cell_overrides(c), "paths.output_dir=."]) for c in p.cells}
     assert cfgs["lora"].method.lr == pytest.approx(best["lora"]["method.lr"])
     assert cfgs["ours"].guidance.lambda1 == pytest.approx(best["ours"]["guidance.lambda1"])
     assert cfgs["ours_mag"].guidance.lambda1 == 0.0  # its switched-off term is not overwritten by ours' value
@@ -101,7 +102,7 @@ def test_a_figure2_grid_takes_its_tasks_and_shots_from_the_axes_not_from_the_tun
     assert g["axes"]["method"] == ["lora", "ours"]  # no ablation rows
     assert not any(o.startswith("shots=") for o in g["overrides"]) and g["overrides"][-1] == "eval.max_examples=700"
     p = grid.plan(str(conf / "experiment" / "f2.yaml"), ["task=cb", "method=lora"], tmp / "grid2")
-    assert sorted(grid.compose_run([*p.cell_overrides(c), "paths.output_dir=."]).shots for c in p.cells) == [16, 64]
+    assert sorted(compose_run([*p.cell_overrides(c), "paths.output_dir=."]).shots for c in p.cells) == [16, 64]
 
 
 def test_a_study_continued_after_widening_its_range_still_meets_the_common_budget_and_says_so(studies, tmp_path):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from gradft.config.schema import validate
-from gradft.experiments import sweep
-from gradft.experiments.grid import compose_run
+from gradft.experiments.launch import compose_run
+from gradft.experiments.sweep_spec import load_spec
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 METHODS = ["full", "adapter", "lora", "prompt", "ours"]
@@ -17,7 +17,7 @@ METHODS = ["full", "adapter", "lora", "prompt", "ours"]
 
 @pytest.mark.parametrize("setting", ["minilm", "smollm2"])
 def test_every_method_of_a_setting_gets_the_same_budget_tasks_and_base(setting):
-    specs = {m: sweep.load_spec(SWEEPS / f"tune_{setting}_{m}.yaml") for m in METHODS}
+    specs = {m: load_spec(SWEEPS / f"tune_{setting}_{m}.yaml") for m in METHODS}
     # the common budget: n_trials less the trials a study added after widening a range at whose edge its best sat
     assert len({(s.n_trials - s.widened, s.n_seeds, tuple(s.tasks), s.prune_on, s.out_dir)
                 for s in specs.values()}) == 1
@@ -34,7 +34,7 @@ def test_every_method_of_a_setting_gets_the_same_budget_tasks_and_base(setting):
 @pytest.mark.parametrize("setting", ["minilm", "smollm2"])
 def test_the_top_of_every_range_composes_into_a_valid_run(setting):
     for m in METHODS:
-        s = sweep.load_spec(SWEEPS / f"tune_{setting}_{m}.yaml")
+        s = load_spec(SWEEPS / f"tune_{setting}_{m}.yaml")
         point = {k: d["high"] for k, d in s.space.items()}
         cfg = compose_run([*s.base, *(f"{k}={v}" for k, v in point.items()), f"task={s.tasks[0]}",
                            "paths.output_dir=/tmp/gradft-spec"])

@@ -3,11 +3,12 @@
 grid.py        ``python -m gradft.experiments.grid``: the cells of conf/experiment/<grid>.yaml, resumable
 sweep.py       ``python -m gradft.experiments.sweep``: an Optuna study over run(), resumable, any SQLAlchemy storage
 sweep_spec.py  the sweep yaml, checked before the first trial; samplers, pruners, storage
-signal.py      tuning that can select: the objective's noise, λ = 0 control points
+signal.py      tuning that can select: the objective's noise, λ = 0 control points, could a study select
 tuned.py       ``python -m gradft.experiments.tuned``: finished studies -> a tuned grid with fresh seeds
-workers.py     worker processes shared by grids and sweeps (threads per worker, SIGTERM)
+launch.py      the one launch path of grids and sweeps: a run's config, its (task, seed) cells, N workers
 locks.py       one lock file per cell, safe across hosts and reboots
 resultfile.py  whether a run folder holds a finished, valid result
 eta.py         a grid's ETA from its finished cells
 compute.py     ``python -m gradft.experiments.compute``: worker-hours spent on committed results
+stats.py       bootstrap CIs, paired tests, Holm's correction (tuning's selection and the reports use them)
 """

@@ -5,19 +5,17 @@ Owns: the grid specs (node ``grid`` of ``conf/experiment/<grid>.yaml``) expanded
 seed), each a normal ``run()`` in ``<out>/<grid>/<task>/<method>/k<shots>/s<seed>/``; cells whose pool cannot supply
 k shots (skipped, listed in ``skipped.json``); finished cells (a valid result of the plan's key and seeds,
 ``gradft.experiments.resultfile``: skipped, or copied from a sibling grid under the same ``--out`` that ran the same
-cell); cells
-holding a finished result of another config (refused, or with ``--overwrite`` rerun with the old result kept in
-``<cell>/superseded/<key>/``); cells whose run diverged
-with the same config (error.json ``diverged``: kept as an outcome, ``--retry-diverged`` runs them); one lock per cell
-(``gradft.experiments.locks``) so that workers and concurrent grid processes never run a cell twice at once; the runs
-log
-``runs.jsonl``; the exit code (non-zero if a cell failed or could not write its result, 2 when it refused to run).
+cell); cells holding a finished result of another config (refused, or with ``--overwrite`` rerun with the old result
+kept in ``<cell>/superseded/<key>/``); cells whose run diverged with the same config (error.json ``diverged``: kept
+as an outcome, ``--retry-diverged`` runs them); one lock per cell (``gradft.experiments.locks``) so that workers and
+concurrent grid processes never run a cell twice at once; the runs log ``runs.jsonl``; the exit code (non-zero if a
+cell failed or could not write its result, 2 when it refused to run). Each cell's config, the (task, seed) cells of
+a method and k, and the worker processes come from ``gradft.experiments.launch``, as a sweep's do.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import os
@@ -28,18 +26,16 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf
 
+from gradft import CONF_DIR, stopping
 from gradft import data as gdata
-from gradft import stopping
 from gradft.config.guidance import guidance_fields, superseded
 from gradft.experiments import resultfile
 from gradft.experiments.eta import estimate
+from gradft.experiments.launch import compose_run, run_workers, set_worker_threads, task_seeds
 from gradft.experiments.locks import HOST, acquire, describe
-from gradft.experiments.workers import run_workers, set_worker_threads  # noqa: F401  (sweeps import them from here)
-from gradft.run import CONF_DIR, run
+from gradft.run import run
 from gradft.tracking import atomic_write, config_key
 
 log = logging.getLogger("gradft.experiments.grid")
@@ -47,17 +43,6 @@ AXES = ("task", "method", "shots", "seed")
 OPTIONAL_AXES = ("head",)  # head: classifier | lm (absent: the composed config's)
 POLL_S = 2.0
 WAIT_LOG_S = 60.0
-
-
-def compose_run(overrides: list[str]) -> DictConfig:
-    """One run's config, composed exactly as ``python -m gradft <overrides>`` does."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
-    # as @hydra.main does: the run can then find tasks on this search path (hydra.searchpath=[file:///my_conf])
-    HydraConfig.instance().set_config(copy.deepcopy(cfg))
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 @dataclass(frozen=True)
@@ -198,7 +183,7 @@ def plan(grid: str, extra: list[str] = (), out: str | Path = "outputs/grid") -> 
             axes[key] = [int(v) if key in ("shots", "seed") else v for v in o.split("=", 1)[1].split(",") if v]
         else:
             common.append(o)
-    ds = spec["data_seed"]  # "seed": data_seed = seed, or one fixed int
+    ds = spec["data_seed"]  # "seed": data_seed = seed, or one fixed int (launch.task_seeds)
     p = Plan(spec["name"], Path(out) / spec["name"], common, [], {}, est_seconds=spec.get("est_seconds_per_cell"),
              per_method={m: [str(o) for o in ov] for m, ov in (spec.get("per_method") or {}).items()})
     pools: dict[str, list] = {}
@@ -210,9 +195,11 @@ def plan(grid: str, extra: list[str] = (), out: str | Path = "outputs/grid") -> 
         if task not in pools:
             pools[task] = gdata.load_task(base.task, base.data).train_pool
         # zero-shot: the same model and numbers for every method and seed, so one cell; the rest as the axes say
-        pairs = [(s, sd) for s in axes["shots"] if s for sd in axes["seed"]] if method in axes["method"] else []
-        for shots, seed in [(0, zero[1])] * (0 in axes["shots"] and method == zero[0]) + pairs:
-            cell = Cell(task, method, int(shots), int(seed), int(seed) if ds == "seed" else int(ds), head)
+        runs = [(0, r) for r in task_seeds([task], [zero[1]], ds)] if 0 in axes["shots"] and method == zero[0] else []
+        if method in axes["method"]:
+            runs += [(k, r) for k in axes["shots"] if k for r in task_seeds([task], axes["seed"], ds)]
+        for shots, (_, seed, data_seed) in runs:
+            cell = Cell(task, method, int(shots), seed, data_seed, head)
             try:
                 if shots == 0 and base.head != "lm":
                     raise gdata.DataError("shots=0 (zero-shot) needs head=lm: a new classifier head is untrained")

@@ -2,14 +2,15 @@
 W] [...]``.
 
 Owns: the study (created once, then resumed with ``load_if_exists``), the TOTAL trial budget (COMPLETE + PRUNED
-trials across invocations and workers; failures do not use it up, and at most ``max_failures`` of one invocation
-are tolerated: those of earlier invocations are listed and block nothing), the spec checked before the first trial
-(``sweep_spec.check_space``), worker
-processes on one storage, per-trial sampler seeds (a resumed or parallel sweep never re-proposes a point), the
-objective (mean FewGLUE dev32 accuracy over tasks × seeds — never the official val split), pruning through ``run()``'s
-``report`` callback, the best-params experiment file ``conf/experiment/best_<name>.yaml`` and the summary. The spec
-(``sweeps/*.yaml``), sampler, pruner and storage (with the heartbeats that fail the trials of killed workers) are built
-in ``gradft.experiments.sweep_spec``. Why Optuna directly: docs/sweeps.md.
+trials across invocations and workers; failures do not use it up, and at most ``max_failures`` of one invocation are
+tolerated: those of earlier invocations are listed and block nothing), the spec checked before the first trial
+(``sweep_spec.check_space``), worker processes on one storage, per-trial sampler seeds (a resumed or parallel sweep
+never re-proposes a point), the objective (mean FewGLUE dev32 accuracy over tasks × seeds — never the official val
+split), pruning through ``run()``'s ``report`` callback, the best-params experiment file
+``conf/experiment/best_<name>.yaml`` and the summary. The spec (``sweeps/*.yaml``), sampler, pruner and storage
+(with the heartbeats that fail the trials of killed workers) are built in ``gradft.experiments.sweep_spec``; each
+run's config, a trial's (task, seed) runs and the worker processes come from ``gradft.experiments.launch``, as a
+grid's do. Why Optuna directly: docs/sweeps.md.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import time
 import warnings
 from dataclasses import asdict
 from datetime import datetime
-from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,11 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from gradft import stopping
+from gradft import CONF_DIR, stopping
 from gradft.config.guidance import GUIDANCE_VERSION
-from gradft.config.schema import CONF_DIR
+from gradft.experiments.launch import compose_run, run_workers, set_worker_threads, task_seeds
 from gradft.experiments.signal import control_overrides, enqueue_controls, objective_stats, trial_values
-from gradft.experiments.sweep_spec import (  # noqa: F401  (load_spec, Spec, ... stay importable from here)
-    PRUNERS,
-    SAMPLERS,
+from gradft.experiments.sweep_spec import (
     Spec,
     check_space,
     derive_seed,
@@ -105,8 +103,7 @@ class Objective:
         self.spec, self.extra, self.lock, self.worker = spec, extra, lock, worker
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from gradft.experiments.grid import compose_run  # torch and the models: only when a trial runs
-        from gradft.run import run
+        from gradft.run import run  # torch and the models: only when a trial runs
         from gradft.train import NonFiniteError
 
         trial.set_user_attr("guidance_version", GUIDANCE_VERSION)  # check_guidance_version reads it on resume
@@ -122,8 +119,7 @@ class Objective:
         trial.set_user_attr("worker", self.worker)
         accs: dict[str, float] = {}
         offset = 0  # intermediate values of run i are reported at steps offset+1.. (same order in every trial)
-        for task, seed in product(spec.tasks, range(spec.n_seeds)):
-            data_seed = seed if spec.data_seed == "seed" else int(spec.data_seed)
+        for task, seed, data_seed in task_seeds(spec.tasks, range(spec.n_seeds), spec.data_seed):
             out = Path(spec.out_dir) / spec.study_name / f"trial_{trial.number}" / task / f"s{seed}"
             cfg = compose_run([*overrides, f"task={task}", f"seed={seed}", f"data_seed={data_seed}",
                                f"paths.output_dir={out}"])
@@ -158,8 +154,6 @@ class Objective:
 def work(spec: Spec, extra: list[str], worker: int = 0, n_workers: int = 1) -> int:
     """One worker: run trials until the budget is met; 0 on success, 1 when max_failures is reached."""
     if n_workers > 1:
-        from gradft.experiments.grid import set_worker_threads
-
         set_worker_threads(n_workers)
     storage = make_storage(spec)
     study = optuna.load_study(study_name=spec.study_name, storage=storage, pruner=make_pruner(spec),
@@ -291,8 +285,6 @@ def run_study(spec: Spec, extra: list[str], workers: int) -> int:
     if workers <= 1:
         with sigterm_interrupts():
             return work(spec, extra)
-    from gradft.experiments.grid import run_workers
-
     codes = run_workers(_worker_main, [(asdict(spec), extra, i, workers) for i in range(workers)],
                         [f"sweep-w{i}" for i in range(workers)])
     for i, c in enumerate(codes):

@@ -2,8 +2,7 @@
 keys that compose), and the Optuna objects it builds: the sampler (seeded per trial), the pruner and the storage
 (SQLite here, PostgreSQL to scale out: docs/sweeps.md; a connect timeout, no password in any message), whose
 heartbeat fails the trials of killed workers. ``gradft.experiments.sweep`` runs studies with them;
-``gradft.experiments.tuned`` reads
-finished ones."""
+``gradft.experiments.tuned`` reads finished ones. A run's config is composed by ``gradft.experiments.launch``."""
 
 from __future__ import annotations
 
@@ -16,7 +15,12 @@ from typing import Any
 
 import numpy as np
 import optuna
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from gradft.config.schema import check_override_keys, validate
+from gradft.experiments.launch import compose_run
 
 log = logging.getLogger("gradft.experiments.sweep")
 CONNECT_TIMEOUT_S = int(os.environ.get("GRADFT_STORAGE_CONNECT_TIMEOUT", "10"))  # a server URL's connect timeout
@@ -102,11 +106,6 @@ def check_space(spec: Spec, extra: list[str] = (), compose: bool = True) -> None
     if not spec.space:
         raise ValueError(f"study {spec.study_name}: the search space is empty: every trial would run the same config; "
                          "list the parameters to search under space: (sweeps/ours_rte.yaml shows how)")
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from gradft.config.schema import check_override_keys, validate
-
     params = [f"{k}={_value(_sample(d))}" for k, d in spec.space.items()]
     overrides = ["eval.splits=[select]", *spec.base, *extra, *params]
     try:
@@ -114,8 +113,6 @@ def check_space(spec: Spec, extra: list[str] = (), compose: bool = True) -> None
     except ValueError as e:
         raise ValueError(f"study {spec.study_name}: {e} (sweep spec: space or base)") from None
     for task in spec.tasks if compose else ():
-        from gradft.experiments.grid import compose_run
-
         try:
             validate(compose_run([*overrides, f"task={task}", "seed=0", "data_seed=0", "paths.output_dir=."]))
         except (ValueError, HydraException, OmegaConfBaseException) as e:

@@ -9,7 +9,7 @@ tuning seed), an LM-head grid's (``head=lm``) untuned ``icl`` row (in-context le
 ``tuning`` node recording each study's budget, ranges, best trial, its selection accuracy and whether the best value
 sits at the edge of its range (then the range was wrong: widen it and continue the study), and whether the study
 could select (``selection``: the objective's SE, best − default and best − runner-up with paired CIs, the λ = 0
-controls; ``gradft.report.tuning``).
+controls; ``gradft.experiments.signal.selection_summary``).
 A study that has not met its budget is refused unless ``--partial`` (the file then says so). Figure 2's grid is the
 same with ``--tasks cb,copa,rte,wic --shots 16,32,64,128,256 --no-ablations`` and the full/lora/ours studies.
 """
@@ -24,11 +24,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import optuna
 from omegaconf import OmegaConf
+from optuna.trial import TrialState
 
-from gradft.experiments.signal import trial_values
-from gradft.report.tuning import selection_summary
-from gradft.run import CONF_DIR
+from gradft import CONF_DIR
+from gradft.experiments.signal import selection_summary, trial_values
+from gradft.experiments.sweep import check_guidance_version
+from gradft.experiments.sweep_spec import load_spec
 from gradft.tracking import atomic_write
 
 TASKS = ["boolq", "cb", "copa", "multirc", "rte", "wic"]
@@ -52,11 +55,6 @@ def at_edge(value: float, d: dict[str, Any]) -> str | None:
 
 def study_summary(spec_path: str | Path, partial: bool = False) -> dict[str, Any]:
     """The best trial of one sweep and what it cost; raises ValueError if the budget is unmet (unless partial)."""
-    import optuna
-    from optuna.trial import TrialState
-
-    from gradft.experiments.sweep import check_guidance_version, load_spec
-
     spec = load_spec(spec_path)
     study = optuna.load_study(study_name=spec.study_name, storage=spec.storage)
     check_guidance_version(study, spec)  # a pre-fix guided study is not a current tuning result

@@ -1,4 +1,5 @@
-"""Tables and figures from results.json files only: ``python -m gradft.report`` (build.py).
+"""Tables and figures from results.json files only: ``python -m gradft.report`` (build.py). Their statistics
+(bootstrap CIs, paired tests, Holm's correction) are ``gradft.experiments.stats``.
 
 build.py       collect results, write every table and figure of a root
 table1.py      Table 1: per-method rows, paired tests against each baseline
@@ -8,5 +9,4 @@ outcomes.py    final training loss, divergence counted (never dropped)
 tuning.py      whether a tuning study could select: its noise against the differences it decided
 guidance.py    issue 27's measurement of the guidance fix
 estimators.py  the H·v estimator table of docs/guidance.md
-stats.py       bootstrap CIs, paired tests, Holm's correction
 """

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from gradft.experiments.resultfile import inspect, result_files
-from gradft.report.stats import paired_comparison
+from gradft.experiments.stats import paired_comparison
 
 log = logging.getLogger("gradft.report.build")
 

@@ -24,8 +24,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from gradft.experiments.stats import holm, paired_comparison  # noqa: E402
 from gradft.report.outcomes import fmt_loss, fmt_rate, n_results  # noqa: E402
-from gradft.report.stats import holm, paired_comparison  # noqa: E402
 from gradft.report.table1 import (  # noqa: E402
     ABLATIONS,
     BASELINES,

@@ -24,8 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gradft.config.guidance import superseded_run  # noqa: E402
+from gradft.experiments.stats import bootstrap_average_ci, holm, paired_comparison  # noqa: E402
 from gradft.report.outcomes import n_results, outcome_cells, scored_lines  # noqa: E402
-from gradft.report.stats import bootstrap_average_ci, holm, paired_comparison  # noqa: E402
 from gradft.report.tuning import noise_lines  # noqa: E402
 from gradft.tracking import ran_on  # noqa: E402
 
@@ -88,7 +88,7 @@ def seed_means(recs: list[dict], tasks: list[str], metric: str) -> list[float]:
 def paired(ours: dict[tuple, float], base: dict[tuple, float]) -> dict[str, Any]:
     """ours − baseline over shared (task, seed) pairs: mean difference, paired t-test, Wilcoxon signed-rank (all
     differences zero: both p-values 1; fewer than 2 pairs: NaN).
-    ``gradft.report.stats.paired_comparison`` without the CI."""
+    ``gradft.experiments.stats.paired_comparison`` without the CI."""
     return {k: v for k, v in paired_comparison(ours, base).items() if k not in ("ci_low", "ci_high")}
 
 

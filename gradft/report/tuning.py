@@ -1,76 +1,25 @@
-"""Whether a tuning study could select (issue 28, item 2): its objective's noise against the differences it decided.
+"""Whether a tuning study could select (issue 28, item 2), as the report prints it.
 
-Owns ``selection_summary`` (called by ``gradft.experiments.tuned.study_summary``, so that it is written into the grid
-file's
-``tuning`` node and the report needs no study database): per study the best trial's objective standard error (user
-attr ``select_accuracy_se`` of ``gradft.experiments.signal``; None in studies from before it), best − default (the
-spec's
-first ``enqueue`` point: the config's defaults) and best − runner-up (the second-best COMPLETE trial), each with a
-paired bootstrap 95 % CI over the (task, seed) cells both trials ran when their per-cell selection accuracies are
-stored (user attr ``select_accuracy_runs``: ``{"task/s<seed>": acc}``), else the bare difference and a note; and
-the λ = 0 control trials (user attr ``control``). ``noise_lines`` prints that as the report's tuning-noise block;
-``fill_selection`` computes it for a grid file written before it from the study itself (the spec's storage, else the
-committed copy ``results/tuning/*/<study>.db``), when it can be found.
+Owns ``noise_lines`` (the report's tuning-noise block: per study the best trial's objective standard error, best −
+default and best − runner-up with their paired bootstrap 95 % CIs, the λ = 0 controls) and ``fill_selection``
+(that block's data for a grid file written before it, computed from the study itself: the spec's storage, else the
+committed copy ``results/tuning/*/<study>.db``, when it can be found). The data is
+``gradft.experiments.signal.selection_summary``'s, which ``gradft.experiments.tuned`` writes into the grid file's
+``tuning`` node, so the report needs no study database.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
-from gradft.experiments.signal import objective_stats
+import optuna
+
+from gradft.experiments.signal import selection_summary
 from gradft.experiments.sweep_spec import load_spec
-from gradft.report.stats import paired_comparison
 
 log = logging.getLogger("gradft.report.build")
-RUNS = "select_accuracy_runs"  # gradft.experiments.sweep: a trial's selection accuracy per (task, seed) run
-SE = "select_accuracy_se"  # gradft.experiments.signal.objective_stats: the objective's standard error
-
-
-def _finite(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
-
-
-def difference(a: Any, b: Any) -> dict[str, Any]:
-    """a − b of two trials' objectives: paired over their shared (task, seed) cells when both stored them."""
-    ra, rb = a.user_attrs.get(RUNS), b.user_attrs.get(RUNS)
-    out: dict[str, Any] = {"trial": b.number, "diff": a.value - b.value, "ci_low": None, "ci_high": None,
-                           "n_pairs": 0, "paired": False}
-    if isinstance(ra, dict) and isinstance(rb, dict) and set(ra) & set(rb):
-        c = paired_comparison(ra, rb)
-        out.update(diff=c["mean_diff"], ci_low=_finite(c["ci_low"]), ci_high=_finite(c["ci_high"]),
-                   n_pairs=c["n_pairs"], paired=True)
-    return out
-
-
-def _is_default(t: Any, point: dict[str, Any]) -> bool:
-    return all(t.params.get(k) == v or (isinstance(v, float) and isinstance(t.params.get(k), float)
-                                        and math.isclose(t.params[k], v)) for k, v in point.items())
-
-
-def selection_summary(trials: list[Any], enqueue: list[dict[str, Any]]) -> dict[str, Any]:
-    """The noise block of one study (plain data: it goes into the grid file's yaml)."""
-    from optuna.trial import TrialState
-
-    done = sorted([t for t in trials if t.state == TrialState.COMPLETE and _finite(t.value) is not None],
-                  key=lambda t: (-t.value, t.number))
-    if not done:
-        return {}
-    best = done[0]
-    default = next((t for t in sorted(done, key=lambda t: t.number) if enqueue and _is_default(t, enqueue[0])
-                    and "control" not in t.user_attrs), None)
-    runs = best.user_attrs.get(RUNS)
-    return {"best_trial": best.number, "se": _finite(best.user_attrs.get(SE)),
-            "se_from_runs": _finite(objective_stats(runs)["select_accuracy_se"]) if isinstance(runs, dict) else None,
-            "best_is_control": "control" in best.user_attrs, "cells_stored": isinstance(best.user_attrs.get(RUNS),
-                                                                                        dict),
-            "minus_default": difference(best, default) if default is not None and default is not best else None,
-            "default_is_best": default is best,
-            "minus_runner_up": difference(best, done[1]) if len(done) > 1 else None,
-            "controls": [{"trial": t.number, "value": t.value, "control": dict(t.user_attrs["control"])}
-                         for t in sorted(done, key=lambda t: t.number) if "control" in t.user_attrs]}
 
 
 def _diff(d: dict[str, Any] | None, what: str) -> str:
@@ -128,8 +77,6 @@ def _storages(s: dict[str, Any]) -> list[str]:
 def fill_selection(tuning: dict[str, Any]) -> dict[str, Any]:
     """The tuning node with ``selection`` computed from each study it lacks it for (a grid file from before),
     where the study is found; the others stay without it (printed as "not recorded")."""
-    import optuna
-
     out = dict(tuning)
     for m, s in tuning.items():
         if not isinstance(s, dict) or "best" not in s or s.get("selection") or not s.get("study"):

@@ -1,9 +1,10 @@
-"""The statistics a comparison of methods is reported with: bootstrap confidence intervals, paired tests over
+"""The statistics methods and tuning trials are compared with: bootstrap confidence intervals, paired tests over
 (task, seed) cells, and Holm's correction for testing one method against several baselines.
 
-Owns the arithmetic only (numbers in, numbers out); ``gradft.report.build`` decides what is compared. Every resampling
-is
-seeded, so a report is a pure function of its results.json files.
+Owns the arithmetic only (numbers in, numbers out); ``gradft.report.build`` decides what a report compares, and
+``gradft.experiments.signal.selection_summary`` what a tuning study's selection is compared with. It sits here, below
+the reports, because both use it. Every resampling is seeded, so a report is a pure function of its results.json
+files.
 
     cells     {(task, seed): accuracy} of one method
     average   the mean over tasks of each task's mean over seeds (every task weighs the same, whatever its seeds)
