@@ -7,6 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from gradft.config.nodes import TrainerConfig
 from gradft.forward import set_gradient, task_loss
 from gradft.gradients import ParamSpace
 from gradft.methods import apply_method
@@ -42,7 +43,8 @@ def _metrics(mode: str) -> dict:
     batches = [global_batch(tok, 0), global_batch(tok, 1)]
     monitor = gradient_monitor(model, space, batches, torch.device("cpu"), mode)
     opt = torch.optim.SGD(trainable.params, lr=0.5)
-    trainer = Trainer(model, trainable, opt, None, torch.device("cpu"), 1.0, 3, monitor=monitor, metric_space=space)
+    trainer = Trainer(model, trainable, opt, None, torch.device("cpu"), TrainerConfig.from_yaml(), monitor=monitor,
+                      metric_space=space)
     torch.manual_seed(0)
     for step in range(6):
         trainer.step(global_batch(tok, 10 + step))

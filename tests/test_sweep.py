@@ -20,9 +20,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from gradft import CONF_DIR
 from gradft.experiments import sweep
 from gradft.experiments.grid import compose_run
-from gradft.run import CONF_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["trainer.steps=1"]

@@ -50,10 +50,10 @@ def plain_loop(cfg) -> dict[str, float]:
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import get_linear_schedule_with_warmup
 
+    from gradft.config.nodes import train_steps
     from gradft.config.prompt import prompt_spec
     from gradft.data.prompting import PromptCollator
     from gradft.models import load_backbone
-    from gradft.run import train_steps
 
     t0, c0 = time.perf_counter(), time.process_time()
     lm = cfg.get("head", "classifier") == "lm"

@@ -84,7 +84,7 @@ def memory_one(model_name: str, mode: str) -> dict[str, Any]:
     import torch
     from omegaconf import OmegaConf
 
-    from gradft.config.schema import CONF_DIR
+    from gradft import CONF_DIR
     from gradft.forward import task_loss
     from gradft.gradients import ParamSpace
     from gradft.methods import apply_method

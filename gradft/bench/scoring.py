@@ -27,11 +27,11 @@ from typing import Any
 import torch
 from hydra import compose, initialize_config_dir
 
+from gradft import CONF_DIR
 from gradft import data as gdata
 from gradft.data.prompting import PromptCollator, prompt_spec
 from gradft.forward import logits_of
 from gradft.models import load_backbone
-from gradft.run import CONF_DIR
 from gradft.tracking import atomic_write
 
 MODES = ("no_reuse", "reuse")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .taskconf import CONF_DIR
+from gradft import CONF_DIR
 
 TASKS = ("boolq", "cb", "copa", "multirc", "rte", "wic")
 

@@ -32,14 +32,14 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from gradft import CONF_DIR, stopping
 from gradft import data as gdata
-from gradft import stopping
 from gradft.config.guidance import guidance_fields, superseded
 from gradft.experiments import resultfile
 from gradft.experiments.eta import estimate
 from gradft.experiments.locks import HOST, acquire, describe
 from gradft.experiments.workers import run_workers, set_worker_threads  # noqa: F401  (sweeps import them from here)
-from gradft.run import CONF_DIR, run
+from gradft.run import run
 from gradft.tracking import atomic_write, config_key
 
 log = logging.getLogger("gradft.experiments.grid")

@@ -34,9 +34,8 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from gradft import stopping
+from gradft import CONF_DIR, stopping
 from gradft.config.guidance import GUIDANCE_VERSION
-from gradft.config.schema import CONF_DIR
 from gradft.experiments.signal import control_overrides, enqueue_controls, objective_stats, trial_values
 from gradft.experiments.sweep_spec import (  # noqa: F401  (load_spec, Spec, ... stay importable from here)
     PRUNERS,

@@ -26,9 +26,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from gradft import CONF_DIR
 from gradft.experiments.signal import trial_values
 from gradft.report.tuning import selection_summary
-from gradft.run import CONF_DIR
 from gradft.tracking import atomic_write
 
 TASKS = ["boolq", "cb", "copa", "multirc", "rte", "wic"]

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from gradft.config.schema import CONF_DIR
+from gradft import CONF_DIR
 
 VARIANTS = {  # label -> (grid, method folder)
     "version 1 (pre-fix)": ("table1", "ours"),
