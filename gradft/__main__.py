@@ -23,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from gradft import CONF_DIR
+from gradft.config.guidance import guidance_fields
 from gradft.config.preset import expand_preset
 from gradft.config.schema import check_override_keys, validate
 
@@ -100,7 +101,6 @@ def _write_diverged(cfg: DictConfig, e: BaseException) -> None:
     import socket
     import time
 
-    from gradft.config.guidance import guidance_fields
     from gradft.tracking import atomic_write, config_key
 
     shots = int(cfg.shots)

@@ -13,6 +13,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gradft import data as gdata
 from gradft.config.guidance import GuidanceConfig
+from gradft.config.method import method_node
 from gradft.data import Collator
 from gradft.forward import logits_of, slice_examples, task_loss
 from gradft.gradients import ParamSpace
@@ -31,7 +32,7 @@ TINY = OmegaConf.create({
 def tiny(method: str = "full", seed: int = 0):
     torch.manual_seed(seed)
     model, tok = load_backbone(TINY, 3, ".")
-    model = apply_method(model, OmegaConf.create({"name": method, "kind": method}))
+    model = apply_method(model, method_node(method))
     return model.double(), tok  # fp64: the comparison tests the algebra, not fp32 round-off
 
 

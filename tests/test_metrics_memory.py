@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
+from gradft.config.method import method_node
 from gradft.config.nodes import TrainerConfig
 from gradft.forward import set_gradient, task_loss
 from gradft.gradients import ParamSpace
@@ -22,7 +22,7 @@ def _setup(seed: int = 0):
     torch.manual_seed(seed)
     model, tok = load_backbone(TINY, 3, ".")
     space = ParamSpace(backbone_parameters(model))  # before LoRA wraps the model, as run.py takes it
-    model = apply_method(model, OmegaConf.create({"name": "lora", "kind": "lora"}))
+    model = apply_method(model, method_node("lora"))
     trainable = ParamSpace((n, p) for n, p in model.named_parameters() if p.requires_grad)
     return model, tok, space, trainable
 

@@ -19,6 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from gradft import CONF_DIR
 from gradft.config.guidance import GuidanceConfig
+from gradft.config.method import CONFIGS as METHOD_CONFIGS
+from gradft.config.method import method_config
 from gradft.config.nodes import (
     DataConfig,
     EvalConfig,
@@ -31,8 +33,6 @@ from gradft.config.nodes import (
     steps_for,
 )
 from gradft.config.prompt import prompt_spec
-from gradft.methods import method_config
-from gradft.methods.config import CONFIGS as METHOD_CONFIGS
 
 GROUPS = ("model", "task", "guidance", "method", "trainer", "logger")
 # keys the code reads that no shipped yaml sets (hub.yaml's name_or_path is set; these are dataclass-only)

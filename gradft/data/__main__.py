@@ -14,12 +14,12 @@ import hydra
 from omegaconf import DictConfig
 
 from gradft import CONF_DIR
+from gradft.config.schema import validate
 from gradft.data.formats import DataError
 
 
 def check_like_run(cfg: DictConfig):
     """The task as the run reads it, after every check the run makes before it loads a model."""
-    from gradft.config.schema import validate
     from gradft.data import load_task
     from gradft.data.checks import draw_for_run, source_label_index
     from gradft.data.taskconf import compose_task

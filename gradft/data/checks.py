@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from gradft.config.prompt import prompt_spec
+
 from .formats import Example
 from .sampling import sample_shots
 from .superglue import TaskData
@@ -19,7 +21,6 @@ from .superglue import TaskData
 def draw_for_run(cfg: Any, task: TaskData) -> list[Example]:
     """The run's k shots (none for shots=0); ValueError/DataError for what the run cannot do with this data."""
     if cfg.get("head", "classifier") == "lm":
-        from gradft.config.prompt import prompt_spec
 
         prompt_spec(cfg.task, len(task.labels), task.multiple_choice)  # label words vs the classes read
     if not cfg.shots:

@@ -18,6 +18,8 @@ import numpy as np
 import optuna
 from omegaconf import OmegaConf
 
+from gradft.config.schema import check_override_keys, validate
+
 log = logging.getLogger("gradft.experiments.sweep")
 CONNECT_TIMEOUT_S = int(os.environ.get("GRADFT_STORAGE_CONNECT_TIMEOUT", "10"))  # a server URL's connect timeout
 STATEMENT_TIMEOUT_S = 300  # PostgreSQL: a statement running longer is cancelled
@@ -104,8 +106,6 @@ def check_space(spec: Spec, extra: list[str] = (), compose: bool = True) -> None
                          "list the parameters to search under space: (sweeps/ours_rte.yaml shows how)")
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
-
-    from gradft.config.schema import check_override_keys, validate
 
     params = [f"{k}={_value(_sample(d))}" for k, d in spec.space.items()]
     overrides = ["eval.splits=[select]", *spec.base, *extra, *params]

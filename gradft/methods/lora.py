@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gradft.methods.config import LoraMethodConfig
+from gradft.config.method import LoraMethodConfig
 
 if TYPE_CHECKING:
     from torch import nn

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gradft.methods.config import PromptConfig
+from gradft.config.method import PromptConfig
 
 if TYPE_CHECKING:
     from torch import nn

@@ -35,6 +35,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gradft import __version__
+from gradft.config.method import AdapterConfig
 from gradft.data.formats import Example, norm_label
 from gradft.tracking import atomic_write
 
@@ -215,7 +216,6 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
         from safetensors.torch import load_file
 
         from gradft.methods import method_apply
-        from gradft.methods.config import AdapterConfig
 
         model = method_apply("adapter")(auto.from_pretrained(meta["base_model"], **base_kw),
                                         AdapterConfig(**meta["adapter"]))
