@@ -12,11 +12,12 @@ import torch
 from conftest import make_cfg
 
 from gradft import data as gdata
+from gradft.config.schema import validate
 from gradft.data.prompting import PromptCollator, PromptSpec, candidates, lm_kind_of, prompt_spec, render
 from gradft.forward import logits_of, task_loss
 from gradft.methods import apply_method
 from gradft.models import load_backbone
-from gradft.run import run, validate
+from gradft.run import run
 
 TASKS = ["boolq", "cb", "copa", "multirc", "rte", "wic"]
 

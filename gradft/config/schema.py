@@ -1,9 +1,10 @@
 """The composed config, checked before anything heavy is imported: ``validate(cfg)`` and ``check_override_keys``.
 
 Owns: the key schema (every key that a file under ``conf/`` or a config dataclass defines, per node), unknown keys
-(``+foo=1``, ``trainer.stepz=3``: refused, with a "did you mean"), the range of every number (finite: NaN and inf
-fail everywhere), a run with 0 training steps (an error unless ``shots=0``), the prompt template against the task's
-fields, and ``train_steps``. Imports only the standard library, omegaconf and the torch-free config dataclasses, so
+(``+foo=1``, ``trainer.stepz=3``: refused, with a "did you mean"), NaN and inf anywhere, and the checks that span
+nodes (a run with 0 training steps is an error unless ``shots=0``; icl needs head=lm; the prompt template against the
+task's fields). Each node's own values are checked by its dataclass (``gradft.config.nodes``, ``.guidance``,
+``.method``), which ``validate`` builds. Imports only the standard library, omegaconf and the torch-free config dataclasses, so
 that ``python -m gradft shots=abc`` (or ``guidance.tau=-1``) fails in about a second.
 """
 
