@@ -4,8 +4,8 @@ Owns: the key schema (every key that a file under ``conf/`` or a config dataclas
 (``+foo=1``, ``trainer.stepz=3``: refused, with a "did you mean"), NaN and inf anywhere, and the checks that span
 nodes (a run with 0 training steps is an error unless ``shots=0``; icl needs head=lm; the prompt template against the
 task's fields). Each node's own values are checked by its dataclass (``gradft.config.nodes``, ``.guidance``,
-``.method``), which ``validate`` builds. Imports only the standard library, omegaconf and the torch-free config dataclasses, so
-that ``python -m gradft shots=abc`` (or ``guidance.tau=-1``) fails in about a second.
+``.method``), which ``validate`` builds. Imports only the standard library, omegaconf and the torch-free config
+dataclasses, so that ``python -m gradft shots=abc`` (or ``guidance.tau=-1``) fails in about a second.
 """
 
 from __future__ import annotations

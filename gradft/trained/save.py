@@ -35,7 +35,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gradft import __version__
-from gradft.config.method import AdapterConfig
+from gradft.config.method import method_config, method_node
 from gradft.data.formats import Example, norm_label
 from gradft.tracking import atomic_write
 
@@ -218,7 +218,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
         from gradft.methods import method_apply
 
         model = method_apply("adapter")(auto.from_pretrained(meta["base_model"], **base_kw),
-                                        AdapterConfig(**meta["adapter"]))
+                                        method_config(method_node("adapter", **meta["adapter"])))
         state = load_file(str(mdir / ADAPTER_WEIGHTS))
         missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(state)
         unexpected = model.load_state_dict(state, strict=False).unexpected_keys
