@@ -26,9 +26,10 @@ from hydra._internal.utils import run_and_report
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from gradft import CONF_DIR
 from gradft.config.guidance import guidance_fields
 from gradft.config.preset import expand_preset
-from gradft.config.schema import CONF_DIR, check_override_keys, validate
+from gradft.config.schema import check_override_keys, validate
 
 log = logging.getLogger("gradft")
 # the errors of a file system that refuses writes: one line, not a traceback

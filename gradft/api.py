@@ -16,7 +16,7 @@ slices gradft's own dict batches only; every other option works with any batch t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -30,10 +30,10 @@ __all__ = ["Guidance", "GuidanceConfig", "GuidedStep", "StructuredGuidance", "gu
 
 
 def guidance_config_from(config: GuidanceConfig | dict | None = None, **options: Any) -> GuidanceConfig:
-    """A validated ``GuidanceConfig``: defaults (``name="structured"``), then ``config``, then ``options``."""
+    """A validated ``GuidanceConfig``: conf/guidance/structured.yaml's values (``GuidanceConfig.from_yaml``), then
+    ``config``, then ``options``."""
     base = asdict(config) if isinstance(config, GuidanceConfig) else dict(config or {})
-    base.setdefault("name", "structured")
-    return replace(GuidanceConfig(), **{**base, **options})
+    return GuidanceConfig.from_yaml(**{**base, **options})
 
 
 def _named(model: nn.Module, params: Iterable | None) -> list[tuple[str, nn.Parameter]]:

@@ -8,8 +8,8 @@ Early stopping (below): Training length by one rule for every method: ``trainer.
 record of it.
 
 Owns ``EarlyStopping`` (best selection accuracy so far, a copy of the trainable weights at it, the patience count,
-and putting the best weights back), ``final_train_loss`` and ``check_stop_config`` (the torch-free checks that
-``gradft.config.schema.validate`` runs for the keys of this rule and of the carved selection split).
+and putting the best weights back) and ``final_train_loss``. The keys of this rule and of the carved selection split
+are checked before any data or model is loaded (``gradft.config.nodes``: ``TrainerConfig``, ``DataConfig``).
 
 * ``fixed`` (the default): every step of ``train_steps`` (``trainer.steps``, or ``trainer.epochs`` × steps per
   epoch capped at ``trainer.max_steps``: the epochs rule gives each k the same number of passes over its shots).
@@ -31,7 +31,6 @@ import math
 import signal
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
@@ -90,32 +89,6 @@ def interrupted(e: KeyboardInterrupt, step: int | None, total: int) -> RunInterr
 
 
 # --- early stopping --------------------------------------------------------------------------------------
-
-STOP_MODES = ("fixed", "early")
-SELECT_MODES = ("task", "pool")  # = gradft.data.selection.SELECT_MODES (gradft.data imports torch: not here)
-
-
-def check_stop_config(cfg: Any) -> None:
-    """``trainer.stop``, ``trainer.patience``, ``data.select``, ``data.select_size``: a bad value fails before any
-    data or model is loaded, naming its key."""
-    tr, data = cfg.trainer, cfg.data
-    stop = tr.get("stop", "fixed")
-    if stop not in STOP_MODES:
-        raise ValueError(f"trainer.stop={stop!r}: must be one of {', '.join(STOP_MODES)}")
-    _positive_int("trainer.patience", tr.get("patience", 3))
-    if stop == "early" and not (cfg.eval.select_every or 0) > 0:
-        raise ValueError("trainer.stop=early scores the selection split every eval.select_every steps: set "
-                         "eval.select_every=N (N > 0), e.g. the steps of one epoch")
-    select = data.get("select", "task")
-    if select not in SELECT_MODES:
-        raise ValueError(f"data.select={select!r}: must be one of {', '.join(SELECT_MODES)}")
-    _positive_int("data.select_size", data.get("select_size", 500))
-
-
-def _positive_int(key: str, v: Any) -> None:
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{key}={v!r}: must be an integer ≥ 1")
-
 
 class EarlyStopping:
     """Feed it each selection score; it says when to stop, and ``restore()`` puts the best weights back."""

@@ -21,11 +21,11 @@ from urllib.parse import urlparse
 from omegaconf import DictConfig, OmegaConf
 
 from gradft import PROJECT_ROOT
+from gradft.config.nodes import LOGGER_MODES, steps_for
 
 log = logging.getLogger(__name__)
 
 SEED_KEYS = ("seed", "data_seed")
-MODES = ("online", "offline", "disabled")
 
 
 def atomic_write(path: str | Path, text: str) -> None:
@@ -127,8 +127,6 @@ def config_key(cfg: DictConfig | dict, drop: tuple[str, ...] = SEED_KEYS) -> str
             c.get(group, {}).pop(key, None)
     tr = c.get("trainer", {})
     if {"steps", "epochs", "max_steps", "batch_size"} <= tr.keys() and "shots" in c:
-        from gradft.config.schema import steps_for  # (config imports this module)
-
         # trainer.steps=40 and epochs=10 of 32 shots / batch 8 compute the same run: the key holds the count
         tr["steps"] = steps_for(tr, int(c["shots"]))
         del tr["epochs"], tr["max_steps"]
@@ -153,8 +151,8 @@ def _has_key() -> bool:
 
 def resolve_mode(mode: str) -> str:
     """``online`` without a key or without a connection falls back to ``offline`` in seconds, and says so."""
-    if mode not in MODES:
-        raise ValueError(f"logger.mode={mode!r}: must be one of {', '.join(MODES)}")
+    if mode not in LOGGER_MODES:
+        raise ValueError(f"logger.mode={mode!r}: must be one of {', '.join(LOGGER_MODES)}")
     if mode == "online" and not (_has_key() and _can_reach_wandb()):
         log.warning("W&B online mode: no API key or no connection to W&B; logging offline instead "
                     "(upload later with `wandb sync <run dir>`)")

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from gradft import stopping
+from gradft.config.nodes import TrainerConfig
 from gradft.data import iterate_batches
 from gradft.forward import n_examples, slice_examples, task_loss, to_device
 from gradft.gradients import ParamSpace
@@ -113,22 +114,24 @@ def enable_checkpointing(model: nn.Module) -> None:
 
 
 class Trainer:
-    """Runs ``steps`` optimisation steps of ``model`` on a stream of batches."""
+    """Runs optimisation steps of ``model`` on a stream of batches. ``config``: the run's ``trainer:`` node
+    (``max_grad_norm``, ``max_skipped``, ``grad_accum`` are read here); the rest is what the run built: the space of
+    trainable parameters, the optimiser and its schedule, the device, optional guidance, the gradient metrics
+    (``monitor`` on ``metric_space``, one step in ``metrics_every``), where logged values go (``log_fn``), the run's
+    step count (``total``: fit may be called in chunks, progress says step t/total) and its ``phases``."""
 
     def __init__(self, model: nn.Module, space: ParamSpace, optimizer: torch.optim.Optimizer, scheduler,
-                 device: torch.device, max_grad_norm: float, max_skipped: int,
-                 guidance: StructuredGuidance | None = None, monitor: GradientMonitor | None = None,
-                 metric_space: ParamSpace | None = None, metrics_every: int = 1,
+                 device: torch.device, config: TrainerConfig, *, guidance: StructuredGuidance | None = None,
+                 monitor: GradientMonitor | None = None, metric_space: ParamSpace | None = None, metrics_every: int = 1,
                  log_fn: Callable[[dict[str, float], int], None] | None = None, total: int | None = None,
-                 phases: Phases | None = None, grad_accum: int = 1):
+                 phases: Phases | None = None):
         self.model, self.space, self.opt, self.sched, self.device = model, space, optimizer, scheduler, device
-        self.max_grad_norm, self.max_skipped = max_grad_norm, max_skipped
-        self.grad_accum = grad_accum  # micro-batches per step (1: the whole batch in one pass)
+        self.config = config
         self.guidance, self.monitor = guidance, monitor
         self.metric_space, self.metrics_every = metric_space, metrics_every
         self.log_fn = log_fn or (lambda values, step: None)
         self.state = TrainState()
-        self.total = total  # the run's step count (fit may be called in chunks): progress says step t/total
+        self.total = total
         self.phases = phases or Phases()  # "metric_passes": the time of the gradient-metric passes
         self._t0: float | None = None
 
@@ -155,20 +158,20 @@ class Trainer:
         task_g: Tensor | None = None  # the task gradient g = ∇L_base of a guided step: what guidance observes
         if self.guidance is not None and self.guidance.active(t):
             self.guidance.refresh_source(t)
-            guided = self.guidance.gradient(batch) if self.grad_accum == 1 else \
-                self.guidance.gradient_over(*micro_batches(batch, self.grad_accum))
+            guided = self.guidance.gradient(batch) if self.config.grad_accum == 1 else \
+                self.guidance.gradient_over(*micro_batches(batch, self.config.grad_accum))
             loss, task_g, task_norm = guided.loss, guided.task, guided.logs["guide/grad_norm"]
             logs.update(guided.logs)
             finite = bool(torch.isfinite(guided.total).all()) and bool(torch.isfinite(loss))
             if finite:
                 self.space.write_grads(guided.total)
         else:
-            loss = plain_gradient(self.model, batch) if self.grad_accum == 1 else \
-                accumulated_gradient(self.model, batch, self.grad_accum)
+            loss = plain_gradient(self.model, batch) if self.config.grad_accum == 1 else \
+                accumulated_gradient(self.model, batch, self.config.grad_accum)
             finite = bool(torch.isfinite(loss))
         gnorm = float("nan")
         if finite:  # the clipping norm doubles as the finiteness check of the gradient
-            gnorm = float(nn.utils.clip_grad_norm_(self.space.params, self.max_grad_norm or float("inf")))
+            gnorm = float(nn.utils.clip_grad_norm_(self.space.params, self.config.max_grad_norm or float("inf")))
             finite = math.isfinite(gnorm)
         if finite:
             if self.guidance is not None and task_g is None:  # a plain step: .grad holds g (clipping keeps its
@@ -184,10 +187,10 @@ class Trainer:
             self.state.skipped_nonfinite += 1
             log.warning("step %d: non-finite loss or gradient, update skipped (%d so far)", t,
                         self.state.skipped_nonfinite)
-            if self.state.skipped_nonfinite > self.max_skipped:
+            if self.state.skipped_nonfinite > self.config.max_skipped:
                 raise NonFiniteError(
                     f"{self.state.skipped_nonfinite} steps had a non-finite loss or gradient "
-                    f"(trainer.max_skipped={self.max_skipped}): stopping instead of reporting garbage"
+                    f"(trainer.max_skipped={self.config.max_skipped}): stopping instead of reporting garbage"
                 )
         self.opt.zero_grad(set_to_none=True)
         if self.sched is not None:

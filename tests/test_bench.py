@@ -10,8 +10,8 @@ import math
 import pytest
 import yaml
 
+from gradft import CONF_DIR
 from gradft.bench.step import RATIOS, TARGETS, VARIANTS, main
-from gradft.run import CONF_DIR
 
 POSITIVE = ("median_s", "min_s", "max_s", "cpu_median_s", "flops_per_step", "gflop_per_step", "gflops", "gemm_fraction",
             "trainable_params", "state_mb", "peak_mb", "fwd_per_step", "bwd_per_step")

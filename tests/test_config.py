@@ -133,3 +133,51 @@ def test_head_lm_with_labels_inferred_from_the_data_passes_the_early_check():
     validate(make_cfg("task=cb", "head=lm", "task.labels=null"))  # counted once the train pool is read
     with pytest.raises(ValueError, match="verbalizer"):
         validate(make_cfg("task=cb", "head=lm", "task.prompt.verbalizer=[' Yes',' No']"))  # listed: 3 needed
+
+
+def test_config_dataclasses_hold_no_default_values_the_yaml_is_the_one_place():
+    from dataclasses import MISSING, fields
+
+    from gradft.config import nodes
+    from gradft.config.guidance import GuidanceConfig
+    from gradft.config.method import CONFIGS
+
+    classes = [GuidanceConfig, nodes.TrainerConfig, nodes.MetricsConfig, nodes.EvalConfig, nodes.DataConfig,
+               nodes.SaveConfig, nodes.LoggerConfig, nodes.ModelConfig, nodes.RunValues, *CONFIGS.values()]
+    for cls in classes:
+        defaults = [f.name for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING]
+        assert defaults == [], f"{cls.__name__}: {defaults} repeat the yaml"
+
+
+def test_from_yaml_gives_the_yaml_values_then_the_overrides_and_refuses_a_field_that_does_not_exist():
+    from dataclasses import asdict
+
+    import yaml
+
+    from gradft import CONF_DIR
+    from gradft.config.guidance import GuidanceConfig
+    from gradft.config.method import method_config, method_node
+    from gradft.config.nodes import TrainerConfig
+
+    structured = yaml.safe_load((CONF_DIR / "guidance" / "structured.yaml").read_text())
+    assert asdict(GuidanceConfig.from_yaml(lambda1=0.3)) == {**structured, "lambda1": 0.3}
+    trainer = yaml.safe_load((CONF_DIR / "trainer" / "default.yaml").read_text())
+    assert asdict(TrainerConfig.from_yaml(steps=5)) == {**trainer, "steps": 5}
+    lora = yaml.safe_load((CONF_DIR / "method" / "lora.yaml").read_text())
+    assert asdict(method_config(method_node("lora", r=4))) == {**{k: v for k, v in lora.items() if k != "kind"},
+                                                               "r": 4}
+    with pytest.raises(TypeError, match="lambda9"):
+        GuidanceConfig.from_yaml(lambda9=1.0)
+    with pytest.raises(ValueError, match="guidance.tau=-1"):
+        GuidanceConfig.from_yaml(tau=-1)
+
+
+def test_a_composed_config_builds_the_same_nodes_as_the_yaml_files():
+    from gradft.config.guidance import GuidanceConfig
+    from gradft.config.nodes import EvalConfig, MetricsConfig, TrainerConfig
+
+    cfg = make_cfg("method=ours")
+    assert GuidanceConfig.from_cfg(cfg.guidance) == GuidanceConfig.from_yaml()
+    assert TrainerConfig.from_cfg(cfg.trainer) == TrainerConfig.from_yaml()
+    assert MetricsConfig.from_cfg(cfg.metrics) == MetricsConfig.from_yaml()
+    assert EvalConfig.from_cfg(cfg.eval) == EvalConfig.from_yaml()

@@ -152,10 +152,10 @@ def test_export_turns_hub_rows_back_into_the_local_schema_that_load_task_reads(t
     them) round-trip through hub_rows_to_local and the local loader to the same Examples (the hub itself is offline)."""
     from omegaconf import OmegaConf
 
+    from gradft import CONF_DIR
     from gradft.data import hub_to_examples
     from gradft.data.export import hub_rows_to_local
     from gradft.data.superglue import _load_local
-    from gradft.data.taskconf import CONF_DIR
 
     rte = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "task" / "rte.yaml"))
     mrc = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "task" / "multirc.yaml"))

@@ -12,10 +12,12 @@ from omegaconf import OmegaConf
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gradft import data as gdata
+from gradft.config.guidance import GuidanceConfig
+from gradft.config.method import method_node
 from gradft.data import Collator
 from gradft.forward import logits_of, slice_examples, task_loss
 from gradft.gradients import ParamSpace
-from gradft.guidance import GuidanceConfig, StructuredGuidance
+from gradft.guidance import StructuredGuidance
 from gradft.methods import apply_method, trainable_parameters
 from gradft.models import load_backbone
 
@@ -30,7 +32,7 @@ TINY = OmegaConf.create({
 def tiny(method: str = "full", seed: int = 0):
     torch.manual_seed(seed)
     model, tok = load_backbone(TINY, 3, ".")
-    model = apply_method(model, OmegaConf.create({"name": method, "kind": method}))
+    model = apply_method(model, method_node(method))
     return model.double(), tok  # fp64: the comparison tests the algebra, not fp32 round-off
 
 
@@ -69,7 +71,7 @@ def test_guided_gradient_matches_autograd_of_total_loss(hvp, tol, term):
         d = torch.nn.functional.normalize(torch.randn(space.numel, generator=gen, dtype=torch.float64), dim=0)
         s = torch.nn.functional.normalize(torch.randn(space.numel, generator=gen, dtype=torch.float64), dim=0)
         tau = 0.5
-        cfg = GuidanceConfig(name="structured", lambda1=lam1, lambda2=lam2, lambda3=lam3, tau=tau, tau_mode="absolute",
+        cfg = GuidanceConfig.from_yaml(lambda1=lam1, lambda2=lam2, lambda3=lam3, tau=tau, tau_mode="absolute",
                              max_hv_ratio=None,
                              d_prior="init", hvp=hvp, source_task="cb" if lam3 else None)
         guide = StructuredGuidance(cfg, model, space)
@@ -94,7 +96,7 @@ def test_sub_batch_estimator_is_the_full_gradient_plus_the_hvp_of_its_m_examples
     model.eval()
     space = ParamSpace(trainable_parameters(model))
     b = batch(tok, 0)
-    cfg = GuidanceConfig(name="structured", lambda1=0.3, lambda2=0.2, tau=0.5, tau_mode="absolute", max_hv_ratio=None,
+    cfg = GuidanceConfig.from_yaml(lambda1=0.3, lambda2=0.2, tau=0.5, tau_mode="absolute", max_hv_ratio=None,
                          d_prior="init", hvp="sub_batch", hvp_batch=m)
     guide = StructuredGuidance(cfg, model, space)
     guide.d_prior = torch.nn.functional.normalize(
@@ -136,7 +138,7 @@ def test_finite_difference_uses_the_same_dropout_masks_in_both_passes():
         torch.randn(space.numel, generator=torch.Generator().manual_seed(3), dtype=torch.float64), dim=0)
     out = {}
     for hvp in ("double_backward", "finite_difference", "central", "sub_batch"):
-        guide = StructuredGuidance(GuidanceConfig(**cfg, hvp=hvp), model, space)
+        guide = StructuredGuidance(GuidanceConfig.from_yaml(**cfg, hvp=hvp), model, space)
         guide.d_prior = d
         torch.manual_seed(123)
         loss, out[hvp], _, _ = guide.gradient(b)
@@ -149,7 +151,7 @@ def test_finite_difference_uses_the_same_dropout_masks_in_both_passes():
         assert rel < 1e-3, f"{hvp} vs exact under dropout: {rel:.2e}"
     # sub_batch (m=2 of 4): its first pass is split into the m examples, then the rest; the difference is taken
     # on the m, whose dropout masks come first in the RNG stream: rebuild exactly that with double backward
-    guide = StructuredGuidance(GuidanceConfig(**cfg, hvp="sub_batch", hvp_batch=2), model, space)
+    guide = StructuredGuidance(GuidanceConfig.from_yaml(**cfg, hvp="sub_batch", hvp_batch=2), model, space)
     guide.d_prior = d
     torch.manual_seed(123)
     with sdpa_kernel(SDPBackend.MATH):
@@ -166,7 +168,7 @@ def test_finite_difference_restores_parameters_exactly():
     model, tok = tiny()
     space = ParamSpace(trainable_parameters(model))
     before = space.values().clone()
-    cfg = GuidanceConfig(name="structured", lambda1=1.0, lambda2=1.0, d_prior="init")
+    cfg = GuidanceConfig.from_yaml(lambda1=1.0, lambda2=1.0, d_prior="init")
     guide = StructuredGuidance(cfg, model, space)
     guide.d_prior = torch.nn.functional.normalize(torch.randn(space.numel, dtype=torch.float64), dim=0)
     guide.gradient(batch(tok, 0))
@@ -176,7 +178,7 @@ def test_finite_difference_restores_parameters_exactly():
 def test_zero_gradient_gives_a_plain_step_and_is_counted():
     model, tok = tiny()
     space = ParamSpace(trainable_parameters(model))
-    guide = StructuredGuidance(GuidanceConfig(name="structured", d_prior="init"), model, space)
+    guide = StructuredGuidance(GuidanceConfig.from_yaml(d_prior="init"), model, space)
     v, logs = guide.vector(torch.zeros(space.numel, dtype=torch.float64))
     assert v is None and guide.skipped_small_grad == 1 and logs["guide/grad_norm"] == 0.0
 
@@ -184,7 +186,7 @@ def test_zero_gradient_gives_a_plain_step_and_is_counted():
 @pytest.mark.parametrize("every,expected", [(1, [0, 1, 2, 3, 4, 5, 6, 7]), (4, [0, 4])])
 def test_every_k_guides_one_step_in_k(every, expected):
     model, _ = tiny()
-    guide = StructuredGuidance(GuidanceConfig(name="structured", every=every), model,
+    guide = StructuredGuidance(GuidanceConfig.from_yaml(every=every), model,
                                ParamSpace(trainable_parameters(model)))
     assert [t for t in range(8) if guide.active(t)] == expected
 
@@ -193,7 +195,7 @@ def test_every_k_guides_one_step_in_k(every, expected):
                                        ("hvp", "magic"), ("fd_r", 0.0)])
 def test_bad_guidance_values_raise_naming_the_key(key, value):
     with pytest.raises(ValueError, match=f"guidance.{key}"):
-        GuidanceConfig(name="structured", **{key: value})
+        GuidanceConfig.from_yaml(**{key: value})
 
 
 def test_under_bf16_autocast_the_difference_is_taken_in_fp32_weights_with_a_step_chosen_for_bf16():
@@ -204,7 +206,7 @@ def test_under_bf16_autocast_the_difference_is_taken_in_fp32_weights_with_a_step
             p.add_(torch.randn_like(p), alpha=1e-2)
     space = ParamSpace(trainable_parameters(model))
     b = batch(tok, 0)
-    cfg = GuidanceConfig(name="structured", lambda1=0.3, lambda2=0.2, tau=0.5, tau_mode="absolute", max_hv_ratio=None,
+    cfg = GuidanceConfig.from_yaml(lambda1=0.3, lambda2=0.2, tau=0.5, tau_mode="absolute", max_hv_ratio=None,
                          d_prior="init", hvp="central")
     guide = StructuredGuidance(cfg, model, space)
     guide.d_prior = torch.nn.functional.normalize(torch.randn(space.numel, generator=torch.Generator().manual_seed(3)),

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from gradft.config.guidance import GUIDANCE_VERSION, GuidanceConfig, superseded, superseded_run
+from gradft.config.nodes import TrainerConfig
 from gradft.forward import task_loss
 from gradft.gradients import ParamSpace, unit
 from gradft.guidance import StructuredGuidance
@@ -20,7 +21,7 @@ from gradft.run import run
 from gradft.train import Trainer
 from tests.test_guidance import batch, tiny
 
-GUIDED = dict(name="structured", lambda1=0.0, lambda2=5.0, tau=3.0, tau_mode="relative", d_prior="ema")
+GUIDED = dict(lambda1=0.0, lambda2=5.0, tau=3.0, tau_mode="relative", d_prior="ema")
 
 
 def _trainer(cfg: GuidanceConfig, seed: int = 0):
@@ -29,11 +30,13 @@ def _trainer(cfg: GuidanceConfig, seed: int = 0):
     space = ParamSpace(trainable_parameters(model))
     guide = StructuredGuidance(cfg, model, space)
     opt = torch.optim.SGD(space.params, lr=1e-2)
-    return Trainer(model, space, opt, None, torch.device("cpu"), 0.0, 3, guidance=guide), model, tok, space
+    trainer = Trainer(model, space, opt, None, torch.device("cpu"), TrainerConfig.from_yaml(max_grad_norm=0.0),
+                      guidance=guide)
+    return trainer, model, tok, space
 
 
 def test_observe_sees_the_task_gradient_and_its_norm_not_the_guided_one():
-    trainer, model, tok, space = _trainer(GuidanceConfig(**GUIDED, max_hv_ratio=None))
+    trainer, model, tok, space = _trainer(GuidanceConfig.from_yaml(**GUIDED, max_hv_ratio=None))
     seen = []
     observe = trainer.guidance.observe
     trainer.guidance.observe = lambda g, n: (seen.append((g.clone(), n)), observe(g, n))
@@ -77,7 +80,7 @@ def test_a_run_whose_trust_region_binds_says_so_in_words(cfg_factory, tmp_path, 
 
 
 def test_absolute_tau_is_the_target_itself_at_every_step():
-    trainer, model, tok, space = _trainer(GuidanceConfig(**{**GUIDED, "tau_mode": "absolute", "tau": 0.7}))
+    trainer, model, tok, space = _trainer(GuidanceConfig.from_yaml(**{**GUIDED, "tau_mode": "absolute", "tau": 0.7}))
     taus = [trainer.step(batch(tok, i))["guide/tau"] for i in range(4)]
     assert taus == [0.7] * 4
 
@@ -89,15 +92,15 @@ def test_the_trust_region_caps_the_curvature_term_and_counts_it():
     b = batch(tok, 0)
     out = {}
     for kappa in (None, 0.1):
-        guide = StructuredGuidance(GuidanceConfig(**GUIDED, max_hv_ratio=kappa), model, space)
+        guide = StructuredGuidance(GuidanceConfig.from_yaml(**GUIDED, max_hv_ratio=kappa), model, space)
         step = guide.gradient(b)
         out[kappa] = (float((step.total - step.task).norm() / step.task.norm()), guide.counts["trust_region_hits"])
         assert step.logs["guide/hv_ratio"] > 0.1  # the uncapped ratio is logged either way
     assert out[None][0] > 0.1 and out[None][1] == 0
     assert out[0.1][0] == pytest.approx(0.1, rel=1e-4) and out[0.1][1] == 1
     # the capped direction is the uncapped one
-    guide = StructuredGuidance(GuidanceConfig(**GUIDED, max_hv_ratio=None), model, space)
-    capped = StructuredGuidance(GuidanceConfig(**GUIDED, max_hv_ratio=0.1), model, space)
+    guide = StructuredGuidance(GuidanceConfig.from_yaml(**GUIDED, max_hv_ratio=None), model, space)
+    capped = StructuredGuidance(GuidanceConfig.from_yaml(**GUIDED, max_hv_ratio=0.1), model, space)
     a, c = guide.gradient(b), capped.gradient(b)
     assert float(torch.dot(unit(a.total - a.task), unit(c.total - c.task))) == pytest.approx(1.0, abs=1e-5)
 
@@ -105,7 +108,7 @@ def test_the_trust_region_caps_the_curvature_term_and_counts_it():
 def _update(g: torch.Tensor, d: torch.Tensor | None = None, s: torch.Tensor | None = None, **kw) -> torch.Tensor:
     model, _ = tiny("lora")
     space = ParamSpace(trainable_parameters(model))
-    cfg = GuidanceConfig(name="structured", mode="update", tau_mode="absolute",
+    cfg = GuidanceConfig.from_yaml(mode="update", tau_mode="absolute",
                          **({"source_task": "cb"} if kw.get("lambda3") else {}), **kw)
     guide = StructuredGuidance(cfg, model, space)
     guide.d_prior, guide.source = d, s
@@ -136,7 +139,7 @@ def test_the_update_reading_applies_each_term_to_the_gradient_as_defined():
 
 @pytest.mark.parametrize("mode,forwards", [("update", 1), ("hessian", 2)])
 def test_a_guided_step_costs_one_pass_in_the_update_reading_and_two_in_the_hessian_one(mode, forwards):
-    trainer, model, tok, _ = _trainer(GuidanceConfig(**{**GUIDED, "lambda2": 0.5}, mode=mode))
+    trainer, model, tok, _ = _trainer(GuidanceConfig.from_yaml(**{**GUIDED, "lambda2": 0.5}, mode=mode))
     calls = []
     model.register_forward_hook(lambda *a: calls.append(1))
     trainer.step(batch(tok, 0))
@@ -146,7 +149,7 @@ def test_a_guided_step_costs_one_pass_in_the_update_reading_and_two_in_the_hessi
 @pytest.mark.parametrize("bad", [dict(mode="update", lambda1=1.5), dict(mode="grad"), dict(version=1)])
 def test_update_lambdas_above_one_unknown_modes_and_other_versions_are_refused(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
-        GuidanceConfig(name="structured", **bad)
+        GuidanceConfig.from_yaml(**bad)
 
 
 def test_a_pre_fix_guided_cell_is_no_longer_done_or_reported_while_a_baseline_cell_still_is(smoke_grid, tmp_path):

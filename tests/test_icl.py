@@ -13,13 +13,14 @@ from conftest import make_cfg
 
 from gradft import data as gdata
 from gradft.config.prompt import prompt_spec
+from gradft.config.schema import validate
 from gradft.data.prompting import PromptCollator, candidates
 from gradft.experiments import grid
 from gradft.forward import logits_of
 from gradft.methods.icl import SharedPrefixLM, attach, demo_order, demo_text
 from gradft.models import load_backbone
 from gradft.report import build as report
-from gradft.run import run, validate
+from gradft.run import run
 
 
 def _setup(task_name: str, k: int = 4, context: int | None = None, seed: int = 7, reuse: bool = True):

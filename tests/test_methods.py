@@ -6,7 +6,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gradft.methods import METHODS, apply_method, method_config, trainable_parameters
+from gradft.config.method import method_config, method_node
+from gradft.methods import METHODS, apply_method, trainable_parameters
 from gradft.models import backbone_parameters, head_parameter_names, load_backbone
 
 TINY = {
@@ -26,7 +27,7 @@ def build(spec: dict, method: str, **extra):
     with torch.no_grad():
         before = model(**ids).logits
     backbone = backbone_parameters(model)
-    model = apply_method(model, OmegaConf.create({"name": method, "kind": method, **extra}))
+    model = apply_method(model, method_node(method, **extra))
     model.eval()
     return model, ids, before, backbone
 
@@ -67,7 +68,7 @@ def test_head_is_not_part_of_the_backbone():
                                               ("lora", "lr", "fast")])
 def test_bad_method_values_raise_naming_the_key(method, key, value):
     with pytest.raises(ValueError, match=f"method.{key}="):
-        method_config(OmegaConf.create({"name": method, "kind": method, key: value}))
+        method_config(method_node(method, **{key: value}))
 
 
 def test_unknown_method_kind_lists_the_known_ones():

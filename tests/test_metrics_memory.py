@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
+from gradft.config.method import method_node
+from gradft.config.nodes import TrainerConfig
 from gradft.forward import set_gradient, task_loss
 from gradft.gradients import ParamSpace
 from gradft.methods import apply_method
@@ -21,7 +22,7 @@ def _setup(seed: int = 0):
     torch.manual_seed(seed)
     model, tok = load_backbone(TINY, 3, ".")
     space = ParamSpace(backbone_parameters(model))  # before LoRA wraps the model, as run.py takes it
-    model = apply_method(model, OmegaConf.create({"name": "lora", "kind": "lora"}))
+    model = apply_method(model, method_node("lora"))
     trainable = ParamSpace((n, p) for n, p in model.named_parameters() if p.requires_grad)
     return model, tok, space, trainable
 
@@ -42,7 +43,8 @@ def _metrics(mode: str) -> dict:
     batches = [global_batch(tok, 0), global_batch(tok, 1)]
     monitor = gradient_monitor(model, space, batches, torch.device("cpu"), mode)
     opt = torch.optim.SGD(trainable.params, lr=0.5)
-    trainer = Trainer(model, trainable, opt, None, torch.device("cpu"), 1.0, 3, monitor=monitor, metric_space=space)
+    trainer = Trainer(model, trainable, opt, None, torch.device("cpu"), TrainerConfig.from_yaml(), monitor=monitor,
+                      metric_space=space)
     torch.manual_seed(0)
     for step in range(6):
         trainer.step(global_batch(tok, 10 + step))

@@ -13,11 +13,12 @@ from conftest import make_cfg
 
 from gradft import data as gdata
 from gradft.config.prompt import PromptSpec, prompt_spec
+from gradft.config.schema import validate
 from gradft.data.prompting import PromptCollator, candidates, lm_kind_of, render
 from gradft.forward import logits_of, task_loss
 from gradft.methods import apply_method
 from gradft.models import load_backbone
-from gradft.run import run, validate
+from gradft.run import run
 
 TASKS = ["boolq", "cb", "copa", "multirc", "rte", "wic"]
 

@@ -20,10 +20,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from gradft import CONF_DIR
 from gradft.experiments import sweep
 from gradft.experiments.launch import compose_run
 from gradft.experiments.sweep_spec import load_spec, make_sampler
-from gradft.run import CONF_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["trainer.steps=1"]

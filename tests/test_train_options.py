@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gradft.config.guidance import GuidanceConfig
+from gradft.config.nodes import TrainerConfig
 from gradft.gradients import ParamSpace
 from gradft.guidance import StructuredGuidance
 from gradft.tracking import config_key
@@ -15,7 +16,7 @@ from tests.conftest import make_cfg
 from tests.test_distributed import global_batch
 from tests.test_guidance import tiny
 
-GUIDED = dict(name="structured", lambda1=0.5, lambda2=0.5, tau=0.5, warmup=1, max_hv_ratio=None)
+GUIDED = dict(lambda1=0.5, lambda2=0.5, tau=0.5, warmup=1, max_hv_ratio=None)
 
 
 def _train(mode: str, grad_accum: int = 1, checkpointing: bool = False, dropout: bool = False) -> torch.Tensor:
@@ -25,9 +26,10 @@ def _train(mode: str, grad_accum: int = 1, checkpointing: bool = False, dropout:
         enable_checkpointing(model)
         assert model.is_gradient_checkpointing
     space = ParamSpace((n, p) for n, p in model.named_parameters() if p.requires_grad)
-    guide = StructuredGuidance(GuidanceConfig(**GUIDED, mode=mode), model, space)
+    guide = StructuredGuidance(GuidanceConfig.from_yaml(**GUIDED, mode=mode), model, space)
     opt = torch.optim.SGD(space.params, lr=0.5)
-    trainer = Trainer(model, space, opt, None, torch.device("cpu"), 0.0, 3, guidance=guide, grad_accum=grad_accum)
+    tc = TrainerConfig.from_yaml(max_grad_norm=0.0, grad_accum=grad_accum)
+    trainer = Trainer(model, space, opt, None, torch.device("cpu"), tc, guidance=guide)
     torch.manual_seed(1)
     for step in range(4):
         trainer.step(global_batch(tok, step))

@@ -34,7 +34,7 @@ from transformers import get_linear_schedule_with_warmup
 from gradft import data as gdata
 from gradft.bench.step import compose_cfg
 from gradft.config.prompt import prompt_spec
-from gradft.config.schema import train_steps
+from gradft.config.nodes import train_steps
 from gradft.data.prompting import PromptCollator
 from gradft.models import load_backbone
 from gradft.run import run

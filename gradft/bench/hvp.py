@@ -72,7 +72,7 @@ def measure(cfg_model, method_cfg, task_cfg, data_cfg, rs: list[float], m: int =
     batch = collate(gdata.sample_shots(task.train_pool, batch_size, seed))
     space = ParamSpace(trainable_parameters(model))
     g = space.grad(task_loss(model, batch))
-    guide = StructuredGuidance(GuidanceConfig(name="structured", lambda1=0.1, lambda2=0.1), model, space)
+    guide = StructuredGuidance(GuidanceConfig.from_yaml(lambda1=0.1, lambda2=0.1), model, space)
     guide.d_prior = unit(torch.randn(space.numel, generator=torch.Generator().manual_seed(seed)))
     guide._ema_norm = 0.8 * float(torch.linalg.vector_norm(g))  # τ below ‖g‖: the magnitude term acts too
     v, _ = guide.vector(g)

@@ -32,6 +32,7 @@ import torch
 from omegaconf import OmegaConf
 
 from gradft import CONF_DIR
+from gradft.config.method import method_node
 from gradft.forward import task_loss
 from gradft.gradients import ParamSpace
 from gradft.methods import apply_method
@@ -93,7 +94,7 @@ def memory_one(model_name: str, mode: str) -> dict[str, Any]:
     cfg = OmegaConf.load(Path(CONF_DIR) / "model" / f"{model_name}.yaml")
     model, tok = load_backbone(cfg, 2, str(Path.home() / ".cache" / "gradft"), "classifier")
     space = ParamSpace(backbone_parameters(model))
-    model = apply_method(model, OmegaConf.create({"name": "lora", "kind": "lora"}))
+    model = apply_method(model, method_node("lora"))
     gen = torch.Generator().manual_seed(0)
     batches = [{"input_ids": (ids := torch.randint(1000, 5000, (8, 64), generator=gen)),
                 "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (8,), generator=gen)}

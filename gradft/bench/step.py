@@ -37,7 +37,8 @@ from torch.profiler import profile as torch_profile
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from gradft import CONF_DIR
-from gradft.config.guidance import guidance_config
+from gradft.config.guidance import GuidanceConfig
+from gradft.config.nodes import TrainerConfig
 from gradft.forward import set_gradient
 from gradft.gradients import ParamSpace
 from gradft.guidance import StructuredGuidance
@@ -128,11 +129,10 @@ def build(name: str, cfg: DictConfig, batch: dict[str, Tensor], device: torch.de
     space = ParamSpace(trainable_parameters(model))
     guidance = None
     if cfg.guidance.name != "none":
-        guidance = StructuredGuidance(guidance_config(cfg.guidance), model, space)
+        guidance = StructuredGuidance(GuidanceConfig.from_cfg(cfg.guidance), model, space)
         guidance.start(lambda: set_gradient(model, space, [batch], device))  # as run() does (d_prior=init only)
     opt = torch.optim.AdamW(space.params, lr=cfg.method.lr, weight_decay=cfg.trainer.weight_decay)
-    trainer = Trainer(model, space, opt, None, device, cfg.trainer.max_grad_norm, cfg.trainer.max_skipped,
-                      guidance, monitor=None)
+    trainer = Trainer(model, space, opt, None, device, TrainerConfig.from_cfg(cfg.trainer), guidance=guidance)
     k = guidance.cfg.every if guidance is not None else 1
 
     def unit() -> None:

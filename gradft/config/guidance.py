@@ -1,10 +1,16 @@
 """The guidance's config (``conf/guidance/structured.yaml``) as a dataclass that validates itself, torch-free so that
-``python -m gradft`` refuses a bad guidance value before torch is imported (``gradft.config.schema``)."""
+``python -m gradft`` refuses a bad guidance value before torch is imported (``gradft.config.schema``). Its defaults
+are the yaml's: ``GuidanceConfig.from_yaml(**overrides)`` is the one way to get them without Hydra."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from omegaconf import Container, OmegaConf
+
+from gradft.config.nodes import Node
 
 D_PRIORS = ("init", "ema", "source")
 MODES = ("hessian", "update")
@@ -20,32 +26,42 @@ HVPS = ("finite_difference", "central", "sub_batch", "double_backward")
 
 
 @dataclass
-class GuidanceConfig:
-    name: str = "none"
-    version: int = GUIDANCE_VERSION  # see GUIDANCE_VERSION; a config naming another version is refused
-    mode: str = "hessian"  # hessian: ∇L_total = g + H·v | update: the terms reshape g itself (docs/guidance.md)
-    lambda1: float = 0.1  # λ1, direction term
-    lambda2: float = 0.1  # λ2, magnitude term
-    tau: float = 1.0  # τ; with tau_mode=relative, a multiple of the running mean ‖g‖
-    tau_mode: str = "relative"  # absolute | relative
-    lambda3: float = 0.0  # λ3, cross-task term (needs source.task)
-    d_prior: str = "ema"  # init | ema | source
-    ema_beta: float = 0.9  # d_prior=ema and the running ‖g‖ of tau_mode=relative
-    hvp: str = "finite_difference"  # finite_difference | central | sub_batch | double_backward
-    hvp_batch: int = 2  # sub_batch: the m examples of the batch the difference is taken on
-    fd_r: float | None = None  # finite-difference step along v̂; None: FD_R for the estimator and compute dtype
-    max_hv_ratio: float | None = 1.0  # hessian: trust region ‖H·v‖ ≤ κ‖g‖ (counted when it binds); None: off
-    every: int = 1  # guide 1 step in `every`
-    warmup: int = 0  # plain steps before guidance starts
-    eps: float = 1e-8  # ‖g‖ below this: no direction to regularise, the step is plain (counted)
-    source_task: str | None = None  # e.g. cb: its k-shot gradient is d_prior=source and the λ3 reference
-    source_refresh: int = 20  # recompute the source gradient every this many steps
-    source_label_map: dict | None = None  # source label -> target label, when the label sets differ
+class GuidanceConfig(Node):
+    """``guidance:`` (conf/guidance/structured.yaml says what each field means, and holds every default). Build it
+    with ``from_cfg(cfg.guidance)`` from a composed config, or ``from_yaml(**overrides)`` without Hydra."""
+
+    YAML: ClassVar = ("guidance/structured.yaml", None)
+    name: str
+    version: int  # see GUIDANCE_VERSION; a config naming another version is refused
+    mode: str  # hessian: ∇L_total = g + H·v | update: the terms reshape g itself (docs/guidance.md)
+    lambda1: float  # λ1, direction term
+    lambda2: float  # λ2, magnitude term
+    tau: float  # τ; with tau_mode=relative, a multiple of the running mean ‖g‖
+    tau_mode: str  # absolute | relative
+    lambda3: float  # λ3, cross-task term (needs source_task)
+    d_prior: str  # init | ema | source
+    ema_beta: float  # d_prior=ema and the running ‖g‖ of tau_mode=relative
+    hvp: str  # finite_difference | central | sub_batch | double_backward
+    hvp_batch: int  # sub_batch: the m examples of the batch the difference is taken on
+    fd_r: float | None  # finite-difference step along v̂; None: FD_R for the estimator and compute dtype
+    max_hv_ratio: float | None  # hessian: trust region ‖H·v‖ ≤ κ‖g‖ (counted when it binds); None: off
+    every: int  # guide 1 step in `every`
+    warmup: int  # plain steps before guidance starts
+    eps: float  # ‖g‖ below this: no direction to regularise, the step is plain (counted)
+    source_task: str | None  # e.g. cb: its k-shot gradient is d_prior=source and the λ3 reference
+    source_refresh: int  # recompute the source gradient every this many steps
+    source_label_map: dict | None  # source label -> target label, when the label sets differ
+
+    @classmethod
+    def from_cfg(cls, node: Any) -> GuidanceConfig:
+        """Every key of the node is a field (a key that is not one is a TypeError, naming it)."""
+        values = OmegaConf.to_container(node, resolve=True) if isinstance(node, Container) else dict(node)
+        return cls(**values)
 
     def __post_init__(self) -> None:
         if self.version != GUIDANCE_VERSION:
             raise ValueError(f"guidance.version={self.version!r}: this gradft computes version {GUIDANCE_VERSION} "
-                             "(gradft/guidance_config.py GUIDANCE_VERSION says what changed; version 1 is commit "
+                             "(gradft/config/guidance.py GUIDANCE_VERSION says what changed; version 1 is commit "
                              "c94c6db: `git worktree add ../gradft-v1 c94c6db`)")
         for key in ("lambda1", "lambda2", "lambda3", "tau", "ema_beta"):
             v = getattr(self, key)
@@ -119,10 +135,3 @@ def superseded_run(run_dir) -> bool:
         if not isinstance(e, dict) or not e.get("time", VERSION_2_TIME) < VERSION_2_TIME:
             return False
         return str(e.get("method") or d.parent.parent.name).startswith("ours")
-
-
-def guidance_config(cfg) -> GuidanceConfig:
-    from omegaconf import OmegaConf
-
-    values = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
-    return GuidanceConfig(**values)

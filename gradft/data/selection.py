@@ -23,9 +23,10 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
+from gradft.config.nodes import SELECT_MODES
+
 from .formats import DataError, Example
 
-SELECT_MODES = ("task", "pool")
 SELECT_SEED = 0  # fixed: the carved split must not change with the run seed or data_seed
 MAX_FRACTION = 0.5  # at most half the pool's units: the rest stays for the shots
 

@@ -13,10 +13,10 @@ import re
 import torch
 from torch import nn
 
-from gradft.methods.config import DEFAULT_TARGETS, AdapterConfig
+from gradft.config.method import AdapterConfig
 from gradft.models import head_parameter_names
 
-__all__ = ["DEFAULT_TARGETS", "AdapterConfig", "Adapted", "apply"]
+__all__ = ["AdapterConfig", "Adapted", "apply"]
 
 
 class Adapted(nn.Module):

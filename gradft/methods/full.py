@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gradft.methods.config import FullConfig
+from gradft.config.method import FullConfig
 
 if TYPE_CHECKING:
     from torch import nn

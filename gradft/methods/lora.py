@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from peft import LoraConfig, TaskType, get_peft_model
 
-from gradft.methods.config import LoraMethodConfig
+from gradft.config.method import LoraMethodConfig
 from gradft.models import peft_task_type
 
 if TYPE_CHECKING:

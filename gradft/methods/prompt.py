@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
-from gradft.methods.config import PromptConfig
+from gradft.config.method import PromptConfig
 from gradft.models import peft_task_type
 
 if TYPE_CHECKING:

@@ -37,9 +37,9 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from gradft import __version__
+from gradft.config.method import method_config, method_node
 from gradft.data.formats import Example, norm_label
 from gradft.methods import method_apply
-from gradft.methods.config import AdapterConfig
 from gradft.models import AUTO_CLASSES, _tokenizer, head_kind, load_backbone, resolve_path
 from gradft.tracking import atomic_write
 
@@ -206,7 +206,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
         model = PeftModel.from_pretrained(auto.from_pretrained(meta["base_model"], **base_kw), mdir)
     elif fmt == "adapter":
         model = method_apply("adapter")(auto.from_pretrained(meta["base_model"], **base_kw),
-                                        AdapterConfig(**meta["adapter"]))
+                                        method_config(method_node("adapter", **meta["adapter"])))
         state = load_file(str(mdir / ADAPTER_WEIGHTS))
         missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(state)
         unexpected = model.load_state_dict(state, strict=False).unexpected_keys
