@@ -131,6 +131,7 @@ class GradientMonitor:
     gradient_stability    = 1 / (1 + std_t ‖g_t‖ / mean_t ‖g_t‖)        (population std; 1 = constant norm)
     directional_alignment = mean_t cos(g_t, d_task)                      (d_task: full k-shot gradient at step 0)
     """
+
     def __init__(self, d_task: Tensor, sketch=None):
         self.d_task = d_task  # flat over the metric space, or its sketch (``gradft.metrics``)
         self.sketch = sketch  # None: exact flat vectors (every space up to grad_sketch.EXACT_UP_TO by default)
@@ -194,6 +195,7 @@ def use_sketch(mode: str, numel: int) -> bool:
 
 class CountSketch:
     """A seeded linear map R^N -> R^dim, applied one parameter tensor at a time."""
+
     def __init__(self, dim: int = SKETCH_DIM, seed: int = 0, chunk: int = CHUNK):
         self.dim, self.seed, self.chunk = dim, seed, chunk
 

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import platform
 import socket
 import tempfile
 from pathlib import Path
@@ -67,8 +68,6 @@ def hardware(device: Any) -> dict[str, Any]:
     """Where a run executed (results.json "env"): the processor or GPU by name, its threads, torch and transformers.
     config_key ignores it (the same config computes the same thing anywhere), but floating-point results differ in
     their last bits across hardware, so a mixed grid says which cells ran where (``make compute`` sums per name)."""
-    import platform
-
     import torch
     import transformers
 

@@ -33,8 +33,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from gradft import data as gdata
 from gradft.bench.step import compose_cfg
-from gradft.config.prompt import prompt_spec
 from gradft.config.nodes import train_steps
+from gradft.config.prompt import prompt_spec
 from gradft.data.prompting import PromptCollator
 from gradft.models import load_backbone
 from gradft.run import run

@@ -174,6 +174,7 @@ def count_passes(model: nn.Module) -> Iterator[dict[str, int]]:
 class Memory:
     """GPU: torch.cuda.max_memory_allocated. CPU (Linux): the kernel's RSS high-water mark VmHWM, reset through
     /proc/self/clear_refs, with glibc's free pages handed back (malloc_trim) first so a step's new pages show."""
+
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self.trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only

@@ -4,10 +4,13 @@ are the yaml's: ``GuidanceConfig.from_yaml(**overrides)`` is the one way to get 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
+import yaml
 from omegaconf import Container, OmegaConf
 
 from gradft.config.nodes import Node
@@ -116,11 +119,6 @@ def superseded_run(run_dir) -> bool:
     version: superseded like its results would be. Read from error.json's ``guidance``/``guidance_version`` (written
     since version 2), else its config.yaml, else — error.json files written before version 2 (2026-12-07) record
     neither — by its time and the method's name (gradft's guided methods are ``ours*``)."""
-    import json
-    from pathlib import Path
-
-    import yaml
-
     d = Path(run_dir)
     try:
         e = json.loads((d / "error.json").read_text())

@@ -91,6 +91,7 @@ class PromptConfig:
 class IclConfig:
     """In-context learning (``gradft.methods.icl``): no parameter trains; the k shots are
     demonstrations in the prompt."""
+
     name: str
     context: int | None  # tokens per row, demonstrations included (null: the model's context window)
     eval_batch_size: int  # rows of up to `context` tokens: eval.batch_size (64) of them would not fit in memory

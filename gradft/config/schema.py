@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,6 @@ def schema(conf_dir: Path = CONF_DIR) -> dict[str, set[str] | None]:
             _add(out, {path.parent.name: node})
     for name in GROUPS:
         out[name] = (out.get(name) or set()) | EXTRA_KEYS.get(name, set())
-    from dataclasses import fields
 
     for cls in METHOD_CONFIGS.values():
         out["method"] |= {f.name for f in fields(cls)}

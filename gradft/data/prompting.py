@@ -100,6 +100,7 @@ def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor
 
 class PromptCollator:
     """Examples -> LM-scoring batches (see the module docstring for the three layouts)."""
+
     def __init__(self, tokenizer: Any, max_length: int, spec: PromptSpec, lm_kind: str, reuse_prefix: bool = False):
         if max_length <= 1:
             raise DataError(f"max_length must be > 1, got {max_length}")

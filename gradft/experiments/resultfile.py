@@ -73,6 +73,7 @@ def problems(r: Any) -> list[str]:
 @dataclass(frozen=True)
 class Verdict:
     """What a run folder holds: ``results`` and the pair's ``key`` when valid, else ``reason`` (why not)."""
+
     results: dict[str, Any] | None
     key: str | None
     reason: str | None

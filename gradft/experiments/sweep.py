@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
@@ -219,8 +221,6 @@ def write_best(study: optuna.Study, spec: Spec, extra: list[str], conf_dir: Path
     _global_``): config-group choices go to its defaults list, every other key to its body. ``hydra.*`` overrides
     (a user's ``hydra.searchpath``) say where configs are, not what a run computes: they stay on the command line
     (an experiment file may not set them), and the header's command names ``--config-dir`` for a user's conf dir."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
         best = study.best_trial
     except ValueError:
@@ -296,8 +296,6 @@ def run_study(spec: Spec, extra: list[str], workers: int) -> int:
 def check_guidance_version(study: optuna.Study, spec: Spec) -> None:
     """A guided study whose finished trials do not carry this guidance version (none recorded: version 1, before the
     fix of issue 27) is refused, so its trials are never counted as current. Torch-free: composes the config only."""
-    from hydra import compose, initialize_config_dir
-
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         if compose("config", overrides=[*spec.base, "paths.output_dir=."]).guidance.name == "none":
             return

@@ -18,6 +18,7 @@ import optuna
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from sqlalchemy.engine import make_url
 
 from gradft.config.schema import check_override_keys, validate
 from gradft.experiments.launch import compose_run
@@ -34,6 +35,7 @@ PRUNERS = {"none": "NopPruner", "median": "MedianPruner", "percentile": "Percent
 @dataclass
 class Spec:
     """A sweep yaml. Keys are documented in sweeps/ours_rte.yaml."""
+
     study_name: str
     space: dict[str, dict[str, Any]]
     n_trials: int = 20
@@ -143,8 +145,6 @@ def make_pruner(spec: Spec) -> optuna.pruners.BasePruner:
 
 def mask(url: str) -> str:
     """The storage URL with its password as ``***``: the only form any message or log line shows."""
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 — not a URL SQLAlchemy parses: hide whatever sits between ':' and '@'
@@ -153,8 +153,6 @@ def mask(url: str) -> str:
 
 def _scrub(text: str, url: str) -> str:
     """``text`` (a driver's error) without the URL's password, however it is quoted in there."""
-    from sqlalchemy.engine import make_url
-
     try:
         password = make_url(url).password
     except Exception:  # noqa: BLE001
