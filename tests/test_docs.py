@@ -1,6 +1,8 @@
-"""docs/*.md stay readable in an afternoon and true to the code: no paragraph over 150 words (a table row, a code
-line and a list item each count alone), every ``python -m gradft...`` command quoted in README.md, docs/*.md,
-results/README.md, the Makefile or a conf/ comment names a module that runs as a command, and every
+"""docs/*.md stay readable in an afternoon and true to the code.
+
+No paragraph over 150 words (a block of text lines between blank lines, a list included, as README's test counts;
+a table row and a code line count alone); every ``python -m gradft...`` command quoted in README.md, docs/*.md,
+results/README.md, the Makefile or a conf/ comment names a module that runs as a command; and every
 ``gradft/<path>.py`` or ``gradft.<module>.<name>`` they name still exists (a module moved without its docs fails
 here)."""
 
@@ -25,8 +27,8 @@ DOTTED = re.compile(r"\b(gradft(?:\.\w+)+)")
 
 
 def units(text: str) -> list[str]:
-    """The pieces a reader takes in one go: a paragraph (text lines up to a blank line), a list item (its first line
-    and the lines that continue it), a table row, a heading, a line of a fenced code block (blank lines inside a
+    """The pieces a reader takes in one go: a paragraph (text lines up to a blank line: a list without blank lines
+    between its items is one piece), a table row, a heading, a line of a fenced code block (blank lines inside a
     fence do not end it)."""
     out: list[str] = []
     current: list[str] = []
@@ -50,19 +52,17 @@ def units(text: str) -> list[str]:
             flush()
             out.append(stripped)
         else:
-            if LIST_ITEM.match(line):
-                flush()
             current.append(stripped)
     flush()
     return out
 
 
-def test_units_cut_lists_tables_and_fences_but_keep_a_long_paragraph_whole():
+def test_units_cut_tables_and_fences_but_keep_a_paragraph_or_a_tight_list_whole():
     long_paragraph = "\n".join(["word " * 10] * 16)  # 160 words over 16 lines: one unit
-    text = f"{long_paragraph}\n\n- a\n  b\n* c\n1. d\n\n| x | y |\n|---|---|\n\n```\none\n\ntwo\n```\n# Head"
+    text = f"{long_paragraph}\n\n- a\n  b\n* c\n\n1. d\n\n| x | y |\n|---|---|\n\n```\none\n\ntwo\n```\n# Head"
     got = units(text)
     assert [len(u.split()) for u in got][:1] == [160]
-    assert got[1:] == ["- a b", "* c", "1. d", "| x | y |", "|---|---|", "one", "", "two", "# Head"]
+    assert got[1:] == ["- a b * c", "1. d", "| x | y |", "|---|---|", "one", "", "two", "# Head"]
 
 
 @pytest.mark.parametrize("path", TEXTS, ids=lambda p: p.name)
