@@ -14,6 +14,7 @@ import pytest
 
 from gradft.experiments import grid
 from gradft.report import build as report
+from gradft.report import table1 as table1_mod
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -62,8 +63,8 @@ def test_paired_test_p_values_are_probabilities(reported):
 
 def test_paired_test_with_no_difference_gives_p_one_and_too_few_pairs_give_nan():
     same = {("cb", 0): 0.5, ("rte", 0): 0.6}
-    assert report.paired(same, dict(same)) == {"n_pairs": 2, "mean_diff": 0.0, "p_ttest": 1.0, "p_wilcoxon": 1.0}
-    one = report.paired({("cb", 0): 0.5}, {("cb", 0): 0.4, ("rte", 0): 0.1})
+    assert table1_mod.paired(same, dict(same)) == {"n_pairs": 2, "mean_diff": 0.0, "p_ttest": 1.0, "p_wilcoxon": 1.0}
+    one = table1_mod.paired({("cb", 0): 0.5}, {("cb", 0): 0.4, ("rte", 0): 0.1})
     assert one["n_pairs"] == 1 and math.isnan(one["p_ttest"]) and math.isnan(one["p_wilcoxon"])
 
 
@@ -100,7 +101,7 @@ def test_zero_shot_and_lm_head_runs_are_rows_of_their_own_and_zero_shot_runs_onc
     assert grid.main(args) == 0
     report.main(["--root", str(root), "--out", str(out)])
     table = {r["method"]: r for r in rows(out / "table1.csv")}
-    assert list(table)[:3] == ["zero-shot", "lora", "lora-lm"] and list(table)[3:] == list(report.BASELINES)
+    assert list(table)[:3] == ["zero-shot", "lora", "lora-lm"] and list(table)[3:] == list(table1_mod.BASELINES)
     assert table["zero-shot"]["stability_mean"] == ""  # no gradient measured at k=0
     assert all(0 <= float(table[m]["avg_acc_mean"]) <= 1 for m in ("zero-shot", "lora", "lora-lm"))
     assert (out / "figure2.png").read_bytes().startswith(PNG)

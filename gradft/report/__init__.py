@@ -3,6 +3,7 @@
 
 build.py       collect results, write every table and figure of a root
 table1.py      Table 1: per-method rows, paired tests against each baseline
+answer.py      the short answer table (answer.md): both readings against every baseline, Holm-corrected
 figure2.py     Figure 2: accuracy against the number of shots
 figure3.py     Figure 3: the domain tasks
 outcomes.py    final training loss, divergence counted (never dropped)

@@ -30,12 +30,11 @@ import yaml
 
 from gradft.config.guidance import GUIDANCE_VERSION, superseded  # noqa: E402
 from gradft.experiments.resultfile import inspect, result_files  # noqa: E402
+from gradft.report.answer import answer
 from gradft.report.figure2 import figure2, figure2_table, planned_cells  # noqa: E402
 from gradft.report.figure3 import diverged_runs, figure3, is_table_task
 from gradft.report.outcomes import n_results, score_diverged  # noqa: E402
-from gradft.report.table1 import BASELINES as BASELINES  # noqa: E402  (re-exported: report.BASELINES)
-from gradft.report.table1 import ICL, ZERO, _methods, _num, table1  # noqa: E402
-from gradft.report.table1 import paired as paired  # noqa: E402  (re-exported: report.paired)
+from gradft.report.table1 import ICL, ZERO, as_number, method_order, table1  # noqa: E402
 from gradft.report.tuning import fill_selection  # noqa: E402
 from gradft.tracking import resolve_mode
 
@@ -75,14 +74,14 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
 
 def loss_curves(recs: list[dict], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in _methods(recs):
+    for m in method_order(recs):
         hists = [r.get("history", {}).get("train/loss") or [] for r in recs if r["method"] == m]
         hists = [h for h in hists if h]
         if not hists:
             continue
         arr = np.full((len(hists), max(map(len, hists))), np.nan)
         for i, h in enumerate(hists):
-            arr[i, : len(h)] = [_num(x) for x in h]
+            arr[i, : len(h)] = [as_number(x) for x in h]
         steps = np.arange(1, arr.shape[1] + 1)
         mu, sd = np.nanmean(arr, axis=0), np.nan_to_num(np.nanstd(arr, axis=0))
         ax.plot(steps, mu, label=f"{m} ({len(hists)} runs)")
@@ -126,6 +125,7 @@ def model_report(recs: list[dict], out: Path, root: Path, model: str, shots: int
         raise SystemExit(f"no {model} results at shots={shots} under {root} (have {sorted(shot_counts)})")
     out.mkdir(parents=True, exist_ok=True)
     table = table1(at_k, out, root, planned_at(tuning, root, shots))
+    (out / "answer.md").write_text(answer(at_k)["markdown"] + "\n")
     images = list(table["figures"])
     if len({r["shots"] for r in recs}) > 1:  # a curve needs two shot counts (k = 0 counts: the zero-shot point)
         images = [figure2(recs, out, root)]

@@ -32,13 +32,13 @@ from gradft.report.table1 import (  # noqa: E402
     ICL,
     OURS,
     ZERO,
-    _methods,
-    _num,
+    as_number,
     diverged_cells,
     diverged_lines,
     fmt,
     hardware_line,
     mean_std,
+    method_order,
     paired_row,
     runaway_lines,
     seed_means,
@@ -79,7 +79,7 @@ def figure2(recs: list[dict], out: Path, root: Path | list[Path]) -> Path:
     zero_pt = mean_std(seed_means(zero, common, "accuracy")) if zero and common else (0.0, 0.0, 0)
     x0 = math.log2(shots[0]) - 1 if shots else 0.0
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in _methods(trained):
+    for m in method_order(trained):
         pts = [(math.log2(k), *mean_std(seed_means([r for r in trained if r["method"] == m and r["shots"] == k],
                                                    common, "accuracy"))) for k in shots]
         if (m.endswith("-lm") or m == ICL) and zero_pt[2]:  # icl with no demonstration is zero-shot
@@ -116,7 +116,7 @@ def figure2(recs: list[dict], out: Path, root: Path | list[Path]) -> Path:
 
 def floor(trained: list[dict], tasks: list[str], key: str) -> float:
     """A constant baseline (``baseline_*`` of results.json) averaged over ``tasks``; NaN if any task lacks it."""
-    per_task = [mean_std([_num(r["metrics"].get(key)) for r in trained if r["task"] == t])[0] for t in tasks]
+    per_task = [mean_std([as_number(r["metrics"].get(key)) for r in trained if r["task"] == t])[0] for t in tasks]
     return float(np.mean(per_task)) if per_task and all(math.isfinite(v) for v in per_task) else math.nan
 
 
@@ -159,7 +159,7 @@ def figure2_table(recs: list[dict], out: Path, root: Path | list[Path], tuning: 
     """``figure2.md`` (+ csv): the plot's points as numbers, per-task means, and ours − each method at each k; with
     the grid file's ``tuning`` node (``report --tuning``), a partial grid says how far it got."""
     trained, shots, tasks, common, zero = layout(recs)
-    methods = _methods(trained)
+    methods = method_order(trained)
     n_seeds = len({r["seed"] for r in trained})  # fewer in a cell: it prints (n=k)
     cols = [0, *shots] if zero else shots
     cell = {(m, k): [r for r in (zero if m == ZERO else trained) if r["method"] == m and r["shots"] == k]
@@ -168,10 +168,10 @@ def figure2_table(recs: list[dict], out: Path, root: Path | list[Path], tuning: 
     for (m, k), rs in cell.items():
         if rs:
             rows.append([m, k, "avg", *mean_std(seed_means(rs, common, "accuracy"))])
-            rows += [[m, k, t, *mean_std([_num(r["metrics"]["accuracy"]) for r in rs if r["task"] == t])]
+            rows += [[m, k, t, *mean_std([as_number(r["metrics"]["accuracy"]) for r in rs if r["task"] == t])]
                      for t in tasks if any(r["task"] == t for r in rs)]
     avg = {(m, k): (mu, sd, n) for m, k, t, mu, sd, n in rows if t == "avg"}
-    acc = {(m, k): {(r["task"], r["seed"]): _num(r["metrics"]["accuracy"]) for r in rs if r["task"] in common}
+    acc = {(m, k): {(r["task"], r["seed"]): as_number(r["metrics"]["accuracy"]) for r in rs if r["task"] in common}
            for (m, k), rs in cell.items()}
     baselines = [b for b in methods if b != OURS and b not in ABLATIONS]  # ablations meet ours in Table 1, not here
     tests = {(b, k): paired_comparison(acc[(OURS, k)], acc[(b, k)])

@@ -28,12 +28,12 @@ import numpy as np  # noqa: E402
 from gradft.config.guidance import superseded_run  # noqa: E402
 from gradft.report.outcomes import fmt_loss, n_results, rate_lines  # noqa: E402
 from gradft.report.table1 import (  # noqa: E402
-    _methods,
-    _num,
+    as_number,
     diverged_lines,
     fmt,
     hardware_line,
     mean_std,
+    method_order,
     paired,
     runaway_lines,
     tuning_lines,
@@ -86,11 +86,11 @@ def is_table_task(r: dict[str, Any]) -> bool:
 def _series(recs: list[dict]) -> list[tuple[str, str]]:
     """(model, method) pairs, models by name, methods in the report's order."""
     return [(mo, me) for mo in sorted({r["model"] for r in recs})
-            for me in _methods([r for r in recs if r["model"] == mo])]
+            for me in method_order([r for r in recs if r["model"] == mo])]
 
 
 def _base(recs: list[dict], task: str, key: str) -> float:
-    return mean_std([_num(r["metrics"].get(key)) for r in recs if r["task"] == task])[0]
+    return mean_std([as_number(r["metrics"].get(key)) for r in recs if r["task"] == task])[0]
 
 
 def figure3(recs: list[dict], out: Path, root: Path | list[Path], tuning: dict | None = None) -> list[Path]:
@@ -112,8 +112,8 @@ def figure3(recs: list[dict], out: Path, root: Path | list[Path], tuning: dict |
     series += sorted({(d["model"], d["method"]) for d in diverged} - set(series))
     cell = {(mo, me, t): [r for r in recs if (r["model"], r["method"], r["task"]) == (mo, me, t)]
             for mo, me in series for t in tasks}
-    stat = {k: mean_std([_num(r["metrics"]["accuracy"]) for r in v]) for k, v in cell.items()}
-    f1 = {k: mean_std([_num(r["metrics"].get("f1_macro")) for r in v]) for k, v in cell.items()}
+    stat = {k: mean_std([as_number(r["metrics"]["accuracy"]) for r in v]) for k, v in cell.items()}
+    f1 = {k: mean_std([as_number(r["metrics"].get("f1_macro")) for r in v]) for k, v in cell.items()}
 
     fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(tasks) + 2), 4.8))
     width = 0.8 / max(len(series), 1)
@@ -180,7 +180,7 @@ def figure3(recs: list[dict], out: Path, root: Path | list[Path], tuning: dict |
     tests = []
     for mo in sorted({r["model"] for r in recs}):
         for ours, base in (("ours", "lora"), ("ours-lm", "lora-lm")):
-            acc = {m: {(r["task"], r["seed"]): _num(r["metrics"]["accuracy"]) for r in recs
+            acc = {m: {(r["task"], r["seed"]): as_number(r["metrics"]["accuracy"]) for r in recs
                        if r["model"] == mo and r["method"] == m} for m in (ours, base)}
             if acc[ours] and acc[base]:
                 tests.append((mo, ours, base, paired(acc[ours], acc[base])))

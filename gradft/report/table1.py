@@ -40,12 +40,12 @@ BASELINES = {"baseline_train_majority": "train-pool majority", "baseline_chance"
              "baseline_eval_majority": "eval majority (needs eval labels)"}
 
 
-def _methods(recs: list[dict]) -> list[str]:
+def method_order(recs: list[dict]) -> list[str]:
     found = {r["method"] for r in recs}
     return [m for m in ORDER if m in found] + sorted(found - set(ORDER))
 
 
-def _num(x: Any) -> float:
+def as_number(x: Any) -> float:
     return float(x) if isinstance(x, (int, float)) and x is not None else float("nan")
 
 
@@ -81,7 +81,7 @@ def seed_means(recs: list[dict], tasks: list[str], metric: str) -> list[float]:
     """Per seed, the mean of ``metric`` over all ``tasks`` (seeds missing a task are left out)."""
     by_seed: dict[int, dict[str, float]] = defaultdict(dict)
     for r in recs:
-        by_seed[r["seed"]][r["task"]] = _num(r["metrics"].get(metric))
+        by_seed[r["seed"]][r["task"]] = as_number(r["metrics"].get(metric))
     return [float(np.mean([v[t] for t in tasks])) for v in by_seed.values() if set(tasks) <= v.keys()]
 
 
@@ -207,7 +207,7 @@ def runaway_lines(recs: list[dict]) -> list[str]:
     for r in recs:
         stats = r.get("guidance_stats") or {}
         if "hv_ratio_mean" in stats:
-            x = _num(stats["hv_ratio_mean"])
+            x = as_number(stats["hv_ratio_mean"])
             if not (math.isfinite(x) and x <= RUNAWAY):
                 bad.append(f"{r['task']}/{r['method']}/k{r['shots']}/s{r['seed']} "
                            f"({f'{x:.1e}' if math.isfinite(x) else 'non-finite'})")
@@ -232,11 +232,11 @@ def _head(recs: list[dict]) -> str:
 
 def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | None = None) -> dict[str, Any]:
     tasks = sorted({r["task"] for r in recs})
-    methods = _methods(recs)
+    methods = method_order(recs)
     seeds = sorted({r["seed"] for r in recs})
     n_seeds = len(seeds)  # fewer in a cell: it prints (n=k)
     by_m = {m: [r for r in recs if r["method"] == m] for m in methods}
-    acc = {m: {(r["task"], r["seed"]): _num(r["metrics"]["accuracy"]) for r in by_m[m]} for m in methods}
+    acc = {m: {(r["task"], r["seed"]): as_number(r["metrics"]["accuracy"]) for r in by_m[m]} for m in methods}
     header = ["method", "n_seeds", "avg_acc_mean", "avg_acc_std", "avg_acc_ci_low", "avg_acc_ci_high",
               "stability_mean", "stability_std", "alignment_mean", "alignment_std",
               *[f"{t}_acc_{s}" for t in tasks for s in ("mean", "std")], "final_loss", "diverged", "unstable"]
@@ -247,7 +247,7 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
                                                                       "directional_alignment")]
         # the CI resamples the same complete seeds the mean averages (a partial grid's stray cells would move it)
         lo, hi = bootstrap_average_ci(complete_seeds(acc[m], tasks)) if cols[0][2] else (math.nan, math.nan)
-        per_task = [mean_std([_num(r["metrics"]["accuracy"]) for r in by_m[m] if r["task"] == t]) for t in tasks]
+        per_task = [mean_std([as_number(r["metrics"]["accuracy"]) for r in by_m[m] if r["task"] == t]) for t in tasks]
         outcome = outcome_cells(by_m[m], planned)
         rows.append([m, cols[0][2], *cols[0][:2], lo, hi, *[x for c in cols[1:] + per_task for x in c[:2]],
                      *outcome])
@@ -256,7 +256,7 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
                         fmt(*cols[2], digits=3, full=n_seeds), *[fmt(*c, 100, full=n_seeds) for c in per_task]])
     trained = [r for r in recs if r["shots"] > 0] or recs
     for key, name in BASELINES.items():  # floors from results.json; older results (drawn-shots majority): "—"
-        first = {(r["task"], r["seed"]): _num(r["metrics"].get(key)) for r in trained}
+        first = {(r["task"], r["seed"]): as_number(r["metrics"].get(key)) for r in trained}
         maj = [{"task": t, "seed": s, "metrics": {"accuracy": v}} for (t, s), v in first.items()]
         avg = mean_std(seed_means(maj, tasks, "accuracy"))
         per_task = [mean_std([v for (t, _), v in first.items() if t == task]) for task in tasks]
@@ -321,7 +321,7 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
     if extra:
         lines += ["## Official task metrics (%)", "", "| Method | " + " | ".join(f"{t} {k}" for t, k in extra)
                   + " |", "|---" * (1 + len(extra)) + "|"]
-        lines += ["| " + " | ".join([m, *[fmt(*mean_std([_num(r["metrics"].get(k)) for r in by_m[m]
+        lines += ["| " + " | ".join([m, *[fmt(*mean_std([as_number(r["metrics"].get(k)) for r in by_m[m]
                                                           if r["task"] == t]), 100) for t, k in extra]]) + " |"
                   for m in methods] + [""]
     lines += tuning_lines(tuning)
