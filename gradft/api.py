@@ -26,7 +26,7 @@ from gradft.config.guidance import GuidanceConfig
 from gradft.gradients import ParamSpace, all_reduce_mean, is_ddp, norm, unwrap, world_size
 from gradft.guidance import GuidedStep, StructuredGuidance
 
-__all__ = ["Guidance", "GuidanceConfig", "GuidedStep", "StructuredGuidance", "guidance_config_from"]
+__all__ = ["Guidance", "guidance_config_from"]
 
 
 def guidance_config_from(config: GuidanceConfig | dict | None = None, **options: Any) -> GuidanceConfig:

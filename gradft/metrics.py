@@ -134,7 +134,7 @@ class GradientMonitor:
 
     def __init__(self, d_task: Tensor, sketch=None):
         self.d_task = d_task  # flat over the metric space, or its sketch (``gradft.metrics``)
-        self.sketch = sketch  # None: exact flat vectors (every space up to grad_sketch.EXACT_UP_TO by default)
+        self.sketch = sketch  # None: exact flat vectors (every space up to EXACT_UP_TO by default)
         self.prev: Tensor | None = None
         self.norms: list[float] = []
         self.cos_task: list[float] = []

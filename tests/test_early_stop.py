@@ -1,4 +1,4 @@
-"""Training length by one rule (gradft/early_stop.py, run.py's loop): ``trainer.stop=early`` stops when the selection
+"""Training length by one rule (gradft/stopping.py, run.py's loop): ``trainer.stop=early`` stops when the selection
 accuracy stalls and evaluates the best checkpoint's weights; every run records steps_run, best_step, stopped_early
 and final_train_loss. Real tiny-BERT runs on real task files."""
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-if __name__ == "__main__":  # see gradft/bench.py: passive OpenMP waits on a shared machine
+if __name__ == "__main__":  # see gradft/bench/__main__.py: passive OpenMP waits on a shared machine
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse

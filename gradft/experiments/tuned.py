@@ -74,7 +74,7 @@ def study_summary(spec_path: str | Path, partial: bool = False) -> dict[str, Any
             "select_accuracy_std": best.user_attrs.get("select_accuracy_std"),
             "select_accuracy_se": best.user_attrs.get("select_accuracy_se"),
             "best": trial_values(best, spec.space),  # a winning λ = 0 control point keeps its λ = 0
-            # the objective's SE, best − default / − runner-up with paired CIs, the λ = 0 controls (report_tuning)
+            # the objective's SE, best − default / − runner-up with paired CIs, the λ = 0 controls (report/tuning.py)
             "selection": selection_summary(trials, spec.enqueue),
             "space": spec.space, "tasks": spec.tasks, "tuning_seeds": spec.n_seeds,
             "at_edge": {k: e for k, v in best.params.items() if (e := at_edge(v, spec.space[k]))},

@@ -173,7 +173,7 @@ def report(root: str | Path | list[str | Path] = "outputs/grid", out: str | Path
     tuning_node = _tuning(tuning)
     recs = [r for d in roots for r in collect(d) if seeds is None or r["seed"] in seeds]  # e.g. a partial grid's
     runs = [d for d in diverged_runs(roots) if seeds is None or d["seed"] in seeds]
-    recs += score_diverged(runs, recs)[0]  # a diverged run counts as the train-pool majority (report_outcomes)
+    recs += score_diverged(runs, recs)[0]  # a diverged run counts as the train-pool majority (outcomes.py)
     if not recs and not any(d["table_task"] for d in diverged_runs(roots)):
         raise SystemExit(f"no results.json under {root}{f' with seeds {seeds}' if seeds else ''}: run `make table1` "
                          "(or python -m gradft.experiments.grid ...) first")
