@@ -20,7 +20,6 @@ TEXTS = [ROOT / "README.md", *DOCS]
 # every text a user copies a command or a path from
 REFERENCES = [*TEXTS, ROOT / "results" / "README.md", ROOT / "Makefile", *sorted((ROOT / "conf").rglob("*.yaml"))]
 MAX_WORDS = 150
-LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 COMMAND = re.compile(r"python\s+-m\s+(gradft[\w.]*)")
 FILE_PATH = re.compile(r"\bgradft/[\w/]+\.py\b")
 DOTTED = re.compile(r"\b(gradft(?:\.\w+)+)")

@@ -10,7 +10,6 @@ implementations (``apply``) live in the method modules (``gradft.methods``).
 from __future__ import annotations
 
 import difflib
-import math
 import re
 from dataclasses import dataclass, fields
 from typing import Any
@@ -18,20 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from gradft import CONF_DIR
-
-
-def check_positive(owner: str, **values: float) -> None:
-    """Every value must be a finite number > 0 (``ValueError`` names the key and the value; NaN and inf fail)."""
-    for key, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
-            raise ValueError(f"{owner}.{key}={v!r}: must be a finite number > 0")
-
-
-def check_int(owner: str, **values: int) -> None:
-    """Every value must be an integer ≥ 1."""
-    for key, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{owner}.{key}={v!r}: must be an integer ≥ 1")
+from gradft.config.nodes import number
 
 
 @dataclass
@@ -40,7 +26,7 @@ class FullConfig:
     lr: float
 
     def __post_init__(self) -> None:
-        check_positive("method", lr=self.lr)
+        number("method.lr", self.lr)
 
 
 @dataclass
@@ -52,8 +38,8 @@ class AdapterConfig:
     train_layernorm: bool
 
     def __post_init__(self) -> None:
-        check_positive("method", lr=self.lr)
-        check_int("method", bottleneck=self.bottleneck)
+        number("method.lr", self.lr)
+        number("method.bottleneck", self.bottleneck, integer=True, minimum=1, strict=False)
         try:
             re.compile(self.targets)
         except (re.error, TypeError) as e:
@@ -70,8 +56,9 @@ class LoraMethodConfig:
     target_modules: list[str] | None
 
     def __post_init__(self) -> None:
-        check_positive("method", lr=self.lr, alpha=self.alpha)
-        check_int("method", r=self.r)
+        number("method.lr", self.lr)
+        number("method.alpha", self.alpha)
+        number("method.r", self.r, integer=True, minimum=1, strict=False)
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ValueError(f"method.dropout={self.dropout!r}: must be in [0, 1)")
 
@@ -83,8 +70,8 @@ class PromptConfig:
     num_virtual_tokens: int
 
     def __post_init__(self) -> None:
-        check_positive("method", lr=self.lr)
-        check_int("method", num_virtual_tokens=self.num_virtual_tokens)
+        number("method.lr", self.lr)
+        number("method.num_virtual_tokens", self.num_virtual_tokens, integer=True, minimum=1, strict=False)
 
 
 @dataclass
@@ -97,9 +84,9 @@ class IclConfig:
     eval_batch_size: int  # rows of up to `context` tokens: eval.batch_size (64) of them would not fit in memory
 
     def __post_init__(self) -> None:
-        check_int("method", eval_batch_size=self.eval_batch_size)
+        number("method.eval_batch_size", self.eval_batch_size, integer=True, minimum=1, strict=False)
         if self.context is not None:
-            check_int("method", context=self.context)
+            number("method.context", self.context, integer=True, minimum=1, strict=False)
 
 
 CONFIGS: dict[str, type] = {"full": FullConfig, "adapter": AdapterConfig, "lora": LoraMethodConfig,

@@ -113,8 +113,7 @@ class TrainerConfig(Node):
         if self.threads is not None:
             number("trainer.threads", self.threads, integer=True)
         choice("trainer.stop", self.stop, STOP_MODES)
-        if not isinstance(self.patience, int) or isinstance(self.patience, bool) or self.patience < 1:
-            raise ValueError(f"trainer.patience={self.patience!r}: must be an integer ≥ 1")
+        number("trainer.patience", self.patience, integer=True, minimum=1, strict=False)
 
 
 @dataclass
@@ -162,8 +161,7 @@ class DataConfig(Node):
 
     def __post_init__(self) -> None:
         choice("data.select", self.select, SELECT_MODES)
-        if not isinstance(self.select_size, int) or isinstance(self.select_size, bool) or self.select_size < 1:
-            raise ValueError(f"data.select_size={self.select_size!r}: must be an integer ≥ 1")
+        number("data.select_size", self.select_size, integer=True, minimum=1, strict=False)
 
 
 @dataclass
