@@ -138,12 +138,12 @@ signal-tune: install  ## issue 28, step 1 (resumable): the six signal studies of
 signal: signal-tune  ## issue 28: tune (above), then the tuned grid on fresh seeds (k = 32; smollm2 adds k = 0 and ICL) -> reports/$(SETTING)/signal
 	$(BIN)/python -m gradft.experiments.tuned $(foreach m,$(SIGNAL_METHODS),sweeps/signal_$(SETTING)_$(m).yaml) --name signal_$(SETTING) --seeds $(SIGNAL_SEEDS_$(SETTING)) --tasks $(SIGNAL_TASKS_$(SETTING)) --shots $(SHOTS_$(SETTING)) --no-ablations
 	$(BIN)/python -m gradft.experiments.grid signal_$(SETTING) --workers $(GRID_WORKERS) --out results/$(SETTING) trainer.threads=1 $(ARGS)
-	$(BIN)/python -m gradft.report --root results/$(SETTING)/signal_$(SETTING) --out reports/$(SETTING)/signal --tuning conf/experiment/signal_$(SETTING).yaml
+	$(BIN)/python -m gradft.report --root results/$(SETTING)/signal_$(SETTING) --out reports/$(SETTING)/signal --tuning conf/experiment/signal_$(SETTING).yaml --all-tasks
 
 signal-figure2: signal-tune  ## issue 28: Figure 2 on the signal testbed (k = 16..256, training length by the same early-stopping rule), 3 fresh seeds -> reports/$(SETTING)/signal_figure2
 	$(BIN)/python -m gradft.experiments.tuned $(foreach m,full lora ours ours_update,sweeps/signal_$(SETTING)_$(m).yaml) --name signal_figure2_$(SETTING) --seeds 100,101,102 --tasks $(SIGNAL_TASKS_$(SETTING)) --shots $(FIG2_SHOTS_$(SETTING)) --no-ablations
 	$(BIN)/python -m gradft.experiments.grid signal_figure2_$(SETTING) --workers $(GRID_WORKERS) --out results/$(SETTING) trainer.threads=1 $(ARGS)
-	$(BIN)/python -m gradft.report --root results/$(SETTING)/signal_figure2_$(SETTING) --out reports/$(SETTING)/signal_figure2 --tuning conf/experiment/signal_figure2_$(SETTING).yaml
+	$(BIN)/python -m gradft.report --root results/$(SETTING)/signal_figure2_$(SETTING) --out reports/$(SETTING)/signal_figure2 --tuning conf/experiment/signal_figure2_$(SETTING).yaml --all-tasks
 
 guidance-fix: install  ## issue 27's measurement: ours at its tuned point, pre-fix (Table 1's cells) vs fixed hessian (κ = 1, none) vs update -> reports/guidance_fix_<setting>.md
 	for s in minilm smollm2; do \
@@ -158,6 +158,7 @@ report: install  ## every table and figure from the committed results/<setting>/
 	  [ -d "$$d" ] || continue; s=$$(basename $$(dirname $$d)); g=$$(basename $$d); kind=$${g%_$$s}; \
 	  out=$(REPORT_OUT)/$$s; [ "$$kind" = table1 ] || out=$$out/$$kind; \
 	  tuning=""; [ -f conf/experiment/$$g.yaml ] && tuning="--tuning conf/experiment/$$g.yaml"; \
+	  case $$kind in signal*) tuning="$$tuning --all-tasks";; esac; \
 	  echo "== $$d -> $$out"; $(BIN)/python -m gradft.report --root $$d --out $$out $$tuning || exit 1; \
 	done; \
 	roots=$$(for d in results/*/figure3_*; do [ -d "$$d" ] && printf -- '--root %s ' $$d; done); \

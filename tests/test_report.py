@@ -189,6 +189,25 @@ def test_figure3_from_a_tiny_domain_grid_has_bars_and_the_three_baselines(tmp_pa
     assert "selection splits of cb, rte" in md and "| lora | 2 (2 / 0 / 0) | method.lr=0.0025 |" in md
 
 
+def test_all_tasks_makes_table1_and_the_answer_of_a_domain_testbed_trained_with_early_stopping(tmp_path):
+    """Issue 28's signal grids hold domain tasks: --all-tasks gives them Table 1 and answer.md (Figure 3 still
+    drawn), and the header names the early-stopping rule and the steps run instead of a fixed step count."""
+    root, out = tmp_path / "grid", tmp_path / "reports"
+    assert grid.main(["figure3", "--out", str(root), "task=promise_nfr,overruling", "method=lora,ours", "seed=0,1",
+                      "head=classifier", "model=tiny_bert", "eval.max_examples=16", "logger.mode=disabled",
+                      "trainer.threads=1", "metrics.every=0", "data.select=pool", "data.select_size=40",
+                      "trainer.stop=early", "trainer.patience=1", "eval.select_every=1", "trainer.steps=null",
+                      "trainer.epochs=2", "trainer.max_steps=8"]) == 0
+    report.main(["--root", str(root), "--out", str(out), "--all-tasks"])
+    assert (out / "figure3.md").exists() and (out / "answer.md").exists()
+    md = (out / "table1.md").read_text()
+    assert "early stopping on the selection split (cap " in md and "steps run: median " in md
+    assert "the tasks' eval splits" in md and "SuperGLUE" not in md.split("\n\n")[1]
+    assert "| ours | " in (out / "answer.md").read_text()
+    report.main(["--root", str(root), "--out", str(tmp_path / "plain")])  # without it: Figure 3 only, as before
+    assert not (tmp_path / "plain" / "table1.md").exists()
+
+
 def test_one_figure3_reads_each_settings_grid_together_and_table1_roots_stay_one_each(tmp_path, reported):
     common = ["task=promise_nfr", "method=lora,ours", "seed=0", "eval.max_examples=16", "logger.mode=disabled",
               "trainer.threads=1", "metrics.every=0", "trainer.steps=1"]

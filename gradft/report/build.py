@@ -164,10 +164,13 @@ def planned_at(tuning: dict[str, Any] | None, root: Path, shots: int) -> dict[st
 
 def report(root: str | Path | list[str | Path] = "outputs/grid", out: str | Path = "outputs/reports",
            shots: int | None = None, model: str | None = None, project: str = "gradft",
-           tuning: str | Path | None = None, seeds: list[int] | None = None) -> dict[str, Any]:
+           tuning: str | Path | None = None, seeds: list[int] | None = None,
+           all_tasks: bool = False) -> dict[str, Any]:
     """Figure 3 from the table (domain / user) tasks' results, every model in one figure; Table 1 + Figure 2 from
     the SuperGLUE results, one set per model (``<out>/<model>/`` when several are found and --model is not given).
-    Several roots (e.g. each setting's Figure 3 grid) are read together; their cells must not overlap."""
+    ``all_tasks``: Table 1, its answer.md and Figure 2 from every task found (a testbed of domain tasks, issue 28's
+    signal grids), Figure 3 beside them. Several roots (e.g. each setting's Figure 3 grid) are read together; their
+    cells must not overlap."""
     roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
     root, out = (roots[0] if len(roots) == 1 else roots), Path(out)
     tuning_node = _tuning(tuning)
@@ -178,7 +181,7 @@ def report(root: str | Path | list[str | Path] = "outputs/grid", out: str | Path
         raise SystemExit(f"no results.json under {root}{f' with seeds {seeds}' if seeds else ''}: run `make table1` "
                          "(or python -m gradft.experiments.grid ...) first")
     domain = [r for r in recs if is_table_task(r) and (model is None or r["model"] == model)]
-    glue = [r for r in recs if not is_table_task(r)]
+    glue = [r for r in recs if all_tasks or not is_table_task(r)]
     lost = [d for d in diverged_runs(roots) if d["table_task"]]  # a user's only run diverged: still a Figure 3
     if domain or lost:
         paths = figure3(domain, out, root, tuning_node)
@@ -214,10 +217,12 @@ def main(argv: list[str] | None = None) -> int:
                     "`python -m gradft.experiments.tuned` (conf/experiment/"
                                      "<name>.yaml): its tuned values, ranges and budget go under Table 1")
     ap.add_argument("--seeds", help="only these seeds (comma-separated), e.g. the ones a partial grid has finished")
+    ap.add_argument("--all-tasks", action="store_true", help="Table 1, answer.md and Figure 2 from every task found "
+                    "(a testbed of domain tasks: the signal grids), not only SuperGLUE; Figure 3 as well")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [report] %(levelname)s %(message)s")
     report(args.root or "outputs/grid", args.out, args.shots, args.model, args.project, args.tuning,
-           [int(x) for x in args.seeds.split(",")] if args.seeds else None)
+           [int(x) for x in args.seeds.split(",")] if args.seeds else None, args.all_tasks)
     return 0
 
 

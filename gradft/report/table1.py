@@ -230,6 +230,25 @@ def _head(recs: list[dict]) -> str:
             frozenset({"classifier"}): " with a **new classifier head**"}.get(frozenset(heads), "")
 
 
+def training_length(trained: list[dict], steps: list[int]) -> str:
+    """The header's training length: fixed steps, or early stopping with its cap and the steps actually run (seen
+    in any run that stopped before its cap or kept earlier weights; else every run trained its fixed length)."""
+    if not any(r.get("stopped_early") or (r.get("best_step") or 0) < (r.get("steps_run") or 0) for r in trained):
+        return f"{'/'.join(map(str, steps))} training steps"
+    run = sorted(r["steps_run"] for r in trained if "steps_run" in r)
+    best = sorted(r["best_step"] for r in trained if r.get("best_step") is not None)
+    return (f"early stopping on the selection split (cap {'/'.join(map(str, steps))} steps; steps run: median "
+            f"{run[len(run) // 2]}, range {run[0]}–{run[-1]}; best weights kept, at median step "
+            f"{best[len(best) // 2] if best else '—'})")
+
+
+def eval_split(recs: list[dict]) -> str:
+    """Where the accuracy is measured: SuperGLUE's official val split, or a table task's eval split."""
+    table = any((r.get("data") or {}).get("source") in ("files", "hub") and "labels" in (r.get("data") or {})
+                for r in recs)
+    return "the tasks' eval splits" if table else "the official SuperGLUE val split"
+
+
 def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | None = None) -> dict[str, Any]:
     tasks = sorted({r["task"] for r in recs})
     methods = method_order(recs)
@@ -283,7 +302,7 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
         f"Model **{recs[0]['model']}**{_head(recs)}, **{trained[0]['shots']}** shots, "
         f"seeds {', '.join(map(str, seeds))} "
         f"(data_seed {'= seed' if all(r['seed'] == r['data_seed'] for r in recs) else 'varies'}), "
-        f"{'/'.join(map(str, steps))} training steps. Accuracy (%) on the official SuperGLUE val split "
+        f"{training_length(trained, steps)}. Accuracy (%) on {eval_split(recs)} "
         f"({', '.join(f'{t} {n_eval[t][0] if len(n_eval[t]) == 1 else n_eval[t]}' for t in tasks)} examples); "
         "each entry is mean ± std over seeds (sample std). Avg accuracy, stability and alignment are averaged "
         f"over the {len(tasks)} tasks within each seed first; seeds missing a task are left out of them. 95% CI: "
