@@ -82,3 +82,20 @@ def test_an_old_study_without_se_or_per_cell_accuracies_says_so(tmp_path):
     old = tuning_lines({"lora": {"best": {"method.lr": 1e-3}, "best_trial": 4, "n_trials": 4, "complete": 4,
                                  "pruned": 0, "failed": 0, "space": {"method.lr": LR}, "select_accuracy": 0.6}})
     assert any(line.startswith("| lora | #4 | not recorded |") for line in old)  # a grid file from before
+
+
+def test_status_counts_each_studys_trials_against_its_budget_and_prints_its_noise_block_so_far(tmp_path, capsys):
+    from gradft.report import tuning as tuning_mod
+
+    spec = make_study(tmp_path, "lora", cells=True)
+    study = optuna.load_study(study_name="lora", storage=f"sqlite:///{tmp_path}/lora.db")
+    study.enqueue_trial({"method.lr": 2e-3})  # a trial not yet run: waiting, not done
+    missing = tmp_path / "prompt.yaml"  # a spec whose study has not started
+    missing.write_text(spec.read_text().replace("lora", "prompt"))
+    assert tuning_mod.main([str(spec), str(missing)]) == 0
+    out = capsys.readouterr().out
+    best = 100 * sum(v + TRIALS[1][1][k] for k, v in BASE.items()) / len(BASE)
+    assert f"| lora | 4 | 4 | 0 | 0 | 1 | {best:.1f} (#1) |" in out
+    assert "| prompt | 4 | not started |" in out
+    row = next(line for line in out.splitlines() if line.startswith("| lora | #1 |")).split(" | ")
+    assert row[3] == f"{ci_text(TRIALS[1][1], TRIALS[0][1])} vs #0"  # best − default, as the report's block

@@ -3,14 +3,19 @@
 Owns ``noise_lines`` (the report's tuning-noise block: per study the best trial's objective standard error, best −
 default and best − runner-up with their paired bootstrap 95 % CIs, the λ = 0 controls) and ``fill_selection``
 (that block's data for a grid file written before it, computed from the study itself: the spec's storage, else the
-committed copy ``results/tuning/*/<study>.db``, when it can be found). The data is
+committed copy ``results/tuning/*/<study>.db``, when it can be found) and ``status`` (``python -m
+gradft.report.tuning sweeps/signal_minilm_*.yaml``: each study's trials against its budget and that block so far, a
+running study's included; ``make signal-status``). The data is
 ``gradft.experiments.signal.selection_summary``'s, which ``gradft.experiments.tuned`` writes into the grid file's
 ``tuning`` node, so the report needs no study database.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +101,41 @@ def fill_selection(tuning: dict[str, Any]) -> dict[str, Any]:
                       "selection_from": url}
             break
     return out
+
+
+def status(specs: list[str | Path]) -> str:
+    """Each study's trials against its budget (a running study's too) and the tuning-noise block of its finished
+    trials: how far the tuning is, and whether what it has found so far is told apart from noise."""
+    rows = ["| study | budget | complete | pruned | failed | running | best objective so far (trial) |",
+            "|---|---|---|---|---|---|---|"]
+    blocks: dict[str, Any] = {}
+    for path in specs:
+        spec = load_spec(path)
+        try:
+            study = optuna.load_study(study_name=spec.study_name, storage=spec.storage)
+        except (KeyError, ValueError):  # no such study (or storage) yet
+            rows.append(f"| {spec.study_name} | {spec.n_trials} | not started | | | | |")
+            continue
+        trials = study.get_trials(deepcopy=False)
+        n = Counter(t.state.name for t in trials)
+        sel = selection_summary(trials, spec.enqueue)
+        best = (f"{100 * next(t.value for t in trials if t.number == sel['best_trial']):.1f} "
+                f"(#{sel['best_trial']})" if sel else "—")
+        rows.append(f"| {spec.study_name} | {spec.n_trials} | {n['COMPLETE']} | {n['PRUNED']} | {n['FAIL']} | "
+                    f"{n['RUNNING'] + n['WAITING']} | {best} |")
+        if sel:
+            blocks[spec.study_name] = {"best": {}, "selection": sel}
+    return "\n".join([*rows, "", *noise_lines(blocks)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gradft.report.tuning",
+                                 description="Where each tuning study stands, and whether it can select so far.")
+    ap.add_argument("specs", nargs="+", help="sweep yamls, e.g. sweeps/signal_minilm_*.yaml")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    print(status(ap.parse_args(argv).specs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
