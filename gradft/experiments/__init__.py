@@ -4,6 +4,7 @@ grid.py        ``python -m gradft.experiments.grid``: the cells of conf/experime
 sweep.py       ``python -m gradft.experiments.sweep``: an Optuna study over run(), resumable, any SQLAlchemy storage
 sweep_spec.py  the sweep yaml, checked before the first trial; samplers, pruners, storage
 signal.py      tuning that can select: the objective's noise, λ = 0 control points, could a study select
+resume.py      a stopped sweep loses no finished run: interrupted trials rerun, their finished runs reused
 tuned.py       ``python -m gradft.experiments.tuned``: finished studies -> a tuned grid with fresh seeds
 launch.py      the one launch path of grids and sweeps: a run's config, its (task, seed) cells, N workers
 locks.py       one lock file per cell, safe across hosts and reboots

@@ -39,6 +39,7 @@ from optuna.trial import TrialState
 from gradft import CONF_DIR, stopping
 from gradft.config.guidance import GUIDANCE_VERSION
 from gradft.experiments.launch import compose_run, run_workers, set_worker_threads, task_seeds
+from gradft.experiments.resume import earlier_run, retry_interrupted
 from gradft.experiments.signal import control_overrides, enqueue_controls, objective_stats, trial_values
 from gradft.experiments.sweep_spec import (
     Spec,
@@ -105,6 +106,18 @@ class Objective:
         self.spec, self.extra, self.lock, self.worker = spec, extra, lock, worker
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self.trial(trial)
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt as e:  # SIGTERM / SIGINT: FAIL now, run again by the next sweep (resume.py)
+            trial.set_user_attr("interrupted", str(e) or "SIGINT")
+            raise
+        except Exception as e:  # a broken point: FAIL, never retried
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
+            raise
+
+    def trial(self, trial: optuna.Trial) -> float:
         from gradft.run import run  # torch and the models: only when a trial runs
         from gradft.train import NonFiniteError
 
@@ -131,8 +144,10 @@ class Objective:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"select accuracy {acc:.4f} at step {base + step}")
 
-            try:
-                res = run(cfg, out, report if spec.prune_on == "steps" else None)
+            try:  # a run of this config and seeds finished in an interrupted trial: taken, not run again
+                res = earlier_run(Path(spec.out_dir) / spec.study_name, out, cfg, task, seed, data_seed,
+                                  report if spec.prune_on == "steps" else None) \
+                    or run(cfg, out, report if spec.prune_on == "steps" else None)
             except NonFiniteError as e:  # a point where training diverges is a bad point, not a broken trial:
                 trial.set_user_attr("diverged", f"{task}/s{seed}: {e}")  # it counts in the budget, and the
                 log.warning("trial %d diverged on %s seed %d: pruned (%s)", trial.number, task, seed, e)
@@ -319,6 +334,7 @@ def sweep(spec: Spec, extra: list[str] = (), workers: int = 1, conf_dir: Path = 
     if study.user_attrs.get("spec") not in (None, kept):
         log.warning("the spec differs from the one this study was created with (see its user attr `spec`)")
     study.set_user_attr("spec", kept)
+    retry_interrupted(study)  # first: a retried reference point is not enqueued twice
     enqueue(study, spec.enqueue)
     enqueue_controls(study, spec.controls, spec.space)  # λ = 0 points: "no guidance" can win
     if budget_met(study, spec):  # nothing to run: no worker is started (and nothing heavy imported)
