@@ -136,6 +136,7 @@ signal-tune: install  ## issue 28, step 1 (resumable): the six signal studies of
 	for m in $(SIGNAL_METHODS); do $(BIN)/python -m gradft.experiments.sweep sweeps/signal_$(SETTING)_$$m.yaml --workers $(GRID_WORKERS) trainer.threads=1 $(ARGS) || exit 1; done
 
 signal-status:  ## issue 28: each signal study of SETTING against its 8-trial budget, and its tuning-noise block so far (reads the studies; runs nothing)
+	$(BIN)/python -m gradft.report.tuning --brief sweeps/signal_$(SETTING)_*.yaml
 	$(BIN)/python -m gradft.report.tuning $(foreach m,$(SIGNAL_METHODS),sweeps/signal_$(SETTING)_$(m).yaml)
 
 signal: signal-tune  ## issue 28: tune (above), then the tuned grid on fresh seeds (k = 32; smollm2 adds k = 0 and ICL) -> reports/$(SETTING)/signal

@@ -37,3 +37,18 @@ def test_the_layout_names_every_module():
         if not named:
             missing.append(str(rel))
     assert not missing, f"README layout does not name: {missing}"
+
+
+def test_the_tuning_table_is_the_commands_output_for_every_finished_study(monkeypatch):
+    """The first screen's tuning table is ``python -m gradft.report.tuning --brief sweeps/signal_minilm_*.yaml``
+    over the committed studies: its header, and the row of each study that met its budget (a running study's row
+    moves on, so only finished rows are pinned), verbatim."""
+    from gradft.report.tuning import brief
+
+    monkeypatch.chdir(ROOT)  # the specs' storages are relative to the repository root
+    rows = brief(sorted(str(p) for p in (ROOT / "sweeps").glob("signal_minilm_*.yaml"))).splitlines()
+    assert rows[0] in README.splitlines()
+    finished = [r for r in rows[2:] if re.match(r"\| \w+ \| (\d+) / \1 \|", r)]
+    assert finished, rows  # LoRA's study is committed finished
+    for row in finished:
+        assert row in README.splitlines(), row

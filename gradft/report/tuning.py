@@ -128,12 +128,50 @@ def status(specs: list[str | Path]) -> str:
     return "\n".join([*rows, "", *noise_lines(blocks)])
 
 
+def _method(spec: Any) -> str:
+    return next((b.split("=", 1)[1] for b in spec.base if b.startswith("method=")), spec.study_name)
+
+
+def _ci(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "—"
+    ci = f" [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]" if d.get("ci_low") is not None else ""
+    return f"{100 * d['diff']:+.1f}{ci}"
+
+
+def brief(specs: list[str | Path]) -> str:
+    """The README's table: per study (named by its method) the trials done (COMPLETE + PRUNED) of its budget, the
+    best objective so far with its SE, and best − default / best − runner-up with their CIs (points)."""
+    rows = ["| method | trials done / budget | best so far % (trial) | its SE | best − default [95 % CI] | "
+            "best − runner-up |", "|---|---|---|---|---|---|"]
+    for path in specs:
+        spec = load_spec(path)
+        try:
+            trials = optuna.load_study(study_name=spec.study_name, storage=spec.storage).get_trials(deepcopy=False)
+        except (KeyError, ValueError):
+            rows.append(f"| {_method(spec)} | not started / {spec.n_trials} | | | | |")
+            continue
+        done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+        sel = selection_summary(trials, spec.enqueue)
+        if not sel:
+            rows.append(f"| {_method(spec)} | {done} / {spec.n_trials} | — | | | |")
+            continue
+        value = next(t.value for t in trials if t.number == sel["best_trial"])
+        default = "(the default)" if sel.get("default_is_best") else _ci(sel.get("minus_default"))
+        se = "—" if sel.get("se") is None else f"{100 * sel['se']:.1f}"
+        rows.append(f"| {_method(spec)} | {done} / {spec.n_trials} | {100 * value:.1f} (#{sel['best_trial']}) | "
+                    f"{se} | {default} | {_ci(sel.get('minus_runner_up'))} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gradft.report.tuning",
                                  description="Where each tuning study stands, and whether it can select so far.")
     ap.add_argument("specs", nargs="+", help="sweep yamls, e.g. sweeps/signal_minilm_*.yaml")
+    ap.add_argument("--brief", action="store_true", help="one row per study: the README's table")
+    args = ap.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    print(status(ap.parse_args(argv).specs))
+    print(brief(args.specs) if args.brief else status(args.specs))
     return 0
 
 
