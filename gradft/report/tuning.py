@@ -103,6 +103,17 @@ def fill_selection(tuning: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _trials(spec: Any) -> list[Any] | None:
+    """The study's trials, or None when it has not started: a missing SQLite file is never created by looking."""
+    url = spec.storage or ""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return None
+    try:
+        return optuna.load_study(study_name=spec.study_name, storage=url).get_trials(deepcopy=False)
+    except (KeyError, ValueError):  # no such study in that storage yet
+        return None
+
+
 def status(specs: list[str | Path]) -> str:
     """Each study's trials against its budget (a running study's too) and the tuning-noise block of its finished
     trials: how far the tuning is, and whether what it has found so far is told apart from noise."""
@@ -111,12 +122,10 @@ def status(specs: list[str | Path]) -> str:
     blocks: dict[str, Any] = {}
     for path in specs:
         spec = load_spec(path)
-        try:
-            study = optuna.load_study(study_name=spec.study_name, storage=spec.storage)
-        except (KeyError, ValueError):  # no such study (or storage) yet
+        trials = _trials(spec)
+        if trials is None:
             rows.append(f"| {spec.study_name} | {spec.n_trials} | not started | | | | |")
             continue
-        trials = study.get_trials(deepcopy=False)
         n = Counter(t.state.name for t in trials)
         sel = selection_summary(trials, spec.enqueue)
         best = (f"{100 * next(t.value for t in trials if t.number == sel['best_trial']):.1f} "
@@ -146,9 +155,8 @@ def brief(specs: list[str | Path]) -> str:
             "best − runner-up |", "|---|---|---|---|---|---|"]
     for path in specs:
         spec = load_spec(path)
-        try:
-            trials = optuna.load_study(study_name=spec.study_name, storage=spec.storage).get_trials(deepcopy=False)
-        except (KeyError, ValueError):
+        trials = _trials(spec)
+        if trials is None:
             rows.append(f"| {_method(spec)} | not started / {spec.n_trials} | | | | |")
             continue
         done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
