@@ -14,6 +14,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from test_sweep import cli, load_spec, make_spec, run_sweep, trials
 
+from gradft.config.guidance import GUIDANCE_VERSION
 from gradft.experiments.resume import retry_interrupted
 
 SLOW = ["trainer.steps=40"]  # a tiny run of ~2-4 s: the SIGTERM lands while the trial's second run trains
@@ -66,3 +67,16 @@ def test_only_interrupted_or_stale_trials_are_retried_once_each_and_a_control_ke
     assert [(t.system_attrs["fixed_params"]["method.lr"], t.user_attrs["retry_of"]) for t in waiting] == [
         (1e-3, 0), (2e-3, 1), (4e-3, 3)]
     assert waiting[2].user_attrs["control"] == {"method.lr": 4e-3, "guidance.lambda1": 0}
+
+
+def test_a_finished_study_gets_no_retry_of_its_failed_trials(tmp_path):
+    spec = make_spec(tmp_path, n_trials=1, tasks=["cb"])
+    s = load_spec(spec)
+    study = optuna.create_study(study_name=s.study_name, storage=s.storage, direction="maximize")
+    dist = {k: FloatDistribution(1e-3, 1.0, log=True) for k in ("guidance.lambda1", "guidance.lambda2")}
+    for state in (TrialState.FAIL, TrialState.COMPLETE):  # a trial stopped long ago, then the budget met
+        study.add_trial(optuna.trial.create_trial(params={k: 0.5 for k in dist}, distributions=dist, state=state,
+                                                  value=0.5 if state == TrialState.COMPLETE else None,
+                                                  user_attrs={"guidance_version": GUIDANCE_VERSION}))
+    assert run_sweep(spec) == 0
+    assert [t.state for t in trials(spec)] == [TrialState.FAIL, TrialState.COMPLETE]  # nothing enqueued

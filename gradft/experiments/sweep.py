@@ -334,7 +334,8 @@ def sweep(spec: Spec, extra: list[str] = (), workers: int = 1, conf_dir: Path = 
     if study.user_attrs.get("spec") not in (None, kept):
         log.warning("the spec differs from the one this study was created with (see its user attr `spec`)")
     study.set_user_attr("spec", kept)
-    retry_interrupted(study)  # first: a retried reference point is not enqueued twice
+    if not budget_met(study, spec):  # first: a retried reference point is not enqueued twice; a finished study
+        retry_interrupted(study)     # is left as it is
     enqueue(study, spec.enqueue)
     enqueue_controls(study, spec.controls, spec.space)  # λ = 0 points: "no guidance" can win
     if budget_met(study, spec):  # nothing to run: no worker is started (and nothing heavy imported)
