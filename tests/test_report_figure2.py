@@ -89,3 +89,18 @@ def test_a_partial_grid_says_how_many_planned_cells_have_ended_counting_divergen
     (cell / "error.json").write_text(json.dumps({"error": "NonFiniteError: loss is nan", "diverged": True}))
     md = figure2_table([r for r in recs if r is not gone], tmp_path, tmp_path, tuning).read_text()
     assert "Partial grid" not in md and "**Diverged, no result** (1 cell" in md
+
+
+def test_each_task_gets_its_own_curve_over_the_k_its_pool_allows(tmp_path):
+    """figure2_tasks.png: the averaged Figure 2 drops a task missing at some k (CB at 256); its panel keeps it."""
+    from gradft.report.figure2 import figure2_tasks, task_points
+
+    recs = records()
+    pts = task_points(recs)
+    assert sorted(pts) == ["cb", "rte", "wic"] and sorted(pts["cb"]) == ["lora", "ours"]
+    assert [p[0] for p in pts["cb"]["ours"]] == [16, 64] and [p[0] for p in pts["rte"]["ours"]] == SHOTS
+    want = np.mean([r["metrics"]["accuracy"] for r in recs
+                    if (r["task"], r["method"], r["shots"]) == ("cb", "ours", 64)])
+    assert pts["cb"]["ours"][1][1] == pytest.approx(want) and pts["cb"]["ours"][1][3] == 4  # 4 seeds
+    assert figure2_tasks(recs, tmp_path).read_bytes().startswith(b"\x89PNG")
+    assert figure2_tasks([r for r in recs if r["task"] == "rte"], tmp_path / "one") is None  # Figure 2 is that task

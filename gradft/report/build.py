@@ -31,7 +31,7 @@ import yaml
 from gradft.config.guidance import GUIDANCE_VERSION, superseded  # noqa: E402
 from gradft.experiments.resultfile import inspect, result_files  # noqa: E402
 from gradft.report.answer import answer
-from gradft.report.figure2 import figure2, figure2_table, planned_cells  # noqa: E402
+from gradft.report.figure2 import figure2, figure2_table, figure2_tasks, planned_cells  # noqa: E402
 from gradft.report.figure3 import diverged_runs, figure3, is_table_task
 from gradft.report.outcomes import n_results, score_diverged  # noqa: E402
 from gradft.report.table1 import ICL, ZERO, as_number, method_order, table1  # noqa: E402
@@ -128,7 +128,7 @@ def model_report(recs: list[dict], out: Path, root: Path, model: str, shots: int
     (out / "answer.md").write_text(answer(at_k)["markdown"] + "\n")
     images = list(table["figures"])
     if len({r["shots"] for r in recs}) > 1:  # a curve needs two shot counts (k = 0 counts: the zero-shot point)
-        images = [figure2(recs, out, root)]
+        images = [figure2(recs, out, root), *filter(None, [figure2_tasks(recs, out)])]
         figure2_table(recs, out, root, tuning)
     if any(r["shots"] for r in at_k):
         images.append(loss_curves([r for r in at_k if r["shots"]], out))

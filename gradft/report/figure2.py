@@ -2,9 +2,10 @@
 
 Owns: which tasks the curves average (those with results at every k; a task a grid skipped at some k because its
 pool is too small, from the grids' skipped.json, is named under the plot and left out), the zero-shot point at
-k = 0, ``figure2.png``, and ``figure2.md`` / ``figure2.csv`` / ``figure2_paired.csv``: per method and k the mean ±
-std over seeds of the task average, and ours against each baseline method at each k (not its ablations: Table 1
-pairs those with ours), paired over (task, seed), with Holm's correction over every (baseline, k) comparison.
+k = 0, ``figure2.png``, ``figure2_tasks.png`` (a panel per task, over the k its pool allows), and ``figure2.md`` /
+``figure2.csv`` / ``figure2_paired.csv``: per method and k the mean ± std over seeds of the task average, and ours
+against each baseline method at each k (not its ablations: Table 1 pairs those with ours), paired over (task,
+seed), with Holm's correction over every (baseline, k) comparison.
 """
 
 from __future__ import annotations
@@ -112,6 +113,50 @@ def figure2(recs: list[dict], out: Path, root: Path | list[Path]) -> Path:
     fig.savefig(out / "figure2.png", dpi=130)
     plt.close(fig)
     return out / "figure2.png"
+
+
+def task_points(recs: list[dict]) -> dict[str, dict[str, list[tuple[int, float, float, int]]]]:
+    """Per task and method, (k, mean, std, n seeds) of the accuracy at each k that task has."""
+    trained = layout(recs)[0]
+    out: dict[str, dict[str, list[tuple[int, float, float, int]]]] = {}
+    for task in sorted({r["task"] for r in trained}):
+        here = [r for r in trained if r["task"] == task]
+        for m in method_order(here):
+            ks = sorted({r["shots"] for r in here})
+            pts = [(k, *mean_std([as_number(r["metrics"]["accuracy"]) for r in here
+                                  if r["method"] == m and r["shots"] == k])) for k in ks]
+            out.setdefault(task, {})[m] = [p for p in pts if p[3]]
+    return out
+
+
+def figure2_tasks(recs: list[dict], out: Path) -> Path | None:
+    """``figure2_tasks.png``: one panel per task, each over the k its pool allows (the averaged Figure 2 keeps only
+    the tasks present at every k: on a testbed of small pools that can be one task), the train-pool majority as a
+    line; None for a single task (Figure 2 is that task)."""
+    points = task_points(recs)
+    if len(points) < 2:
+        return None
+    color = {m: f"C{i}" for i, m in enumerate(method_order(layout(recs)[0]))}  # one colour per method, every panel
+    fig, axes = plt.subplots(1, len(points), figsize=(4.2 * len(points), 3.8), squeeze=False)
+    for ax, (task, curves) in zip(axes[0], points.items(), strict=True):
+        for m, pts in curves.items():
+            k, mu, sd = (np.array([p[i] for p in pts], dtype=float) for i in range(3))
+            ax.plot(np.log2(k), mu * 100, marker="o", label=m, color=color[m])
+            ax.fill_between(np.log2(k), (mu - np.nan_to_num(sd)) * 100, (mu + np.nan_to_num(sd)) * 100, alpha=0.2,
+                            color=color[m])
+        majority = floor(layout(recs)[0], [task], "baseline_train_majority")
+        if math.isfinite(majority):
+            ax.axhline(majority * 100, color="black", linewidth=1, label=BASELINES["baseline_train_majority"])
+        ks = sorted({p[0] for pts in curves.values() for p in pts})
+        ax.set_xticks([math.log2(k) for k in ks], [str(k) for k in ks])
+        ax.set(title=task, xlabel="k shots (log2)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (%), mean ± std over seeds")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "figure2_tasks.png", dpi=130)
+    plt.close(fig)
+    return out / "figure2_tasks.png"
 
 
 def floor(trained: list[dict], tasks: list[str], key: str) -> float:
