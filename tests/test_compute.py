@@ -16,8 +16,12 @@ def test_wall_time_is_summed_per_grid_and_per_study_with_its_trials_together(smo
     root = tmp_path / "results"
     shutil.copytree(smoke_grid / "smoke", root / "minilm" / "smoke")
     cell = root / "minilm" / "smoke" / "cb" / "ours" / "k32" / "s0"
-    for trial in ("trial_0", "trial_3"):  # a study's runs: <study>/trial_<n>/<task>/s<seed>
-        shutil.copytree(cell, root / "tuning" / "minilm" / "tune_x" / trial / "cb" / "s0")
+    one = json.loads((cell / "results.json").read_text())["wall_time_s"]
+    for i, trial in enumerate(("trial_0", "trial_3")):  # a study's runs: <study>/trial_<n>/<task>/s<seed>
+        run = root / "tuning" / "minilm" / "tune_x" / trial / "cb" / "s0"
+        shutil.copytree(cell, run)
+        r = json.loads((run / "results.json").read_text())  # two trainings of the run: their times differ
+        (run / "results.json").write_text(json.dumps({**r, "wall_time_s": one + i}))
     seconds = {p: json.loads(p.read_text())["wall_time_s"] for p in (root / "minilm").rglob("results.json")}
     hw = json.loads((cell / "results.json").read_text())["env"]["hardware"]  # the processor this test runs on
     trees = compute.spent(root)
@@ -25,13 +29,25 @@ def test_wall_time_is_summed_per_grid_and_per_study_with_its_trials_together(smo
     smoke, study = trees[("minilm/smoke", hw)], trees[("tuning/minilm/tune_x", hw)]
     assert smoke["runs"] == 4 == len(seconds)
     assert smoke["worker_hours"] == pytest.approx(sum(seconds.values()) / 3600)
-    one = json.loads((cell / "results.json").read_text())["wall_time_s"]
     assert study["runs"] == 2
-    assert study["worker_hours"] == pytest.approx(2 * one / 3600)
+    assert study["worker_hours"] == pytest.approx((2 * one + 1) / 3600)
     assert smoke["models"] == {"tiny_bert"} and smoke["precisions"] == {"fp32"}
     assert compute.main([str(root), "--workers", "2"]) == 0
     out = capsys.readouterr().out
-    assert f"| tuning/minilm/tune_x | {hw} | 2 | {2 * one / 3600:.2f} | {one / 3600:.2f} |" in out
+    assert f"| tuning/minilm/tune_x | {hw} | 2 | {(2 * one + 1) / 3600:.2f} | {(2 * one + 1) / 7200:.2f} |" in out
+
+
+def test_a_copied_run_is_counted_once_where_it_first_appears(smoke_grid, tmp_path):
+    """A grid cell adopted from a sibling grid, or a run a retried sweep trial reused, is a byte-identical copy of
+    its results.json: the same computation, so its time is not spent twice."""
+    root = tmp_path / "results"
+    cell = smoke_grid / "smoke" / "cb" / "ours" / "k32" / "s0"
+    for trial in ("trial_5", "trial_7"):  # trial 7 retried trial 5 and copied its finished run
+        shutil.copytree(cell, root / "tuning" / "minilm" / "tune_x" / trial / "cb" / "s0")
+    (study,) = compute.spent(root).values()
+    assert study["runs"] == 1
+    assert study["worker_hours"] == pytest.approx(json.loads((cell / "results.json").read_text())["wall_time_s"]
+                                                  / 3600)
 
 
 def test_runs_on_other_hardware_are_counted_apart_and_gpu_rows_have_no_machine_hours(smoke_grid, tmp_path, capsys):

@@ -6,7 +6,10 @@ tuning study (``results/tuning/<setting>/<study>``, its trials together) — in 
 ``--workers`` runs side by side (2 workers × 1 thread on the 2 cores: half the worker-hours), one row per tree and
 hardware (results.json "env"; runs from before it was recorded ran on the project's 2-core CPU). A lent GPU's rows
 give worker-hours only: its runs shared one GPU, many at a time. Runs that failed or were pruned before writing
-results.json are not counted (a pruned trial's finished runs are). Reads results only.
+results.json are not counted (a pruned trial's finished runs are), nor is a copy of a run counted twice: a grid
+cell adopted from a sibling grid and a run reused by a retried sweep trial are byte-identical copies of their
+results.json, counted once, where they first appear (a run trained again differs in ``wall_time_s``). Reads results
+only.
 """
 
 from __future__ import annotations
@@ -36,12 +39,17 @@ def spent(root: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
     root = Path(root)
     out: dict[tuple[str, str], dict[str, Any]] = defaultdict(lambda: {"runs": 0, "worker_hours": 0.0,
                                                                       "models": set(), "precisions": set()})
+    seen: set[str] = set()  # the text of every results.json counted: a copy is the same computation
     for path in sorted(root.rglob("results.json")):
         try:
-            r = json.loads(path.read_text())
+            text = path.read_text()
+            r = json.loads(text)
             seconds = float(r["wall_time_s"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
+        if text in seen:
+            continue
+        seen.add(text)
         t = out[(tree_of(path, root, str(r.get("task", ""))), ran_on(r))]
         t["gpu"] = (r.get("env") or {}).get("device") == "cuda"
         t["runs"] += 1
