@@ -15,6 +15,7 @@ only.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from collections import defaultdict
@@ -39,7 +40,7 @@ def spent(root: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
     root = Path(root)
     out: dict[tuple[str, str], dict[str, Any]] = defaultdict(lambda: {"runs": 0, "worker_hours": 0.0,
                                                                       "models": set(), "precisions": set()})
-    seen: set[str] = set()  # the text of every results.json counted: a copy is the same computation
+    seen: set[bytes] = set()  # a digest of every results.json counted: a byte-identical copy is the same computation
     for path in sorted(root.rglob("results.json")):
         try:
             text = path.read_text()
@@ -47,9 +48,10 @@ def spent(root: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
             seconds = float(r["wall_time_s"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if text in seen:
+        digest = hashlib.sha1(text.encode()).digest()
+        if digest in seen:
             continue
-        seen.add(text)
+        seen.add(digest)
         t = out[(tree_of(path, root, str(r.get("task", ""))), ran_on(r))]
         t["gpu"] = (r.get("env") or {}).get("device") == "cuda"
         t["runs"] += 1

@@ -144,10 +144,10 @@ class Objective:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"select accuracy {acc:.4f} at step {base + step}")
 
+            steps_report = report if spec.prune_on == "steps" else None
             try:  # a run of this config and seeds finished in an interrupted trial: taken, not run again
                 res = earlier_run(Path(spec.out_dir) / spec.study_name, out, cfg, task, seed, data_seed,
-                                  report if spec.prune_on == "steps" else None) \
-                    or run(cfg, out, report if spec.prune_on == "steps" else None)
+                                  steps_report) or run(cfg, out, steps_report)
             except NonFiniteError as e:  # a point where training diverges is a bad point, not a broken trial:
                 trial.set_user_attr("diverged", f"{task}/s{seed}: {e}")  # it counts in the budget, and the
                 log.warning("trial %d diverged on %s seed %d: pruned (%s)", trial.number, task, seed, e)

@@ -32,9 +32,9 @@ from gradft.config.guidance import GUIDANCE_VERSION, superseded  # noqa: E402
 from gradft.experiments.resultfile import inspect, result_files  # noqa: E402
 from gradft.report.answer import answer
 from gradft.report.figure2 import figure2, figure2_table, figure2_tasks, planned_cells  # noqa: E402
-from gradft.report.figure3 import diverged_runs, figure3, is_table_task
+from gradft.report.figure3 import diverged_runs, figure3
 from gradft.report.outcomes import n_results, score_diverged  # noqa: E402
-from gradft.report.table1 import ICL, ZERO, as_number, method_order, table1  # noqa: E402
+from gradft.report.table1 import ICL, ZERO, as_number, is_table_task, method_order, table1  # noqa: E402
 from gradft.report.tuning import fill_selection  # noqa: E402
 from gradft.tracking import resolve_mode
 

@@ -133,10 +133,10 @@ def figure2_tasks(recs: list[dict], out: Path) -> Path | None:
     """``figure2_tasks.png``: one panel per task, each over the k its pool allows (the averaged Figure 2 keeps only
     the tasks present at every k: on a testbed of small pools that can be one task), the train-pool majority as a
     line; None for a single task (Figure 2 is that task)."""
-    points = task_points(recs)
+    points, trained = task_points(recs), layout(recs)[0]
     if len(points) < 2:
         return None
-    color = {m: f"C{i}" for i, m in enumerate(method_order(layout(recs)[0]))}  # one colour per method, every panel
+    color = {m: f"C{i}" for i, m in enumerate(method_order(trained))}  # one colour per method, every panel
     fig, axes = plt.subplots(1, len(points), figsize=(4.2 * len(points), 3.8), squeeze=False)
     for ax, (task, curves) in zip(axes[0], points.items(), strict=True):
         for m, pts in curves.items():
@@ -144,7 +144,7 @@ def figure2_tasks(recs: list[dict], out: Path) -> Path | None:
             ax.plot(np.log2(k), mu * 100, marker="o", label=m, color=color[m])
             ax.fill_between(np.log2(k), (mu - np.nan_to_num(sd)) * 100, (mu + np.nan_to_num(sd)) * 100, alpha=0.2,
                             color=color[m])
-        majority = floor(layout(recs)[0], [task], "baseline_train_majority")
+        majority = floor(trained, [task], "baseline_train_majority")
         if math.isfinite(majority):
             ax.axhline(majority * 100, color="black", linewidth=1, label=BASELINES["baseline_train_majority"])
         ks = sorted({p[0] for pts in curves.values() for p in pts})

@@ -1,9 +1,9 @@
 """The paper's Figure 3 from results.json files: few-shot accuracy on the domain (table) tasks.
 
-Owns `is_table_task` (a result whose ``data.source`` is files or hub-table: the domain tasks and any user task) and
-`figure3`: ``figure3.png`` (accuracy per task, one bar per method and model with ± std error bars over seeds, the
-train-pool majority marked as a line, chance dotted) and ``figure3.md`` (accuracy and macro-F1 per task and method,
-the three baselines beside each row, and a paired test of ours vs lora over (task, seed) within each model and head).
+Owns `figure3` (table tasks: ``gradft.report.table1.is_table_task``): ``figure3.png`` (accuracy per task, one bar
+per method and model with ± std error bars over seeds, the train-pool majority marked as a line, chance dotted) and
+``figure3.md`` (accuracy and macro-F1 per task and method, the three baselines beside each row, and a paired test of
+ours vs lora over (task, seed) within each model and head).
 A zero-shot run (k = 0) is a row and a bar of its own; a run that diverged (``error.json`` with ``diverged``, no
 results.json: a grid cell's or a single run's) is a row saying so, never a silent hole. Called by
 ``gradft.report.build``;
@@ -77,10 +77,6 @@ def domain_sentence(tasks: list[str]) -> str:
     users = [t for t in tasks if t not in DOMAIN]
     shipped = "None of the shipped domain data sets is financial (docs/data.md)"
     return f"{shipped}; user tasks here: {', '.join(users)}. " if users else f"{shipped}. "
-
-
-def is_table_task(r: dict[str, Any]) -> bool:
-    return (r.get("data") or {}).get("source") in ("files", "hub") and "labels" in (r.get("data") or {})
 
 
 def _series(recs: list[dict]) -> list[tuple[str, str]]:

@@ -242,11 +242,14 @@ def training_length(trained: list[dict], steps: list[int]) -> str:
             f"{best[len(best) // 2] if best else '—'})")
 
 
+def is_table_task(r: dict[str, Any]) -> bool:
+    """A result whose ``data.source`` is files or hub-table: the domain tasks and any user task (not SuperGLUE)."""
+    return (r.get("data") or {}).get("source") in ("files", "hub") and "labels" in (r.get("data") or {})
+
+
 def eval_split(recs: list[dict]) -> str:
     """Where the accuracy is measured: SuperGLUE's official val split, or a table task's eval split."""
-    table = any((r.get("data") or {}).get("source") in ("files", "hub") and "labels" in (r.get("data") or {})
-                for r in recs)
-    return "the tasks' eval splits" if table else "the official SuperGLUE val split"
+    return "the tasks' eval splits" if any(map(is_table_task, recs)) else "the official SuperGLUE val split"
 
 
 def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | None = None) -> dict[str, Any]:

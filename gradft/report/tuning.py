@@ -114,61 +114,53 @@ def _trials(spec: Any) -> list[Any] | None:
         return None
 
 
+def _studies(specs: list[str | Path]) -> list[tuple[Any, list[Any] | None, dict[str, Any]]]:
+    """(spec, its trials or None when not started, its selection summary) per spec."""
+    out = []
+    for path in specs:
+        spec = load_spec(path)
+        trials = _trials(spec)
+        out.append((spec, trials, selection_summary(trials, spec.enqueue) if trials else {}))
+    return out
+
+
+def _best(trials: list[Any], sel: dict[str, Any]) -> str:
+    return f"{100 * next(t.value for t in trials if t.number == sel['best_trial']):.1f} (#{sel['best_trial']})"
+
+
 def status(specs: list[str | Path]) -> str:
     """Each study's trials against its budget (a running study's too) and the tuning-noise block of its finished
     trials: how far the tuning is, and whether what it has found so far is told apart from noise."""
     rows = ["| study | budget | complete | pruned | failed | running | best objective so far (trial) |",
             "|---|---|---|---|---|---|---|"]
     blocks: dict[str, Any] = {}
-    for path in specs:
-        spec = load_spec(path)
-        trials = _trials(spec)
+    for spec, trials, sel in _studies(specs):
         if trials is None:
             rows.append(f"| {spec.study_name} | {spec.n_trials} | not started | | | | |")
             continue
         n = Counter(t.state.name for t in trials)
-        sel = selection_summary(trials, spec.enqueue)
-        best = (f"{100 * next(t.value for t in trials if t.number == sel['best_trial']):.1f} "
-                f"(#{sel['best_trial']})" if sel else "—")
         rows.append(f"| {spec.study_name} | {spec.n_trials} | {n['COMPLETE']} | {n['PRUNED']} | {n['FAIL']} | "
-                    f"{n['RUNNING'] + n['WAITING']} | {best} |")
+                    f"{n['RUNNING'] + n['WAITING']} | {_best(trials, sel) if sel else '—'} |")
         if sel:
             blocks[spec.study_name] = {"best": {}, "selection": sel}
     return "\n".join([*rows, "", *noise_lines(blocks)])
 
 
-def _method(spec: Any) -> str:
-    return next((b.split("=", 1)[1] for b in spec.base if b.startswith("method=")), spec.study_name)
-
-
-def _ci(d: dict[str, Any] | None) -> str:
-    if not d:
-        return "—"
-    ci = f" [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]" if d.get("ci_low") is not None else ""
-    return f"{100 * d['diff']:+.1f}{ci}"
-
-
 def brief(specs: list[str | Path]) -> str:
     """The README's table: per study (named by its method) the trials done (COMPLETE + PRUNED) of its budget, the
-    best objective so far with its SE, and best − default / best − runner-up with their CIs (points)."""
+    best objective so far with its SE, and best − default / best − runner-up as the noise block prints them."""
     rows = ["| method | trials done / budget | best so far % (trial) | its SE | best − default [95 % CI] | "
             "best − runner-up |", "|---|---|---|---|---|---|"]
-    for path in specs:
-        spec = load_spec(path)
-        trials = _trials(spec)
-        if trials is None:
-            rows.append(f"| {_method(spec)} | not started / {spec.n_trials} | | | | |")
-            continue
-        done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
-        sel = selection_summary(trials, spec.enqueue)
+    for spec, trials, sel in _studies(specs):
+        method = next((b.split("=", 1)[1] for b in spec.base if b.startswith("method=")), spec.study_name)
+        done = "not started" if trials is None else sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
         if not sel:
-            rows.append(f"| {_method(spec)} | {done} / {spec.n_trials} | — | | | |")
+            rows.append(f"| {method} | {done} / {spec.n_trials} | | | | |")
             continue
-        value = next(t.value for t in trials if t.number == sel["best_trial"])
-        default = "(the default)" if sel.get("default_is_best") else _ci(sel.get("minus_default"))
+        default = "(the default)" if sel.get("default_is_best") else _diff(sel.get("minus_default"), "default")
         se = "—" if sel.get("se") is None else f"{100 * sel['se']:.1f}"
-        rows.append(f"| {_method(spec)} | {done} / {spec.n_trials} | {100 * value:.1f} (#{sel['best_trial']}) | "
-                    f"{se} | {default} | {_ci(sel.get('minus_runner_up'))} |")
+        rows.append(f"| {method} | {done} / {spec.n_trials} | {_best(trials, sel)} | {se} | {default} | "
+                    f"{_diff(sel.get('minus_runner_up'), 'runner-up')} |")
     return "\n".join(rows)
 
 
