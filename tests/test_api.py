@@ -119,17 +119,30 @@ def test_guided_trainer_runs_under_bf16_autocast_with_the_bf16_finite_difference
     assert result.training_loss == result.training_loss
 
 
-def test_the_torchrun_example_keeps_two_gloo_ranks_in_lockstep(tmp_path):
+GLOO_TEARDOWN = "terminate called without an active exception"  # gloo's exit race (pytorch/pytorch#190489)
+
+
+def torchrun2(script: Path, *args: str, cwd: Path, timeout: int) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=2 script args`` on a free port, 1 OMP thread; launched once more, and only once,
+    when a rank aborted in gloo's teardown (then the second launch must exit cleanly). Any other failure stands."""
     import os
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-                          str(ROOT / "examples" / "ddp_torchrun.py")], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=300)
+    def launch() -> subprocess.CompletedProcess:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                               f"--master_port={port}", str(script), *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    out = launch()
+    return launch() if out.returncode and GLOO_TEARDOWN in out.stderr else out
+
+
+def test_the_torchrun_example_keeps_two_gloo_ranks_in_lockstep(tmp_path):
+    out = torchrun2(ROOT / "examples" / "ddp_torchrun.py", cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 ranks, 10 guided steps: ranks agree: True" in out.stdout
 
@@ -137,16 +150,8 @@ def test_the_torchrun_example_keeps_two_gloo_ranks_in_lockstep(tmp_path):
 def test_guided_trainer_under_torchrun_ddp_matches_one_process_on_the_global_batch(tiny_llama_dir, tmp_path):
     """2 gloo processes × batch 2 (accelerate's DDP, the Trainer's own sharding) end with the LoRA weights of one
     process × batch 4: the guided steps average g and the shifted gradient over the ranks (float64)."""
-    import os
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-                          str(ROOT / "tests" / "hf_ddp_worker.py"), str(tiny_llama_dir), str(tmp_path), "2"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    out = torchrun2(ROOT / "tests" / "hf_ddp_worker.py", str(tiny_llama_dir), str(tmp_path), "2", cwd=ROOT,
+                    timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"lora{r}.pt") for r in range(2)]
     single = _sft_trainer(tiny_llama_dir, tmp_path / "single", batch=4, accum=1)
