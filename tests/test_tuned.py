@@ -123,3 +123,17 @@ def test_a_study_continued_after_widening_its_range_still_meets_the_common_budge
     t = yaml.safe_load(text)["tuning"]["lora"]
     assert (t["n_trials"], t["widened"], t["complete"]) == (3, 1, 3)
     assert "| lora | 3 = 2 + 1 after widening (3 / 0 / 0) |" in "\n".join(report_table1.tuning_lines({"lora": t}))
+
+
+def test_a_best_value_at_the_parameters_own_limit_is_a_note_not_a_call_to_widen(tmp_path):
+    """ours_update's λ's are fractions ≤ 1 (a value past 1 fails the run's checks): its best λ2 at 1.0's end of the
+    range is noted in the grid file, not flagged for widening; the hessian reading's λ2 ≤ 1 and LoRA's lr are ranges."""
+    from gradft.experiments.sweep_spec import load_spec
+
+    lam = {"type": "float", "low": 1e-3, "high": 1.0, "log": True}
+    update = load_spec(spec(tmp_path, "ours_update", {**LR, "guidance.lambda2": lam}))
+    hessian = load_spec(spec(tmp_path, "ours", {**LR, "guidance.lambda2": lam}))
+    assert tuned.limit_of(update, "guidance.lambda2", "high")
+    assert not tuned.limit_of(update, "guidance.lambda2", "low")  # 5e-4 is a valid fraction: the range's own end
+    assert not tuned.limit_of(hessian, "guidance.lambda2", "high")
+    assert not tuned.limit_of(update, "method.lr", "high")

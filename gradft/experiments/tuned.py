@@ -7,7 +7,8 @@ has every method's best values as ``per_method`` overrides, the ablation rows of
 ``ours_every4``, ``ours_init``: ours' tuned values minus the one they switch off), fresh evaluation seeds (never a
 tuning seed), an LM-head grid's (``head=lm``) untuned ``icl`` row (in-context learning: nothing to tune), and a
 ``tuning`` node recording each study's budget, ranges, best trial, its selection accuracy and whether the best value
-sits at the edge of its range (then the range was wrong: widen it and continue the study), and whether the study
+sits at the edge of its range (then the range was wrong: widen it and continue the study; unless that end is
+the parameter's own limit, e.g. ours_update's λ ≤ 1: then a note), and whether the study
 could select (``selection``: the objective's SE, best − default and best − runner-up with paired CIs, the λ = 0
 controls; ``gradft.experiments.signal.selection_summary``).
 A study that has not met its budget is refused unless ``--partial`` (the file then says so). Figure 2's grid is the
@@ -53,6 +54,24 @@ def at_edge(value: float, d: dict[str, Any]) -> str | None:
     return None
 
 
+def limit_of(spec: Any, key: str, end: str) -> bool:
+    """Whether the ``end`` ('low'/'high') of ``key``'s range is the parameter's own limit: a value just past it fails
+    the run's checks naming the key (ours_update's λ's are fractions ≤ 1). A best value there has nothing to widen."""
+    from gradft.config.schema import validate
+    from gradft.experiments.launch import compose_run
+
+    d = spec.space[key]
+    lo, hi = float(d["low"]), float(d["high"])
+    past = (hi * 2 if d.get("log") else 2 * hi - lo) if end == "high" else (lo / 2 if d.get("log") else 2 * lo - hi)
+    if d["type"] == "int":
+        past = int(past)
+    try:
+        validate(compose_run([*spec.base, f"task={spec.tasks[0]}", f"{key}={past!r}", "paths.output_dir=."]))
+    except ValueError as e:
+        return key in str(e)
+    return False
+
+
 def study_summary(spec_path: str | Path, partial: bool = False) -> dict[str, Any]:
     """The best trial of one sweep and what it cost; raises ValueError if the budget is unmet (unless partial)."""
     spec = load_spec(spec_path)
@@ -65,6 +84,8 @@ def study_summary(spec_path: str | Path, partial: bool = False) -> dict[str, Any
                          f"(python -m gradft.experiments.sweep {spec_path}) or pass --partial")
     best = study.best_trial
     method = next(o.split("=", 1)[1] for o in spec.base if o.startswith("method="))
+    edges = {k: e for k, v in best.params.items() if (e := at_edge(v, spec.space[k]))}
+    limits = {k: e for k, e in edges.items() if limit_of(spec, k, e)}  # at the parameter's own limit: no widening
     return {"method": method, "study": spec.study_name, "spec": str(spec_path), "n_trials": spec.n_trials,
             "widened": spec.widened,
             "complete": sum(t.state == TrialState.COMPLETE for t in trials),
@@ -77,7 +98,7 @@ def study_summary(spec_path: str | Path, partial: bool = False) -> dict[str, Any
             # the objective's SE, best − default / − runner-up with paired CIs, the λ = 0 controls (report/tuning.py)
             "selection": selection_summary(trials, spec.enqueue),
             "space": spec.space, "tasks": spec.tasks, "tuning_seeds": spec.n_seeds,
-            "at_edge": {k: e for k, v in best.params.items() if (e := at_edge(v, spec.space[k]))},
+            "at_edge": {k: e for k, e in edges.items() if k not in limits}, "at_limit": limits,
             # guidance.* options of the method's own (ours' fd_r; guidance=none has none): its rows, not every cell's
             "own": [o for o in spec.base if o.startswith("guidance.")],
             "base": [o for o in spec.base if not o.startswith(("method=", "metrics.every=", "shots=", "guidance."))]}
@@ -142,6 +163,8 @@ def write(name: str, spec_paths: list[str], seeds: list[int], partial: bool = Fa
               f"{widened_note(studies)}) on the selection split; fresh seeds {seeds}.\n"
               + ("# PARTIAL: some studies have not met their budget.\n" if partial else "")
               + "".join(f"# WARNING {e}: widen the range and continue the study.\n" for e in edges)
+              + "".join(f"# NOTE {s['method']}: {k} at the {e} end, the parameter's own limit (nothing to widen).\n"
+                        for s in studies for k, e in s.get("at_limit", {}).items())
               + "# This file only describes the grid (the `grid` and `tuning` nodes are inert in a run).\n")
     path = conf_dir / "experiment" / f"{name}.yaml"
     atomic_write(path, header + OmegaConf.to_yaml(OmegaConf.create(doc)))

@@ -160,7 +160,9 @@ def tuning_lines(tuning: dict[str, Any] | None) -> list[str]:
         best = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in s["best"].items())
         ranges = ", ".join(f"{k} [{d['low']:g}, {d['high']:g}]{' log' if d.get('log') else ''}"
                            if d["type"] != "categorical" else f"{k} {d['choices']}" for k, d in s["space"].items())
-        edge = ", ".join(f"{k} at the {e} end" for k, e in (s.get("at_edge") or {}).items()) or "—"
+        edge = ", ".join([*(f"{k} at the {e} end" for k, e in (s.get("at_edge") or {}).items()),
+                          *(f"{k} at its own {e} limit (nothing to widen)" for k, e in s.get("at_limit", {}).items())
+                          ]) or "—"
         widened = f" = {s['n_trials'] - s['widened']} + {s['widened']} after widening" if s.get("widened") else ""
         rows.append(f"| {m} | {s['n_trials']}{widened} ({s['complete']} / {s['pruned']} / {s['failed']}) | {best} "
                     f"| {ranges} "
