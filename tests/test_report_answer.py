@@ -72,3 +72,13 @@ def test_fewer_than_two_pairs_leave_the_p_value_undefined_not_zero():
     t = out["tests"][("ours", "lora")]
     assert t["n_pairs"] == 1 and math.isnan(t["p_holm"])
     assert "+10.0 (p —)" in out["markdown"]
+
+
+def test_the_answer_closes_with_the_constant_guesses_a_method_must_beat(grid, tmp_path):
+    from tests.test_report_outcomes import MAJORITY
+
+    report.report(grid, tmp_path / "out")
+    md = (tmp_path / "out" / "answer.md").read_text()
+    per_task = [np.mean([MAJORITY.get((t, s), 0.5) for s in SEEDS]) for t in TASKS]
+    assert md_row(md, "*train-pool majority*")[1] == f"{100 * np.mean(per_task):.1f}"
+    assert md_row(md, "*eval majority (needs eval labels)*")[1] == "60.0"

@@ -5,6 +5,7 @@ to full over the (task, seed) cells both have, the divergence rate and the final
 (both readings: ``ours``, ``ours-update``) against each tuned baseline (full, adapter, LoRA, prompt) is one family
 of tests, Holm-corrected together; a baseline against another baseline is printed with its uncorrected p (marked †).
 A diverged run enters as its train-pool majority, as in Table 1 (``gradft.report.outcomes.score_diverged``).
+Two constant guesses close the table, the floor a method must clear: the train-pool majority and the eval majority.
 ``python -m gradft.report`` writes it as ``answer.md`` beside ``table1.md``.
 """
 
@@ -15,7 +16,8 @@ from typing import Any
 
 from gradft.experiments.stats import bootstrap_average_ci, holm, paired_comparison
 from gradft.report.outcomes import fmt_loss, fmt_rate
-from gradft.report.table1 import complete_seeds, mean_std, seed_means
+from gradft.report.table1 import BASELINES as CONSTANTS
+from gradft.report.table1 import as_number, complete_seeds, mean_std, seed_means
 
 GUIDED = ("ours", "ours-update")  # the paper's method in its two readings (docs/guidance.md)
 BASELINES = ("full", "adapter", "lora", "prompt")
@@ -71,6 +73,12 @@ def answer(recs: list[dict]) -> dict[str, Any]:
         rows.append(f"| {m} | {100 * mean:.1f} {ci} | {_delta(t.get((m, 'lora')))} | {_delta(t.get((m, 'full')))} | "
                     f"{fmt_rate(diverged, planned)} | {fmt_loss(mine)} |")
         numbers[m] = {"accuracy": mean, "ci": (lo, hi), "n_seeds": n, "diverged": diverged}
+    for key in ("baseline_train_majority", "baseline_eval_majority"):  # the floors, as Table 1 computes them
+        first = {(r["task"], r["seed"]): as_number(r["metrics"].get(key)) for r in recs if "metrics" in r}
+        mean = mean_std(seed_means([{"task": t, "seed": s, "metrics": {"accuracy": v}}
+                                    for (t, s), v in first.items()], tasks, "accuracy"))[0]
+        rows.append(f"| *{CONSTANTS[key]}* | {100 * mean:.1f} | | | | |")
+        numbers[key] = mean
     family = sum(v["in_family"] and math.isfinite(v["p_ttest"]) for v in t.values())
     lines = ["| Method | Accuracy % [95% CI] | Δ vs LoRA (p) | Δ vs full (p) | Diverged | Final loss |",
              "|---|---|---|---|---|---|", *rows, "",
