@@ -30,6 +30,8 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from gradft import CONF_DIR
+from gradft.config.schema import validate
+from gradft.experiments.launch import compose_run
 from gradft.experiments.signal import selection_summary, trial_values
 from gradft.experiments.sweep import check_guidance_version
 from gradft.experiments.sweep_spec import load_spec
@@ -57,9 +59,6 @@ def at_edge(value: float, d: dict[str, Any]) -> str | None:
 def limit_of(spec: Any, key: str, end: str) -> bool:
     """Whether the ``end`` ('low'/'high') of ``key``'s range is the parameter's own limit: a value just past it fails
     the run's checks naming the key (ours_update's λ's are fractions ≤ 1). A best value there has nothing to widen."""
-    from gradft.config.schema import validate
-    from gradft.experiments.launch import compose_run
-
     d = spec.space[key]
     lo, hi = float(d["low"]), float(d["high"])
     past = (hi * 2 if d.get("log") else 2 * hi - lo) if end == "high" else (lo / 2 if d.get("log") else 2 * lo - hi)
