@@ -150,3 +150,10 @@ def test_cells_whose_guidance_ran_away_are_named_and_kept_in_the_means(tmp_path)
     for r in ours:
         r["guidance_stats"] = {"hv_ratio_mean": 1.5}
     assert "ran away" not in table1(recs, tmp_path, tmp_path)["markdown"]
+
+
+def test_the_header_explains_the_ablation_rows_only_when_the_table_has_them(tmp_path):
+    table1(records(), tmp_path / "with", tmp_path)
+    assert "Ablations: ours-mag = λ1 = 0" in (tmp_path / "with" / "table1.md").read_text()
+    table1([r for r in records() if r["method"] != "ours-mag"], tmp_path / "without", tmp_path)
+    assert "Ablations:" not in (tmp_path / "without" / "table1.md").read_text()

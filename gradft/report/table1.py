@@ -317,9 +317,10 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
         "warned / guided runs.",
         f"From {n_results(recs)} results.json under `{root}`, {datetime.now():%Y-%m-%d %H:%M}. Baselines: train-pool "
         "majority = always the train pool's most frequent class (knowable without eval labels); chance = 1/C; eval "
-        "majority = the eval split's own majority rate (the best constant, which needs eval labels). Ablations: "
-        "ours-mag = λ1 = 0 (magnitude term only), ours-dir = λ2 = 0 (direction term only), ours-every4 = guidance "
-        "on every 4th step, ours-init = d_prior from the step-0 k-shot gradient. " + hardware_line(recs),
+        "majority = the eval split's own majority rate (the best constant, which needs eval labels). "
+        + ("Ablations: ours-mag = λ1 = 0 (magnitude term only), ours-dir = λ2 = 0 (direction term only), ours-every4 "
+           "= guidance on every 4th step, ours-init = d_prior from the step-0 k-shot gradient. "
+           if any(r["method"] in ABLATIONS for r in recs) else "") + hardware_line(recs),
         *diverged_lines(root, recs), *runaway_lines(recs), "",
         "| Method | Avg accuracy | 95% CI | Final train loss | Diverged | Unstable | Gradient stability | "
         "Directional alignment | " + " | ".join(tasks) + " |",
