@@ -159,7 +159,7 @@ REPORT_OUT ?= outputs/reports
 report: install  ## every table and figure from the committed results/<setting>/<grid>/ -> $(REPORT_OUT)/<setting>/..., and one Figure 3 of every setting -> $(REPORT_OUT)/figure3.{png,md} (REPORT_OUT=reports replaces the committed ones; ARGS="--root DIR --out DIR" for one root)
 	@if [ -n "$(ARGS)" ]; then $(BIN)/python -m gradft.report $(ARGS); exit $$?; fi; \
 	for d in results/*/table1_* results/*/figure2_* results/*/figure3_* results/*/signal_*; do \
-	  [ -d "$$d" ] && [ "$${d#results/tuning/}" = "$$d" ] || continue; s=$$(basename $$(dirname $$d)); g=$$(basename $$d); kind=$${g%_$$s}; \
+	  case $$d in results/tuning/*) continue;; esac; [ -d "$$d" ] || continue; s=$$(basename $$(dirname $$d)); g=$$(basename $$d); kind=$${g%_$$s}; \
 	  out=$(REPORT_OUT)/$$s; [ "$$kind" = table1 ] || out=$$out/$$kind; \
 	  tuning=""; [ -f conf/experiment/$$g.yaml ] && tuning="--tuning conf/experiment/$$g.yaml"; \
 	  case $$kind in signal*) tuning="$$tuning --all-tasks";; esac; \

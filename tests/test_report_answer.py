@@ -46,7 +46,9 @@ def test_the_answer_tests_both_readings_against_every_baseline_in_one_holm_famil
     assert "Holm-corrected over the 8 comparisons" in md
     row = md_row(md, "ours-update")
     diff = 100 * (np.mean(list(cells["ours-update"].values())) - np.mean(list(cells["lora"].values())))
-    assert row[2] == f"{diff:+.1f} (p {fmt_p(want[('ours-update', 'lora')])})"
+    ci = paired_comparison(cells["ours-update"], cells["lora"])  # the same bootstrap (fixed seed): the same CI
+    assert row[2] == (f"{diff:+.1f} [{100 * ci['ci_low']:+.1f}, {100 * ci['ci_high']:+.1f}] "
+                      f"(p {fmt_p(want[('ours-update', 'lora')])})")
     assert want[("ours-update", "lora")] >= paired_comparison(cells["ours-update"], cells["lora"])["p_ttest"]
     # a baseline against a baseline is outside the family: its p is the uncorrected one, marked
     p_full_lora = paired_comparison(cells["full"], cells["lora"])["p_ttest"]

@@ -34,7 +34,7 @@ from gradft.config.schema import validate
 from gradft.experiments.launch import compose_run
 from gradft.experiments.signal import selection_summary, trial_values
 from gradft.experiments.sweep import check_guidance_version
-from gradft.experiments.sweep_spec import load_spec
+from gradft.experiments.sweep_spec import Spec, load_spec
 from gradft.tracking import atomic_write
 
 TASKS = ["boolq", "cb", "copa", "multirc", "rte", "wic"]
@@ -56,7 +56,7 @@ def at_edge(value: float, d: dict[str, Any]) -> str | None:
     return None
 
 
-def limit_of(spec: Any, key: str, end: str) -> bool:
+def limit_of(spec: Spec, key: str, end: str) -> bool:
     """Whether the ``end`` ('low'/'high') of ``key``'s range is the parameter's own limit: a value just past it fails
     the run's checks naming the key (ours_update's λ's are fractions ≤ 1). A best value there has nothing to widen."""
     d = spec.space[key]

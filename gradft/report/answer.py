@@ -17,7 +17,7 @@ from typing import Any
 from gradft.experiments.stats import bootstrap_average_ci, holm, paired_comparison
 from gradft.report.outcomes import fmt_loss, fmt_rate
 from gradft.report.table1 import BASELINES as CONSTANTS
-from gradft.report.table1 import as_number, complete_seeds, mean_std, seed_means
+from gradft.report.table1 import complete_seeds, constant_guess, mean_std, seed_means
 
 GUIDED = ("ours", "ours-update")  # the paper's method in its two readings (docs/guidance.md)
 BASELINES = ("full", "adapter", "lora", "prompt")
@@ -52,7 +52,8 @@ def _delta(t: dict[str, Any] | None) -> str:
         return "—"
     p = t["p_holm"] if t["in_family"] else t["p_ttest"]
     mark = "" if t["in_family"] else "†"
-    return f"{100 * t['mean_diff']:+.1f} (p {fmt_p(p)}{mark})"
+    ci = f" [{100 * t['ci_low']:+.1f}, {100 * t['ci_high']:+.1f}]" if t["n_pairs"] >= 2 else ""
+    return f"{100 * t['mean_diff']:+.1f}{ci} (p {fmt_p(p)}{mark})"
 
 
 def answer(recs: list[dict]) -> dict[str, Any]:
@@ -73,17 +74,18 @@ def answer(recs: list[dict]) -> dict[str, Any]:
         rows.append(f"| {m} | {100 * mean:.1f} {ci} | {_delta(t.get((m, 'lora')))} | {_delta(t.get((m, 'full')))} | "
                     f"{fmt_rate(diverged, planned)} | {fmt_loss(mine)} |")
         numbers[m] = {"accuracy": mean, "ci": (lo, hi), "n_seeds": n, "diverged": diverged}
-    for key in ("baseline_train_majority", "baseline_eval_majority"):  # the floors, as Table 1 computes them
-        first = {(r["task"], r["seed"]): as_number(r["metrics"].get(key)) for r in recs if "metrics" in r}
-        mean = mean_std(seed_means([{"task": t, "seed": s, "metrics": {"accuracy": v}}
-                                    for (t, s), v in first.items()], tasks, "accuracy"))[0]
+    trained = [r for r in recs if r.get("shots") != 0] or recs  # as Table 1: the floors of the trained cells
+    for key in ("baseline_train_majority", "baseline_eval_majority"):
+        mean = constant_guess(trained, tasks, key)[1][0]
         rows.append(f"| *{CONSTANTS[key]}* | {100 * mean:.1f} | | | | |")
         numbers[key] = mean
     family = sum(v["in_family"] and math.isfinite(v["p_ttest"]) for v in t.values())
-    lines = ["| Method | Accuracy % [95% CI] | Δ vs LoRA (p) | Δ vs full (p) | Diverged | Final loss |",
+    lines = ["| Method | Accuracy % [95% CI] | Δ vs LoRA [95% CI] (p) | Δ vs full [95% CI] (p) | Diverged | "
+             "Final loss |",
              "|---|---|---|---|---|---|", *rows, "",
              f"Tasks {', '.join(tasks)}; accuracy averaged over the tasks within each seed, then over seeds; CI: "
-             "bootstrap over seeds within tasks. Δ: paired over (task, seed), in points; p: paired t-test, "
+             "bootstrap over seeds within tasks. Δ: paired over (task, seed), in points, with its bootstrap CI over "
+             "the pairs; p: paired t-test, "
              f"Holm-corrected over the {family} comparisons of a guided method with a baseline; † uncorrected. "
              "Diverged: diverged runs / planned cells (scored as the train-pool majority)."]
     return {"markdown": "\n".join(lines), "numbers": numbers, "tests": t}

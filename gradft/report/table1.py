@@ -244,6 +244,15 @@ def training_length(trained: list[dict], steps: list[int]) -> str:
             f"{best[len(best) // 2] if best else '—'})")
 
 
+def constant_guess(trained: list[dict], tasks: list[str], key: str
+                   ) -> tuple[dict[tuple[str, int], float], tuple[float, float, int]]:
+    """A constant baseline (``baseline_*`` of results.json) per (task, seed), and its task average over seeds
+    (mean, std, n) computed as a method's row is."""
+    first = {(r["task"], r["seed"]): as_number(r["metrics"].get(key)) for r in trained}
+    rows = [{"task": t, "seed": s, "metrics": {"accuracy": v}} for (t, s), v in first.items()]
+    return first, mean_std(seed_means(rows, tasks, "accuracy"))
+
+
 def is_table_task(r: dict[str, Any]) -> bool:
     """A result whose ``data.source`` is files or hub-table: the domain tasks and any user task (not SuperGLUE)."""
     return (r.get("data") or {}).get("source") in ("files", "hub") and "labels" in (r.get("data") or {})
@@ -280,9 +289,7 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
                         fmt(*cols[2], digits=3, full=n_seeds), *[fmt(*c, 100, full=n_seeds) for c in per_task]])
     trained = [r for r in recs if r["shots"] > 0] or recs
     for key, name in BASELINES.items():  # floors from results.json; older results (drawn-shots majority): "—"
-        first = {(r["task"], r["seed"]): as_number(r["metrics"].get(key)) for r in trained}
-        maj = [{"task": t, "seed": s, "metrics": {"accuracy": v}} for (t, s), v in first.items()]
-        avg = mean_std(seed_means(maj, tasks, "accuracy"))
+        first, avg = constant_guess(trained, tasks, key)
         per_task = [mean_std([v for (t, _), v in first.items() if t == task]) for task in tasks]
         rows.append([key, avg[2], avg[0], avg[1], "", "", "", "", "", "", *[x for c in per_task for x in c[:2]],
                      "", "", ""])
