@@ -67,3 +67,20 @@ def test_runs_on_other_hardware_are_counted_apart_and_gpu_rows_have_no_machine_h
     assert compute.main([str(root)]) == 0
     gpu_row = r["wall_time_s"] / 3600
     assert f"| minilm/smoke | NVIDIA H200 | 1 | {gpu_row:.2f} | — |" in capsys.readouterr().out
+
+
+def test_an_adopted_cell_is_counted_in_the_grid_it_ran_in_not_the_one_that_adopted_it(smoke_grid, tmp_path):
+    """Figure 2 adopts the answer grid's k = 32 cells; "signal_figure2_x" sorts before "signal_x", so without the
+    grid's own record of the adoption the copy would take the hours of the run it copied."""
+    root = tmp_path / "results"
+    rel = "cb/ours/k32/s0"
+    source = root / "minilm" / "signal_x" / rel
+    shutil.copytree(smoke_grid / "smoke" / rel, source)
+    copy_grid = root / "minilm" / "signal_figure2_x"
+    shutil.copytree(source, copy_grid / rel)
+    event = {"time": 0.0, "event": "adopt", "cell": rel, "pid": 1, "host": "vm", "source": str(source)}
+    (copy_grid / "runs.jsonl").write_text(json.dumps(event) + "\n" + '{"cut by a cra')
+    trees = compute.spent(root)
+    assert {tree for tree, _ in trees} == {"minilm/signal_x"}
+    (tree,) = trees.values()
+    assert tree["runs"] == 1

@@ -8,8 +8,8 @@ hardware (results.json "env"; runs from before it was recorded ran on the projec
 give worker-hours only: its runs shared one GPU, many at a time. Runs that failed or were pruned before writing
 results.json are not counted (a pruned trial's finished runs are), nor is a copy of a run counted twice: a grid
 cell adopted from a sibling grid and a run reused by a retried sweep trial are byte-identical copies of their
-results.json, counted once, where they first appear (a run trained again differs in ``wall_time_s``). Reads results
-only.
+results.json, counted once: where it ran — a grid's runs.jsonl names the cells it adopted, and those copies come last
+— else where it first appears (a run trained again differs in ``wall_time_s``). Reads results only.
 """
 
 from __future__ import annotations
@@ -35,13 +35,32 @@ def tree_of(path: Path, root: Path, task: str) -> str:
     return "/".join(head) or "."
 
 
+def adopted(root: Path) -> set[Path]:
+    """The results.json of every cell a grid under root adopted from a sibling ("adopt" events of its runs.jsonl)."""
+    out: set[Path] = set()
+    for log in root.rglob("runs.jsonl"):
+        try:
+            lines = log.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                e = json.loads(line)
+            except ValueError:  # a line cut by a crash mid-write
+                continue
+            if isinstance(e, dict) and e.get("event") == "adopt" and isinstance(e.get("cell"), str):
+                out.add(log.parent / e["cell"] / "results.json")
+    return out
+
+
 def spent(root: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
     """(tree, hardware) -> {runs, worker_hours, models, precisions, gpu} over every readable results.json under root."""
     root = Path(root)
     out: dict[tuple[str, str], dict[str, Any]] = defaultdict(lambda: {"runs": 0, "worker_hours": 0.0,
                                                                       "models": set(), "precisions": set()})
     seen: set[bytes] = set()  # a digest of every results.json counted: a byte-identical copy is the same computation
-    for path in sorted(root.rglob("results.json")):
+    copies = adopted(root)  # counted last: the run's time goes to the grid it ran in, not one that adopted it
+    for path in sorted(root.rglob("results.json"), key=lambda p: (p in copies, p)):
         try:
             text = path.read_text()
             r = json.loads(text)
