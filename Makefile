@@ -157,17 +157,7 @@ guidance-fix: install  ## issue 27's measurement: ours at its tuned point, pre-f
 
 REPORT_OUT ?= outputs/reports
 report: install  ## every table and figure from the committed results/<setting>/<grid>/ -> $(REPORT_OUT)/<setting>/..., and one Figure 3 of every setting -> $(REPORT_OUT)/figure3.{png,md} (REPORT_OUT=reports replaces the committed ones; ARGS="--root DIR --out DIR" for one root)
-	@if [ -n "$(ARGS)" ]; then $(BIN)/python -m gradft.report $(ARGS); exit $$?; fi; \
-	for d in results/*/table1_* results/*/figure2_* results/*/figure3_* results/*/signal_*; do \
-	  case $$d in results/tuning/*) continue;; esac; [ -d "$$d" ] || continue; s=$$(basename $$(dirname $$d)); g=$$(basename $$d); kind=$${g%_$$s}; \
-	  out=$(REPORT_OUT)/$$s; [ "$$kind" = table1 ] || out=$$out/$$kind; \
-	  tuning=""; [ -f conf/experiment/$$g.yaml ] && tuning="--tuning conf/experiment/$$g.yaml"; \
-	  case $$kind in signal*) tuning="$$tuning --all-tasks";; esac; \
-	  echo "== $$d -> $$out"; $(BIN)/python -m gradft.report --root $$d --out $$out $$tuning || exit 1; \
-	done; \
-	roots=$$(for d in results/*/figure3_*; do [ -d "$$d" ] && printf -- '--root %s ' $$d; done); \
-	if [ -n "$$roots" ]; then echo "== every setting's Figure 3 -> $(REPORT_OUT)/figure3.{png,md}"; \
-	  $(BIN)/python -m gradft.report $$roots --out $(REPORT_OUT) || exit 1; fi
+	@if [ -n "$(ARGS)" ]; then $(BIN)/python -m gradft.report $(ARGS); else $(BIN)/python -m gradft.report.every results --out $(REPORT_OUT); fi
 
 compute: install  ## worker-hours spent per grid and tuning study, from the committed results/ (the protocol's budget)
 	$(BIN)/python -m gradft.experiments.compute results
