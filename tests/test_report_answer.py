@@ -54,6 +54,12 @@ def test_the_answer_tests_both_readings_against_every_baseline_in_one_holm_famil
     p_full_lora = paired_comparison(cells["full"], cells["lora"])["p_ttest"]
     assert md_row(md, "full")[2].endswith(f"(p {fmt_p(p_full_lora)}†)")
     assert md_row(md, "lora")[2] == "—" and md_row(md, "full")[3] == "—"
+    # the whole family is listed (the short table shows only the LoRA and full columns), each with its Holm p
+    listed = [r for r in md.split("The Holm family")[1].splitlines() if r.startswith("| ours")]
+    rows = {tuple(c.strip() for c in r.strip("|").split("|"))[:2]: r for r in listed}
+    assert set(rows) == set(family)
+    for (g, b), p in want.items():
+        assert rows[(g, b)].rstrip().endswith(f"| {fmt_p(p)} |"), rows[(g, b)]
 
 
 def test_a_diverged_run_is_counted_in_the_answer_and_scored_as_the_majority(grid, tmp_path):

@@ -56,6 +56,23 @@ def _delta(t: dict[str, Any] | None) -> str:
     return f"{100 * t['mean_diff']:+.1f}{ci} (p {fmt_p(p)}{mark})"
 
 
+def family_lines(t: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """Every comparison Holm's correction ran over (the short table shows those with LoRA and full only)."""
+    fam = sorted((k for k, v in t.items() if v["in_family"] and v["n_pairs"]),
+                 key=lambda k: (GUIDED.index(k[0]), BASELINES.index(k[1])))
+    rows = []
+    for g, b in fam:
+        v = t[(g, b)]
+        ci = f" [{100 * v['ci_low']:+.1f}, {100 * v['ci_high']:+.1f}]" if v["n_pairs"] >= 2 else ""
+        rows.append(f"| {g} | {b} | {v['n_pairs']} | {100 * v['mean_diff']:+.1f}{ci} | {fmt_p(v['p_ttest'])} | "
+                    f"{fmt_p(v['p_holm'])} |")
+    if not rows:
+        return []
+    return ["", "The Holm family, each guided method against each baseline:", "",
+            "| Guided | Baseline | Pairs | Δ (pts) [95% CI] | p (t-test) | Holm p |", "|---|---|---|---|---|---|",
+            *rows]
+
+
 def answer(recs: list[dict]) -> dict[str, Any]:
     """The short table's markdown and its numbers. Every method is planned in every (task, seed) cell of ``recs``."""
     tasks = sorted({r["task"] for r in recs})
@@ -88,4 +105,5 @@ def answer(recs: list[dict]) -> dict[str, Any]:
              "the pairs; p: paired t-test, "
              f"Holm-corrected over the {family} comparisons of a guided method with a baseline; † uncorrected. "
              "Diverged: diverged runs / planned cells (scored as the train-pool majority)."]
+    lines += family_lines(t)
     return {"markdown": "\n".join(lines), "numbers": numbers, "tests": t}
