@@ -326,3 +326,14 @@ def test_a_cell_that_diverged_is_kept_as_an_outcome_and_run_again_only_when_aske
     assert grid.main(args) == 0 and starts() == 1  # kept: the same config diverges the same way
     assert grid.main([*args, "--retry-diverged"]) == 0 and starts() == 2
     assert grid.main([*args[:-1], "method.lr=1e31"]) == 0 and starts() == 3  # another config: another cell
+
+
+def test_cells_run_seed_by_seed_so_a_stopped_grid_has_every_method_and_k_at_its_first_seeds(tmp_path):
+    spec = tmp_path / "order.yaml"
+    spec.write_text("grid:\n  axes:\n    task: [cb, rte]\n    method: [prompt, lora]\n    shots: [8, 16]\n"
+                    "    seed: [5, 3]\n  data_seed: seed\n  overrides: [model=tiny_bert, trainer.steps=2]\n")
+    p = grid.plan(str(spec), [], tmp_path)
+    assert [c.seed for c in p.cells] == [5] * 8 + [3] * 8  # the axis' order, not sorted
+    first = p.cells[:8]  # one seed's cells: every task × method × shots, in that order
+    assert [(c.task, c.method, c.shots) for c in first] == [
+        (t, m, k) for t in ("cb", "rte") for m in ("prompt", "lora") for k in (8, 16)]

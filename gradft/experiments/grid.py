@@ -210,6 +210,10 @@ def plan(grid: str, extra: list[str] = (), out: str | Path = "outputs/grid") -> 
                 continue
             p.cells.append(cell)  # shots is a plain value (= the override); the key ignores seed and data_seed
             p.keys[cell] = config_key(OmegaConf.merge(base, {"shots": cell.shots}))  # head is in base
+    # run order: seed by seed (stable: task × method × shots within a seed), so a grid stopped partway has every
+    # task, method and k at its first seeds — a partial table compares methods on the same cells
+    rank = {s: i for i, s in enumerate(axes["seed"])}
+    p.cells.sort(key=lambda c: rank.get(c.seed, -1))  # the zero-shot cell (the first seed, or any) first
     return p
 
 
