@@ -52,8 +52,13 @@ def _delta(t: dict[str, Any] | None) -> str:
         return "—"
     p = t["p_holm"] if t["in_family"] else t["p_ttest"]
     mark = "" if t["in_family"] else "†"
+    return f"{_diff(t)} (p {fmt_p(p)}{mark})"
+
+
+def _diff(t: dict[str, Any]) -> str:
+    """The mean paired difference in points, with its bootstrap CI when there are 2 pairs or more."""
     ci = f" [{100 * t['ci_low']:+.1f}, {100 * t['ci_high']:+.1f}]" if t["n_pairs"] >= 2 else ""
-    return f"{100 * t['mean_diff']:+.1f}{ci} (p {fmt_p(p)}{mark})"
+    return f"{100 * t['mean_diff']:+.1f}{ci}"
 
 
 def family_lines(t: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
@@ -63,9 +68,7 @@ def family_lines(t: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     rows = []
     for g, b in fam:
         v = t[(g, b)]
-        ci = f" [{100 * v['ci_low']:+.1f}, {100 * v['ci_high']:+.1f}]" if v["n_pairs"] >= 2 else ""
-        rows.append(f"| {g} | {b} | {v['n_pairs']} | {100 * v['mean_diff']:+.1f}{ci} | {fmt_p(v['p_ttest'])} | "
-                    f"{fmt_p(v['p_holm'])} |")
+        rows.append(f"| {g} | {b} | {v['n_pairs']} | {_diff(v)} | {fmt_p(v['p_ttest'])} | {fmt_p(v['p_holm'])} |")
     if not rows:
         return []
     return ["", "The Holm family, each guided method against each baseline:", "",
