@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export OMP_WAIT_POLICY ?= PASSIVE   # spinning OpenMP threads ran 3-6x slower when another process held a core (docs/bench.md)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint bench sweep tune dashboard table1 figure2 grid figure3 heads zeroshot guidance-fix report compute data clean
+.PHONY: help install run test test-fast lint bench sweep tune dashboard table1 figure2 grid figure3 heads zeroshot guidance-fix signal-tune signal-status signal signal-figure2 signal-untrained report compute data clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -148,6 +148,11 @@ signal-figure2: signal-tune  ## issue 28: Figure 2 on the signal testbed (k = 16
 	$(BIN)/python -m gradft.experiments.tuned $(foreach m,full lora ours ours_update,sweeps/signal_$(SETTING)_$(m).yaml) --name signal_figure2_$(SETTING) --seeds 100,101,102 --tasks $(SIGNAL_TASKS_$(SETTING)) --shots $(FIG2_SHOTS_$(SETTING)) --no-ablations
 	$(BIN)/python -m gradft.experiments.grid signal_figure2_$(SETTING) --workers $(GRID_WORKERS) --out results/$(SETTING) trainer.threads=1 $(ARGS)
 	$(BIN)/python -m gradft.report --root results/$(SETTING)/signal_figure2_$(SETTING) --out reports/$(SETTING)/signal_figure2 --tuning conf/experiment/signal_figure2_$(SETTING).yaml --all-tasks
+
+signal-untrained: install  ## issue 28: the LM-head rows that train nothing (zero-shot, ICL) of SETTING=smollm2 on its testbed: no study needed, CPU-sized; `make signal` adopts the ICL cells -> reports/$(SETTING)/signal_untrained
+	$(BIN)/python -m gradft.experiments.tuned $(foreach m,$(SIGNAL_METHODS),sweeps/signal_$(SETTING)_$(m).yaml) --name signal_untrained_$(SETTING) --seeds $(SIGNAL_SEEDS_$(SETTING)) --tasks $(SIGNAL_TASKS_$(SETTING)) --shots $(SHOTS_$(SETTING)) --untrained
+	$(BIN)/python -m gradft.experiments.grid signal_untrained_$(SETTING) --workers $(GRID_WORKERS) --out results/$(SETTING) trainer.threads=1 $(ARGS)
+	$(BIN)/python -m gradft.report --root results/$(SETTING)/signal_untrained_$(SETTING) --out reports/$(SETTING)/signal_untrained --all-tasks
 
 guidance-fix: install  ## issue 27's measurement: ours at its tuned point, pre-fix (Table 1's cells) vs fixed hessian (κ = 1, none) vs update -> reports/guidance_fix_<setting>.md
 	for s in minilm smollm2; do \

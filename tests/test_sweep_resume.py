@@ -30,7 +30,10 @@ def test_a_sigtermed_trial_is_run_again_with_its_parameters_and_its_finished_run
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None and not first.exists():
         time.sleep(0.05)
-    assert first.exists(), "the trial's first run never finished"
+    if not first.exists():  # it exited (say why) or hung
+        p.kill()
+        _, err = p.communicate()
+        pytest.fail(f"the trial's first run never finished (exit {p.returncode}): {err[-3000:]}")
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=180)
     assert p.returncode == 143, err[-3000:]

@@ -3,6 +3,7 @@ at its own best point, ablations of ours minus the term they switch off, fresh s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,37 @@ def test_a_best_value_at_the_parameters_own_limit_is_a_note_not_a_call_to_widen(
     assert not tuned.limit_of(update, "guidance.lambda2", "low")  # 5e-4 is a valid fraction: the range's own end
     assert not tuned.limit_of(hessian, "guidance.lambda2", "high")
     assert not tuned.limit_of(update, "method.lr", "high")
+
+
+@pytest.mark.slow
+def test_untrained_rows_are_written_before_any_study_and_the_tuned_grid_adopts_their_icl_cells(tmp_path):
+    lm = ("head=lm", "model=tiny_llama")
+    paths = [spec(tmp_path, m, LR, n_trials=1, own=lm) for m in ("full", "lora")]
+    conf, out = tmp_path / "conf", tmp_path / "results"
+    assert not list(tmp_path.glob("*.db"))  # no study exists yet
+    assert tuned.main([*map(str, paths), "--name", "u", "--conf-dir", str(conf), "--seeds", "100,101",
+                       "--tasks", "cb", "--shots", "0,32", "--untrained"]) == 0
+    text = (conf / "experiment" / "u.yaml").read_text()
+    assert "--untrained" in text and not list(tmp_path.glob("*.db"))  # the command to write it again; no study read
+    p = grid.plan(str(conf / "experiment" / "u.yaml"), [], out / "u")
+    assert sorted((c.method, c.shots, c.seed) for c in p.cells) == [("icl", 0, 100), ("icl", 32, 100),
+                                                                    ("icl", 32, 101)]  # one zero-shot cell
+    assert grid.main([str(conf / "experiment" / "u.yaml"), "--out", str(out)]) == 0
+
+    for path in paths:  # later, where the studies can run: the tuned grid of the same setting
+        assert sweep.main([str(path), "--conf-dir", str(conf), *FAST]) == 0
+    assert tuned.main([*map(str, paths), "--name", "t", "--conf-dir", str(conf), "--seeds", "100,101",
+                       "--tasks", "cb", "--shots", "0,32"]) == 0
+    assert "icl" in yaml.safe_load((conf / "experiment" / "t.yaml").read_text())["grid"]["axes"]["method"]
+    assert grid.main([str(conf / "experiment" / "t.yaml"), "--out", str(out), "method=icl"]) == 0
+    events = [json.loads(line) for line in (out / "t" / "runs.jsonl").read_text().splitlines()]
+    assert sorted(e["cell"] for e in events if e["event"] == "adopt") == ["cb/icl/k32/s100", "cb/icl/k32/s101"]
+    assert not any(e["event"] == "start" and "/k32/" in e["cell"] for e in events)  # ICL was not run again
+    icl = out / "t" / "cb" / "icl" / "k32" / "s100" / "results.json"
+    assert icl.read_text() == (out / "u" / "cb" / "icl" / "k32" / "s100" / "results.json").read_text()
+
+
+def test_untrained_rows_need_an_lm_head(tmp_path):
+    path = spec(tmp_path, "lora", LR)  # a classifier head: nothing to score without training
+    assert tuned.main([str(path), "--name", "u", "--conf-dir", str(tmp_path / "conf"), "--untrained"]) == 2
+    assert not (tmp_path / "conf" / "experiment" / "u.yaml").exists()

@@ -13,6 +13,8 @@ could select (``selection``: the objective's SE, best − default and best − r
 controls; ``gradft.experiments.signal.selection_summary``).
 A study that has not met its budget is refused unless ``--partial`` (the file then says so). Figure 2's grid is the
 same with ``--tasks cb,copa,rte,wic --shots 16,32,64,128,256 --no-ablations`` and the full/lora/ours studies.
+``--untrained`` writes, from the studies' specs alone (before any trial), the LM-head rows that train nothing:
+zero-shot and ICL, cells the tuned grid adopts later (where no GPU runs the studies, these rows still exist).
 """
 
 from __future__ import annotations
@@ -71,6 +73,17 @@ def limit_of(spec: Spec, key: str, end: str) -> bool:
     return False
 
 
+def study_settings(spec: Spec) -> dict[str, Any]:
+    """What a study fixes before any trial: its method, budget, tuning seeds and base settings (split into the
+    method's own ``guidance.*`` options and those of every cell). ``--untrained`` needs no more than this."""
+    return {"method": next(o.split("=", 1)[1] for o in spec.base if o.startswith("method=")),
+            "study": spec.study_name, "n_trials": spec.n_trials, "widened": spec.widened,
+            "tasks": spec.tasks, "tuning_seeds": spec.n_seeds,
+            # guidance.* options of the method's own (ours' fd_r; guidance=none has none): its rows, not every cell's
+            "own": [o for o in spec.base if o.startswith("guidance.")],
+            "base": [o for o in spec.base if not o.startswith(("method=", "metrics.every=", "shots=", "guidance."))]}
+
+
 def study_summary(spec_path: str | Path, partial: bool = False) -> dict[str, Any]:
     """The best trial of one sweep and what it cost; raises ValueError if the budget is unmet (unless partial)."""
     spec = load_spec(spec_path)
@@ -82,11 +95,9 @@ def study_summary(spec_path: str | Path, partial: bool = False) -> dict[str, Any
         raise ValueError(f"{spec_path}: {len(counted)} of {spec.n_trials} trials done; finish the sweep "
                          f"(python -m gradft.experiments.sweep {spec_path}) or pass --partial")
     best = study.best_trial
-    method = next(o.split("=", 1)[1] for o in spec.base if o.startswith("method="))
     edges = {k: e for k, v in best.params.items() if (e := at_edge(v, spec.space[k]))}
     limits = {k: e for k, e in edges.items() if limit_of(spec, k, e)}  # at the parameter's own limit: no widening
-    return {"method": method, "study": spec.study_name, "spec": str(spec_path), "n_trials": spec.n_trials,
-            "widened": spec.widened,
+    return {**study_settings(spec), "spec": str(spec_path),
             "complete": sum(t.state == TrialState.COMPLETE for t in trials),
             "pruned": sum(t.state == TrialState.PRUNED for t in trials),
             "failed": sum(t.state == TrialState.FAIL for t in trials),
@@ -96,11 +107,8 @@ def study_summary(spec_path: str | Path, partial: bool = False) -> dict[str, Any
             "best": trial_values(best, spec.space),  # a winning λ = 0 control point keeps its λ = 0
             # the objective's SE, best − default / − runner-up with paired CIs, the λ = 0 controls (report/tuning.py)
             "selection": selection_summary(trials, spec.enqueue),
-            "space": spec.space, "tasks": spec.tasks, "tuning_seeds": spec.n_seeds,
-            "at_edge": {k: e for k, e in edges.items() if k not in limits}, "at_limit": limits,
-            # guidance.* options of the method's own (ours' fd_r; guidance=none has none): its rows, not every cell's
-            "own": [o for o in spec.base if o.startswith("guidance.")],
-            "base": [o for o in spec.base if not o.startswith(("method=", "metrics.every=", "shots=", "guidance."))]}
+            "space": spec.space,
+            "at_edge": {k: e for k, e in edges.items() if k not in limits}, "at_limit": limits}
 
 
 def widened_note(studies: list[dict[str, Any]]) -> str:
@@ -133,8 +141,27 @@ def grid_doc(name: str, studies: list[dict[str, Any]], seeds: list[int], partial
                           for s in studies}}}
 
 
+def untrained_doc(name: str, settings: list[dict[str, Any]], seeds: list[int], tasks: list[str],
+                  shots: list[int], extra: list[str]) -> dict[str, Any]:
+    """``--untrained``: the rows of an LM-head table that train nothing, zero-shot (k = 0) and in-context learning
+    (k > 0), over the studies' shared base, before any study has run. Its ``icl`` cells are the tuned grid's, by path
+    and config key: run under the same ``--out``, the tuned grid adopts them (``gradft.experiments.grid``); the
+    zero-shot cell sits under the first method, ``icl`` here (``full`` there), so it runs again there (minutes)."""
+    bases = {tuple(s["base"]) for s in settings}
+    if len(bases) != 1:
+        raise ValueError("the studies differ in their base settings: their grid would not be one table")
+    base = [*next(iter(bases)), *extra]
+    if "head=lm" not in base:
+        raise ValueError("--untrained: zero-shot and in-context learning need head=lm in the studies' base")
+    return {"grid": {"name": name, "axes": {"task": list(tasks), "method": ["icl"], "shots": list(shots),
+                                            "seed": seeds},
+                     "data_seed": "seed", "overrides": base, "per_method": {}, "est_seconds_per_cell": 120},
+            "tuning": {"untrained": True, "written": f"{datetime.now():%Y-%m-%d %H:%M}",
+                       "studies": [s["study"] for s in settings]}}
+
+
 def command(name: str, spec_paths: list[str], seeds: list[int], partial: bool, tasks: list[str],
-            shots: list[int], ablations: bool, extra: list[str]) -> str:
+            shots: list[int], ablations: bool, extra: list[str], untrained: bool = False) -> str:
     """The ``python -m gradft.experiments.tuned`` line that writes this grid again (options at their
     default left out)."""
     opts = [*map(str, spec_paths), "--name", name, "--seeds", ",".join(map(str, seeds))]
@@ -142,13 +169,16 @@ def command(name: str, spec_paths: list[str], seeds: list[int], partial: bool, t
     opts += ["--shots", ",".join(map(str, shots))] if list(shots) != [32] else []
     opts += [] if ablations else ["--no-ablations"]
     opts += ["--partial"] if partial else []
+    opts += ["--untrained"] if untrained else []
     opts += ["--overrides", *extra] if extra else []  # last: it takes every argument after it
     return shlex.join(["python", "-m", "gradft.experiments.tuned", *opts])
 
 
 def write(name: str, spec_paths: list[str], seeds: list[int], partial: bool = False,
           conf_dir: Path = CONF_DIR, tasks: list[str] = TASKS, shots: list[int] = (32,),
-          ablations: bool = True, extra: list[str] = ()) -> Path:
+          ablations: bool = True, extra: list[str] = (), untrained: bool = False) -> Path:
+    if untrained:
+        return write_untrained(name, spec_paths, seeds, conf_dir, tasks, shots, extra)
     studies = [study_summary(p, partial) for p in spec_paths]
     tuning_seeds = set(range(max(s["tuning_seeds"] for s in studies)))
     if clash := tuning_seeds & set(seeds):
@@ -170,6 +200,20 @@ def write(name: str, spec_paths: list[str], seeds: list[int], partial: bool = Fa
     return path
 
 
+def write_untrained(name: str, spec_paths: list[str], seeds: list[int], conf_dir: Path, tasks: list[str],
+                    shots: list[int], extra: list[str]) -> Path:
+    settings = [study_settings(load_spec(p)) for p in spec_paths]
+    doc = untrained_doc(name, settings, seeds, tasks, shots, extra)
+    header = (f"# @package _global_\n# python -m gradft.experiments.grid {name} --workers 2    (written by: "
+              f"{command(name, spec_paths, seeds, False, tasks, shots, True, extra, untrained=True)})\n"
+              f"# The rows that train nothing (zero-shot at k = 0, in-context learning at k > 0) over the studies' "
+              f"base; seeds {seeds}. No study was read: nothing here is tuned.\n"
+              "# This file only describes the grid (the `grid` and `tuning` nodes are inert in a run).\n")
+    path = conf_dir / "experiment" / f"{name}.yaml"
+    atomic_write(path, header + OmegaConf.to_yaml(OmegaConf.create(doc)))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gradft.experiments.tuned", description=__doc__.split("\n\n")[0])
     p.add_argument("specs", nargs="+", help="one sweep yaml per method (sweeps/tune_<setting>_<method>.yaml)")
@@ -179,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", default=",".join(TASKS), help="the grid's tasks (Figure 2: cb,copa,rte,wic)")
     p.add_argument("--shots", default="32", help="the grid's shot counts (Figure 2: 16,32,64,128,256)")
     p.add_argument("--no-ablations", action="store_true", help="ours without its ablation rows (Figure 2)")
+    p.add_argument("--untrained", action="store_true", help="only the rows that train nothing (zero-shot, ICL; "
+                                                            "head=lm), from the studies' base: no study is read")
     p.add_argument("--overrides", nargs="*", default=[], help="more overrides of every cell, after the tuning base "
                                                                 "(e.g. eval.max_examples=1000: the stated cap)")
     p.add_argument("--conf-dir", type=Path, default=CONF_DIR)
@@ -186,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = write(a.name, a.specs, [int(s) for s in a.seeds.split(",")], a.partial, a.conf_dir,
                      a.tasks.split(","), [int(k) for k in a.shots.split(",")], not a.no_ablations,
-                     a.overrides)
+                     a.overrides, a.untrained)
     except ValueError as e:
         print(f"gradft.experiments.tuned: error: {e}", file=sys.stderr)
         return 2
