@@ -1,5 +1,6 @@
 """Figure 2's numbers (``figure2.md`` / ``.csv`` / ``_paired.csv``): the plot's points as mean ± std over seeds of the
-average over the tasks present at every k, ours against each method at each k with Holm over the whole figure, the
+average over the tasks present at every k, each reading of the method against each baseline at each k with Holm over
+the whole figure, the
 zero-shot column, and a partial grid that says how far it got (records built in the test: the report is a pure
 function of results.json records)."""
 
@@ -62,7 +63,8 @@ def test_points_are_seed_means_of_the_average_over_the_tasks_present_at_every_k(
 
 def test_ours_is_paired_with_each_baseline_at_each_k_and_holm_covers_the_whole_figure(tmp_path):
     figure2_table(records(methods=("lora", "ours", "ours-mag")), tmp_path, tmp_path)
-    tests = {(r["baseline"], int(r["shots"])): r for r in rows(tmp_path / "figure2_paired.csv")}
+    tests = {(r["baseline"], int(r["shots"])): r for r in rows(tmp_path / "figure2_paired.csv")
+             if r["method"] == "ours"}
     # one comparison per k; zero-shot is no baseline, nor is an ablation (Table 1 pairs it with ours, Holm over 4)
     assert sorted(tests) == [("lora", k) for k in SHOTS]
     for (_, k), t in tests.items():
@@ -72,6 +74,20 @@ def test_ours_is_paired_with_each_baseline_at_each_k_and_holm_covers_the_whole_f
     p64 = float(tests[("lora", 64)]["p_ttest"])  # the smallest of the 3 p-values: Holm multiplies it by 3
     assert float(tests[("lora", 64)]["p_ttest_holm"]) == pytest.approx(3 * p64) and 3 * p64 < 0.001
     assert float(tests[("lora", 16)]["p_ttest"]) > 0.001
+
+
+def test_both_readings_meet_every_baseline_at_each_k_never_each_other_in_one_holm_family(tmp_path):
+    md = figure2_table(records(methods=("full", "lora", "ours", "ours-update")), tmp_path, tmp_path).read_text()
+    tests = {(r["method"], r["baseline"], int(r["shots"])): r for r in rows(tmp_path / "figure2_paired.csv")}
+    assert sorted(tests) == sorted((g, b, k) for g in ("ours", "ours-update") for b in ("full", "lora") for k in SHOTS)
+    p = {gbk: float(t["p_ttest"]) for gbk, t in tests.items()}
+    order = sorted(p, key=p.get)  # Holm over all 12: the smallest p is multiplied by 12, the next by 11, ...
+    running = 0.0
+    for i, gbk in enumerate(order):
+        running = max(running, min(1.0, (len(order) - i) * p[gbk]))
+        assert float(tests[gbk]["p_ttest_holm"]) == pytest.approx(running)
+    assert float(tests[("ours-update", "lora", 64)]["mean_diff"]) == pytest.approx(0.0, abs=0.004)  # no lift
+    assert "## ours and ours-update − each baseline at each k" in md and "| ours-update | lora | 64 | 8 |" in md
 
 
 def test_a_partial_grid_says_how_many_planned_cells_have_ended_counting_divergences(tmp_path):

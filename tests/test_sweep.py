@@ -103,8 +103,12 @@ def test_best_params_file_composes_as_an_experiment(resumed):
     conf = resumed.parent / "conf"
     text = (conf / "experiment" / "best_smoke.yaml").read_text()
     assert text.startswith("# @package _global_")
+    # composed under a name of its own: a best_smoke.yaml in the repo's conf/experiment (a sweep of smoke.yaml run
+    # without --conf-dir) would win over the search path's
+    name = f"best_smoke_{conf.parent.name}"
+    (conf / "experiment" / f"{name}.yaml").write_text(text)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"hydra.searchpath=[file://{conf}]", sweep.experiment_override("best_smoke"),
+        cfg = compose("config", overrides=[f"hydra.searchpath=[file://{conf}]", sweep.experiment_override(name),
                                            "paths.output_dir=/tmp/x"])
     assert cfg.guidance.lambda1 == pytest.approx(best.params["guidance.lambda1"])
     assert cfg.guidance.lambda2 == pytest.approx(best.params["guidance.lambda2"])

@@ -3,9 +3,10 @@
 Owns: which tasks the curves average (those with results at every k; a task a grid skipped at some k because its
 pool is too small, from the grids' skipped.json, is named under the plot and left out), the zero-shot point at
 k = 0, ``figure2.png``, ``figure2_tasks.png`` (a panel per task, over the k its pool allows), and ``figure2.md`` /
-``figure2.csv`` / ``figure2_paired.csv``: per method and k the mean ± std over seeds of the task average, and ours
-against each baseline method at each k (not its ablations: Table 1 pairs those with ours), paired over (task,
-seed), with Holm's correction over every (baseline, k) comparison.
+``figure2.csv`` / ``figure2_paired.csv``: per method and k the mean ± std over seeds of the task average, and each
+reading of the method (ours, ours-update) against each baseline at each k (not each other, nor ours' ablations: Table
+1 pairs those with ours), paired over (task, seed), with Holm's correction over every (reading, baseline, k)
+comparison.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gradft.experiments.stats import holm, paired_comparison  # noqa: E402
+from gradft.report.answer import GUIDED  # noqa: E402
 from gradft.report.outcomes import fmt_loss, fmt_rate, n_results  # noqa: E402
 from gradft.report.table1 import (  # noqa: E402
     ABLATIONS,
     BASELINES,
     ICL,
-    OURS,
     ZERO,
     as_number,
     diverged_cells,
@@ -201,7 +202,8 @@ def loss_lines(trained: list[dict], methods: list[str], shots: list[int], tasks:
 
 
 def figure2_table(recs: list[dict], out: Path, root: Path | list[Path], tuning: dict[str, Any] | None = None) -> Path:
-    """``figure2.md`` (+ csv): the plot's points as numbers, per-task means, and ours − each method at each k; with
+    """``figure2.md`` (+ csv): the plot's points as numbers, per-task means, and each reading − each baseline at each k;
+    with
     the grid file's ``tuning`` node (``report --tuning``), a partial grid says how far it got."""
     trained, shots, tasks, common, zero = layout(recs)
     methods = method_order(trained)
@@ -218,11 +220,11 @@ def figure2_table(recs: list[dict], out: Path, root: Path | list[Path], tuning: 
     avg = {(m, k): (mu, sd, n) for m, k, t, mu, sd, n in rows if t == "avg"}
     acc = {(m, k): {(r["task"], r["seed"]): as_number(r["metrics"]["accuracy"]) for r in rs if r["task"] in common}
            for (m, k), rs in cell.items()}
-    baselines = [b for b in methods if b != OURS and b not in ABLATIONS]  # ablations meet ours in Table 1, not here
-    tests = {(b, k): paired_comparison(acc[(OURS, k)], acc[(b, k)])
-             for b in baselines if OURS in methods for k in shots}
-    tests = {bk: t for bk, t in tests.items() if t["n_pairs"]}  # a method missing at some k: no comparison there
-    for p in ("p_ttest", "p_wilcoxon"):  # one family: every (baseline, k) comparison of the figure
+    guided = [g for g in GUIDED if g in methods]  # the method's two readings; each meets every baseline, not each other
+    baselines = [b for b in methods if b not in GUIDED and b not in ABLATIONS]  # ablations meet ours in Table 1
+    tests = {(g, b, k): paired_comparison(acc[(g, k)], acc[(b, k)]) for g in guided for b in baselines for k in shots}
+    tests = {gbk: t for gbk, t in tests.items() if t["n_pairs"]}  # a method missing at some k: no comparison there
+    for p in ("p_ttest", "p_wilcoxon"):  # one family: every (reading, baseline, k) comparison of the figure
         for t, adj in zip(tests.values(), holm([t[p] for t in tests.values()]), strict=True):
             t[f"{p}_holm"] = adj
     out.mkdir(parents=True, exist_ok=True)
@@ -233,7 +235,7 @@ def figure2_table(recs: list[dict], out: Path, root: Path | list[Path], tuning: 
     keys = ["n_pairs", "mean_diff", "ci_low", "ci_high", "p_ttest", "p_wilcoxon", "p_ttest_holm", "p_wilcoxon_holm"]
     with open(out / "figure2_paired.csv", "w", newline="") as f:
         csv.writer(f).writerows([["method", "baseline", "shots", *keys],
-                                 *[[OURS, b, k, *[t[x] for x in keys]] for (b, k), t in tests.items()]])
+                                 *[[g, b, k, *[t[x] for x in keys]] for (g, b, k), t in tests.items()]])
     floors = ", ".join(f"{name} {100 * v:.1f}" for key, name in BASELINES.items()
                        if key != "baseline_eval_majority" and math.isfinite(v := floor(trained, common, key)))
     lines = [
@@ -257,13 +259,13 @@ def figure2_table(recs: list[dict], out: Path, root: Path | list[Path], tuning: 
                       "a divergence): every number here is at the budget reached, not the planned one; rerun the "
                       "grid to finish it (finished cells are kept)."]
     if tests:
-        lines += [f"## {OURS} − each method at each k, paired over (task, seed)", "",
+        lines += [f"## {' and '.join(guided)} − each baseline at each k, paired over (task, seed)", "",
                   f"Over the tasks of the plot; mean difference in accuracy points with its bootstrap 95% CI, "
                   f"paired t-test and Wilcoxon signed-rank p-values (two-sided); Holm: corrected over the "
                   f"{sum(math.isfinite(t['p_ttest']) for t in tests.values())} comparisons below with 2 or more pairs.",
                   "",
-                  "| Baseline | k | pairs | mean diff (pts) | 95% CI | p (t-test) | p (Wilcoxon) | Holm p (t) | "
-                  "Holm p (W) |", "|---|---|---|---|---|---|---|---|---|"]
-        lines += [paired_row((b, k), t) for (b, k), t in tests.items()] + [""]
+                  "| Method | Baseline | k | pairs | mean diff (pts) | 95% CI | p (t-test) | p (Wilcoxon) | Holm p (t) "
+                  "| Holm p (W) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [paired_row(gbk, t) for gbk, t in tests.items()] + [""]
     (out / "figure2.md").write_text("\n".join(lines))
     return out / "figure2.md"
