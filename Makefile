@@ -135,7 +135,7 @@ SIGNAL_SEEDS_smollm2 ?= 100,101,102
 signal-tune: install  ## issue 28, step 1 (resumable): the six signal studies of SETTING=minilm|smollm2 (sweeps/signal_<setting>_<m>.yaml)
 	for m in $(SIGNAL_METHODS); do $(BIN)/python -m gradft.experiments.sweep sweeps/signal_$(SETTING)_$$m.yaml --workers $(GRID_WORKERS) trainer.threads=1 $(ARGS) || exit 1; done
 
-signal-status:  ## issue 28: each signal study of SETTING against its 8-trial budget, and its tuning-noise block so far (reads the studies; runs nothing)
+signal-status:  ## issue 28: each signal study of SETTING against its trial budget, and its tuning-noise block so far (reads the studies; runs nothing)
 	$(BIN)/python -m gradft.report.tuning --brief sweeps/signal_$(SETTING)_*.yaml
 	$(BIN)/python -m gradft.report.tuning $(foreach m,$(SIGNAL_METHODS),sweeps/signal_$(SETTING)_$(m).yaml)
 
