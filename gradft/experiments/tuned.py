@@ -195,6 +195,10 @@ def write(name: str, spec_paths: list[str], seeds: list[int], partial: bool = Fa
               + "".join(f"# NOTE {s['method']}: {k} at the {e} end, the parameter's own limit (nothing to widen).\n"
                         for s in studies for k, e in s.get("at_limit", {}).items())
               + "# This file only describes the grid (the `grid` and `tuning` nodes are inert in a run).\n")
+    return _save(conf_dir, name, header, doc)
+
+
+def _save(conf_dir: Path, name: str, header: str, doc: dict[str, Any]) -> Path:
     path = conf_dir / "experiment" / f"{name}.yaml"
     atomic_write(path, header + OmegaConf.to_yaml(OmegaConf.create(doc)))
     return path
@@ -209,9 +213,7 @@ def write_untrained(name: str, spec_paths: list[str], seeds: list[int], conf_dir
               f"# The rows that train nothing (zero-shot at k = 0, in-context learning at k > 0) over the studies' "
               f"base; seeds {seeds}. No study was read: nothing here is tuned.\n"
               "# This file only describes the grid (the `grid` and `tuning` nodes are inert in a run).\n")
-    path = conf_dir / "experiment" / f"{name}.yaml"
-    atomic_write(path, header + OmegaConf.to_yaml(OmegaConf.create(doc)))
-    return path
+    return _save(conf_dir, name, header, doc)
 
 
 def main(argv: list[str] | None = None) -> int:
