@@ -2,7 +2,8 @@
 SIGINT. Either raises ``RunInterrupted`` (a ``KeyboardInterrupt``: ``except Exception`` in grids and Optuna's
 ``catch`` do not swallow it) through the run, whose ``finally`` finishes the W&B run as failed before any
 results.json is written; the CLI then logs one line (``interrupted at step 60/300; no results written``) and exits
-130 (SIGINT) or 143 (SIGTERM).
+130 (SIGINT) or 143 (SIGTERM). ``deferred`` holds either signal over a library call that must not be cut in half (W&B's
+init, log, summary and finish: ``gradft.tracking.Tracker``) and delivers it when the call returns.
 
 Early stopping (below): Training length by one rule for every method: ``trainer.stop=fixed|early``, and the run's
 record of it.
@@ -79,6 +80,32 @@ def sigterm_interrupts() -> Iterator[None]:
     finally:
         _depth -= 1
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block SIGINT and SIGTERM are held, then delivered again when it ends (main thread only): a library
+    call is never cut in half. W&B's ``log`` / ``finish`` cut by Ctrl-C left a coroutine never awaited (a warning at
+    exit, a run not closed). A SIGTERM held here is remembered (``check``) even if the block ends by an exception."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        global _requested
+        held.append(signum)
+        if signum == signal.SIGTERM:
+            _requested = "SIGTERM"
+
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if held:  # as if it arrived now: the handlers in place outside the block decide (raise, or the default action)
+        signal.raise_signal(held[0])
 
 
 def interrupted(e: KeyboardInterrupt, step: int | None, total: int) -> RunInterrupted:

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gradft import PROJECT_ROOT
 from gradft.config.nodes import LOGGER_MODES, steps_for
+from gradft.stopping import deferred
 
 log = logging.getLogger(__name__)
 
@@ -174,23 +175,27 @@ class Tracker:
         out_dir.mkdir(parents=True, exist_ok=True)  # W&B warns "git root <dir> does not exist" for a missing dir
         repo = PROJECT_ROOT  # None for an installed wheel
         git = {"git_root": str(repo)} if repo and (repo / ".git").exists() else {"disable_git": True}
-        self.run = wandb.init(
-            project=lcfg.project, entity=lcfg.get("entity"), mode=mode, dir=str(out_dir), group=group,
-            job_type=cfg.method.name, name=f"{cfg.method.name}-{cfg.task.name}-k{cfg.shots}-s{cfg.seed}",
-            tags=list(lcfg.get("tags") or []), config=OmegaConf.to_container(cfg, resolve=True),
-            reinit="finish_previous", settings=wandb.Settings(init_timeout=30, silent=True, **git),
-        )
+        with deferred():  # a signal inside W&B's calls is delivered after them: W&B is never left half-done
+            self.run = wandb.init(
+                project=lcfg.project, entity=lcfg.get("entity"), mode=mode, dir=str(out_dir), group=group,
+                job_type=cfg.method.name, name=f"{cfg.method.name}-{cfg.task.name}-k{cfg.shots}-s{cfg.seed}",
+                tags=list(lcfg.get("tags") or []), config=OmegaConf.to_container(cfg, resolve=True),
+                reinit="finish_previous", settings=wandb.Settings(init_timeout=30, silent=True, **git),
+            )
 
     def log(self, values: dict[str, float], step: int) -> None:
         if self.run is not None:
-            self.run.log(values, step=step)
+            with deferred():
+                self.run.log(values, step=step)
 
     def summary(self, values: dict[str, Any]) -> None:
         if self.run is not None:
-            for k, v in values.items():
-                self.run.summary[k] = v
+            with deferred():
+                for k, v in values.items():
+                    self.run.summary[k] = v
 
     def finish(self, failed: bool) -> None:
         if self.run is not None:
-            self.run.finish(exit_code=1 if failed else 0)
+            with deferred():
+                self.run.finish(exit_code=1 if failed else 0)
             self.run = None

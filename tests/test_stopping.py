@@ -92,3 +92,34 @@ def test_a_sigterm_swallowed_by_a_finalizer_still_stops_the_next_run_before_its_
     assert not list(tmp_path.rglob("results.json"))
     with stopping.sigterm_interrupts():  # a new outermost block (the next run of this process) starts clean
         stopping.check()
+
+
+def test_a_signal_inside_a_deferred_block_is_delivered_when_the_block_ends(monkeypatch):
+    """W&B's calls run under ``deferred``: Ctrl-C cutting ``wandb.log`` in half left a coroutine never awaited."""
+    monkeypatch.setattr(stopping, "_requested", None)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background suite may ignore SIGINT
+    try:
+        ran = []
+        with pytest.raises(KeyboardInterrupt):
+            with stopping.deferred():
+                signal.raise_signal(signal.SIGINT)
+                ran.append("the rest of the block")  # not cut: the handler only held the signal
+        assert ran == ["the rest of the block"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the outer handler is back
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_a_sigterm_held_by_a_deferred_block_stops_the_run_even_if_the_block_raised(monkeypatch):
+    monkeypatch.setattr(stopping, "_requested", None)
+    with stopping.sigterm_interrupts():
+        with pytest.raises(stopping.RunInterrupted) as e:
+            with stopping.deferred():
+                signal.raise_signal(signal.SIGTERM)
+        assert e.value.exit_code == 143
+        with pytest.raises(ValueError):  # the block fails on its own: the SIGTERM it held is not lost
+            with stopping.deferred():
+                signal.raise_signal(signal.SIGTERM)
+                raise ValueError("W&B failed")
+        with pytest.raises(stopping.RunInterrupted):
+            stopping.check()  # the next step, cell or trial loop stops here
