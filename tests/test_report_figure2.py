@@ -120,3 +120,12 @@ def test_each_task_gets_its_own_curve_over_the_k_its_pool_allows(tmp_path):
     assert pts["cb"]["ours"][1][1] == pytest.approx(want) and pts["cb"]["ours"][1][3] == 4  # 4 seeds
     assert figure2_tasks(recs, tmp_path).read_bytes().startswith(b"\x89PNG")
     assert figure2_tasks([r for r in recs if r["task"] == "rte"], tmp_path / "one") is None  # Figure 2 is that task
+
+
+def test_the_header_gives_early_stoppings_caps_and_the_steps_run_not_the_caps_as_steps(tmp_path):
+    assert "40 training steps." in figure2_table(records(), tmp_path, tmp_path).read_text()  # a fixed-length grid
+    recs = [{**r, "steps": 80 if r["shots"] == 16 else 320, "steps_run": 24, "best_step": 8, "stopped_early": True}
+            for r in records()]
+    md = figure2_table(recs, tmp_path, tmp_path).read_text()
+    assert "early stopping on the selection split (cap 80/320 steps; steps run: median 24" in md
+    assert "80/320 training steps" not in md

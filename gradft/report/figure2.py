@@ -44,6 +44,7 @@ from gradft.report.table1 import (  # noqa: E402
     paired_row,
     runaway_lines,
     seed_means,
+    training_length,
 )
 
 
@@ -241,7 +242,7 @@ def figure2_table(recs: list[dict], out: Path, root: Path | list[Path], tuning: 
     lines = [
         "# Figure 2: accuracy against the number of shots", "",
         f"Model **{recs[0]['model']}**, seeds {', '.join(map(str, sorted({r['seed'] for r in recs})))}, "
-        f"{'/'.join(map(str, sorted({r['steps'] for r in trained if 'steps' in r})))} training steps at every k. "
+        f"{training_length(trained, sorted({r['steps'] for r in trained if 'steps' in r}))}. "
         "Each entry: "
         f"accuracy (%) averaged over the tasks of the plot within each seed, mean ± std over seeds (the points and "
         f"bands of `figure2.png`). {coverage_note(tasks, common, root)} Constant guesses over the same tasks (the "
