@@ -103,7 +103,7 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         for s, handler in previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: a handler set outside Python
     if held:  # as if it arrived now: the handlers in place outside the block decide (raise, or the default action)
         signal.raise_signal(held[0])
 

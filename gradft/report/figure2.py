@@ -204,8 +204,7 @@ def loss_lines(trained: list[dict], methods: list[str], shots: list[int], tasks:
 
 def figure2_table(recs: list[dict], out: Path, root: Path | list[Path], tuning: dict[str, Any] | None = None) -> Path:
     """``figure2.md`` (+ csv): the plot's points as numbers, per-task means, and each reading − each baseline at each k;
-    with
-    the grid file's ``tuning`` node (``report --tuning``), a partial grid says how far it got."""
+    with the grid file's ``tuning`` node (``report --tuning``), a partial grid says how far it got."""
     trained, shots, tasks, common, zero = layout(recs)
     methods = method_order(trained)
     n_seeds = len({r["seed"] for r in trained})  # fewer in a cell: it prints (n=k)
