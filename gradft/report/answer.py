@@ -76,6 +76,12 @@ def family_lines(t: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
             *rows]
 
 
+def asks(recs: list[dict]) -> bool:
+    """Whether the records hold the question's rows: a trained baseline or a guided method (zero-shot and ICL alone,
+    ``make signal-untrained``, have Table 1 but nothing to compare)."""
+    return any(r["method"] in (*BASELINES, *GUIDED) for r in recs)
+
+
 def answer(recs: list[dict]) -> dict[str, Any]:
     """The short table's markdown and its numbers. Every method is planned in every (task, seed) cell of ``recs``."""
     tasks = sorted({r["task"] for r in recs})

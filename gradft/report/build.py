@@ -30,8 +30,7 @@ import yaml
 
 from gradft.config.guidance import GUIDANCE_VERSION, superseded  # noqa: E402
 from gradft.experiments.resultfile import inspect, result_files  # noqa: E402
-from gradft.report.answer import BASELINES as TRAINED_BASELINES
-from gradft.report.answer import GUIDED, answer
+from gradft.report.answer import answer, asks
 from gradft.report.figure2 import figure2, figure2_table, figure2_tasks, planned_cells  # noqa: E402
 from gradft.report.figure3 import diverged_runs, figure3
 from gradft.report.outcomes import n_results, score_diverged  # noqa: E402
@@ -126,9 +125,9 @@ def model_report(recs: list[dict], out: Path, root: Path, model: str, shots: int
         raise SystemExit(f"no {model} results at shots={shots} under {root} (have {sorted(shot_counts)})")
     out.mkdir(parents=True, exist_ok=True)
     table = table1(at_k, out, root, planned_at(tuning, root, shots))
-    if any(r["method"] in (*TRAINED_BASELINES, *GUIDED) for r in at_k):  # the question needs a trained row
+    if asks(at_k):
         (out / "answer.md").write_text(answer(at_k)["markdown"] + "\n")
-    else:  # zero-shot and ICL alone (make signal-untrained): Table 1 has them; no answer to a question not asked
+    else:  # zero-shot and ICL alone: no answer.md (a stale one from another grid in this folder goes too)
         (out / "answer.md").unlink(missing_ok=True)
     images = list(table["figures"])
     if len({r["shots"] for r in recs}) > 1:  # a curve needs two shot counts (k = 0 counts: the zero-shot point)
