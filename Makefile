@@ -152,7 +152,7 @@ signal-figure2: signal-tune  ## issue 28: Figure 2 on the signal testbed (k = 16
 signal-untrained: install  ## issue 28: the LM-head rows that train nothing (zero-shot, ICL) of SETTING=smollm2 on its testbed: no study needed, CPU-sized; `make signal` adopts the ICL cells -> reports/$(SETTING)/signal_untrained
 	$(BIN)/python -m gradft.experiments.tuned $(foreach m,$(SIGNAL_METHODS),sweeps/signal_$(SETTING)_$(m).yaml) --name signal_untrained_$(SETTING) --seeds $(SIGNAL_SEEDS_$(SETTING)) --tasks $(SIGNAL_TASKS_$(SETTING)) --shots $(SHOTS_$(SETTING)) --untrained
 	$(BIN)/python -m gradft.experiments.grid signal_untrained_$(SETTING) --workers $(GRID_WORKERS) --out results/$(SETTING) trainer.threads=1 $(ARGS)
-	$(BIN)/python -m gradft.report --root results/$(SETTING)/signal_untrained_$(SETTING) --out reports/$(SETTING)/signal_untrained --all-tasks
+	$(BIN)/python -m gradft.report --root results/$(SETTING)/signal_untrained_$(SETTING) --out reports/$(SETTING)/signal_untrained --tuning conf/experiment/signal_untrained_$(SETTING).yaml --all-tasks
 
 guidance-fix: install  ## issue 27's measurement: ours at its tuned point, pre-fix (Table 1's cells) vs fixed hessian (κ = 1, none) vs update -> reports/guidance_fix_<setting>.md
 	for s in minilm smollm2; do \

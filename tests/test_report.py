@@ -221,3 +221,18 @@ def test_one_figure3_reads_each_settings_grid_together_and_table1_roots_stay_one
     assert f"under `{roots['bert']} + {roots['llama']}`" in md and "From 4 results.json" in md
     with pytest.raises(SystemExit, match="Figure 3 \\(domain tasks\\) only"):  # SuperGLUE results: one root each
         report.main(["--root", str(reported[0]), "--root", str(roots["bert"]), "--out", str(tmp_path / "x")])
+
+
+def test_a_rebuilt_report_is_byte_identical_and_carries_no_build_time(reported, tmp_path):
+    """A report is a function of the results alone: rebuilding it changes no byte (no "built at" stamp), so ``make
+    report`` over unchanged committed results leaves git clean."""
+    from datetime import date
+
+    _, first = reported
+    report.main(["--root", str(reported[0]), "--out", str(tmp_path)])
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files and files == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    for rel in files:
+        assert (tmp_path / rel).read_bytes() == (first / rel).read_bytes(), rel
+        if rel.suffix == ".md":
+            assert f"{date.today():%Y-%m-%d}" not in (first / rel).read_text(), rel

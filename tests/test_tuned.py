@@ -155,9 +155,10 @@ def test_untrained_rows_are_written_before_any_study_and_the_tuned_grid_adopts_t
     assert sorted((c.method, c.shots, c.seed) for c in p.cells) == [("icl", 0, 100), ("icl", 32, 100),
                                                                     ("icl", 32, 101)]  # one zero-shot cell
     assert grid.main([str(conf / "experiment" / "u.yaml"), "--out", str(out)]) == 0
-    report(out / "u", tmp_path / "rep", all_tasks=True)  # Table 1 with its zero-shot and ICL rows, no answer.md
+    report(out / "u", tmp_path / "rep", all_tasks=True, tuning=conf / "experiment" / "u.yaml")  # as make report does
     table = (tmp_path / "rep" / "table1.md").read_text()
     assert "| zero-shot |" in table and "| icl |" in table and not (tmp_path / "rep" / "answer.md").exists()
+    assert "None: these rows train nothing" in table and "| Method | trials" not in table  # no empty tuning table
 
     for path in paths:  # later, where the studies can run: the tuned grid of the same setting
         assert sweep.main([str(path), "--conf-dir", str(conf), *FAST]) == 0

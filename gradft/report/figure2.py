@@ -16,7 +16,6 @@ import csv
 import json
 import math
 from collections import defaultdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -246,7 +245,7 @@ def figure2_table(recs: list[dict], out: Path, root: Path | list[Path], tuning: 
         f"accuracy (%) averaged over the tasks of the plot within each seed, mean ± std over seeds (the points and "
         f"bands of `figure2.png`). {coverage_note(tasks, common, root)} Constant guesses over the same tasks (the "
         f"same at every k): {floors or '—'}. Per task: `figure2.csv`.",
-        f"From {n_results(recs)} results.json under `{root}`, {datetime.now():%Y-%m-%d %H:%M}. {hardware_line(recs)}",
+        f"From {n_results(recs)} results.json under `{root}`. {hardware_line(recs)}",
         *diverged_lines(root, recs), *runaway_lines(recs), "",
         "| Method | " + " | ".join(f"k={k}" for k in cols) + " |", "|---" * (1 + len(cols)) + "|",
         *["| " + " | ".join([m, *[fmt(*avg.get((m, k), (math.nan, math.nan, 0)), 100, full=n_seeds) for k in cols]])

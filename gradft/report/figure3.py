@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +142,7 @@ def figure3(recs: list[dict], out: Path, root: Path | list[Path], tuning: dict |
     lost = f" and {n_lost} diverged run(s) without one" if n_lost else ""
     lines = ["# Figure 3: few-shot accuracy on domain tasks", "",
              f"k = {'/'.join(map(str, shots))} shots, seeds {', '.join(map(str, seeds))}; mean ± std over seeds "
-             f"(sample std). From {n_results(recs)} results.json{lost} under `{where}`, "
-             f"{datetime.now():%Y-%m-%d %H:%M}. "
+             f"(sample std). From {n_results(recs)} results.json{lost} under `{where}`. "
              "Accuracy and macro-F1 (%) on each task's seeded eval split; beside each row the three baselines: "
              "train-pool majority (the constant a user can know without eval labels; its macro-F1 in brackets), "
              "chance (1/C), and the eval split's own majority rate; k = 0 rows are zero-shot runs (no method "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import math
 from collections import Counter, defaultdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +147,9 @@ def tuning_lines(tuning: dict[str, Any] | None) -> list[str]:
     """The tuning block of a ``gradft.experiments.tuned`` experiment file: budget, ranges, best values per method."""
     if not tuning:
         return []
+    if tuning.get("untrained"):  # `tuned --untrained`: rows that train nothing, written from the specs alone
+        return ["## Tuning", "", f"None: these rows train nothing. Written {tuning.get('written', '?')} from the "
+                f"specs of {', '.join(tuning.get('studies', []))} (their base only; no study read).", ""]
     rows = ["## Tuning (selection split only)", "",
             ("**PARTIAL: some studies had not met their budget.** " if tuning.get("partial") else "")
             + f"Written {tuning.get('written', '?')}. Each method: the same number of trials (complete + pruned), "
@@ -322,7 +324,7 @@ def table1(recs: list[dict], out: Path, root: Path, tuning: dict[str, Any] | Non
         "the mean training loss over the last epoch; Diverged: diverged cells / planned (task, seed) cells (a diverged "
         "cell counts as the train-pool majority's accuracy); Unstable: guided runs whose guidance health check "
         "warned / guided runs.",
-        f"From {n_results(recs)} results.json under `{root}`, {datetime.now():%Y-%m-%d %H:%M}. Baselines: train-pool "
+        f"From {n_results(recs)} results.json under `{root}`. Baselines: train-pool "
         "majority = always the train pool's most frequent class (knowable without eval labels); chance = 1/C; eval "
         "majority = the eval split's own majority rate (the best constant, which needs eval labels). "
         + ("Ablations: ours-mag = λ1 = 0 (magnitude term only), ours-dir = λ2 = 0 (direction term only), ours-every4 "
