@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
@@ -39,15 +41,23 @@ def test_the_layout_names_every_module():
     assert not missing, f"README layout does not name: {missing}"
 
 
-def test_the_minilm_answer_is_the_report_rebuilt_from_the_committed_results(tmp_path, monkeypatch):
-    """The first screen's MiniLM answer table is ``reports/minilm/signal/answer.md`` verbatim, and ``python -m
-    gradft.report --root results/minilm/signal_minilm --all-tasks`` (``make report``) rebuilds that file from the
-    committed results.json alone."""
+SETTINGS = sorted(p.parent.parent.name for p in (ROOT / "reports").glob("*/signal/answer.md"))
+
+
+def test_minilm_has_a_committed_answer():
+    assert "minilm" in SETTINGS  # the parametrized test below must not run over nothing
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_each_settings_answer_is_the_report_rebuilt_from_the_committed_results(setting, tmp_path, monkeypatch):
+    """The first screen's answer table of each setting with a committed ``reports/<setting>/signal/answer.md`` is
+    that file's first table verbatim, and ``python -m gradft.report --root results/<setting>/signal_<setting>
+    --all-tasks`` (``make report``) rebuilds the file from the committed results.json alone."""
     from gradft.report.build import report
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    committed = (ROOT / "reports" / "minilm" / "signal" / "answer.md").read_text()
-    report(ROOT / "results" / "minilm" / "signal_minilm", tmp_path, all_tasks=True)
+    committed = (ROOT / "reports" / setting / "signal" / "answer.md").read_text()
+    report(ROOT / "results" / setting / f"signal_{setting}", tmp_path, all_tasks=True)
     assert (tmp_path / "answer.md").read_text() == committed
     rows = [r for r in committed.split("\n\n")[0].splitlines() if r.startswith("| ")]  # the first table
     assert len(rows) >= 6, rows  # header + four methods at least + the constant guesses
