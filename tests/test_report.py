@@ -186,7 +186,18 @@ def test_figure3_from_a_tiny_domain_grid_has_bars_and_the_three_baselines(tmp_pa
     assert "| promise_nfr (technical) | 16 | tiny_bert | lora |" in md and "| overruling (legal) | 16 |" in md
     assert "train-pool majority" in md and "chance" in md and "eval majority" in md
     assert "| tiny_bert | ours | lora | 4 |" in md  # paired over 2 tasks x 2 seeds
-    assert "selection splits of cb, rte" in md and "| lora | 2 (2 / 0 / 0) | method.lr=0.0025 |" in md
+    assert "selection splits of cb, rte (not of these tasks" in md
+    assert "| lora | 2 (2 / 0 / 0) | method.lr=0.0025 |" in md
+
+    same = tmp_path / "same.yaml"  # issue 28's testbeds: tuned on the selection splits of the tasks shown
+    same.write_text(tuned.read_text().replace("tasks: [cb, rte]", "tasks: [overruling, promise_nfr]"))
+    untrained = tmp_path / "untrained.yaml"  # `tuned --untrained`: no study, nothing tuned
+    untrained.write_text("tuning:\n  untrained: true\n  written: now\n  studies: [s_lora]\n")
+    for f, want in ((same, "of overruling, promise_nfr (these tasks' own, carved from their train pools"),
+                    (untrained, None)):
+        report.main(["--root", str(root), "--out", str(tmp_path / f.stem), "--tuning", str(f)])
+        md = (tmp_path / f.stem / "figure3.md").read_text()
+        assert (want in md) if want else ("Hyperparameters" not in md and "None: these rows train nothing" in md)
 
 
 def test_all_tasks_makes_table1_and_the_answer_of_a_domain_testbed_trained_with_early_stopping(tmp_path):

@@ -185,10 +185,12 @@ def figure3(recs: list[dict], out: Path, root: Path | list[Path], tuning: dict |
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {mo} | {a} | {b} | {t['n_pairs']} | {t['mean_diff'] * 100:+.2f} | {p(t['p_ttest'])} | "
                   f"{p(t['p_wilcoxon'])} |" for mo, a, b, t in tests]
-    if tuning:
-        tuned_on = sorted({t for v in tuning.values() if isinstance(v, dict) for t in v.get("tasks", [])})
+    tuned_on = sorted({t for v in (tuning or {}).values() if isinstance(v, dict) for t in v.get("tasks", [])})
+    if tuned_on:  # none for rows that train nothing (`tuned --untrained`)
+        where = ("these tasks' own, carved from their train pools and disjoint from the eval splits scored here"
+                 if set(tuned_on) & {r["task"] for r in recs} else "not of these tasks")
         lines += ["", f"Hyperparameters: each method's best point of its tuning study on the selection splits of "
-                      f"{', '.join(tuned_on)} (not of these tasks: nothing here was read for a choice), unchanged."]
+                      f"{', '.join(tuned_on)} ({where}: nothing here was read for a choice), unchanged."]
     lines += ["", *tuning_lines(tuning)] if tuning else []
     (out / "figure3.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
