@@ -135,9 +135,9 @@ SIGNAL_SEEDS_smollm2 ?= 100,101,102
 signal-tune: install  ## issue 28, step 1 (resumable): the six signal studies of SETTING=minilm|smollm2 (sweeps/signal_<setting>_<m>.yaml)
 	for m in $(SIGNAL_METHODS); do $(BIN)/python -m gradft.experiments.sweep sweeps/signal_$(SETTING)_$$m.yaml --workers $(GRID_WORKERS) trainer.threads=1 $(ARGS) || exit 1; done
 
-signal-status:  ## issue 28: each signal study of SETTING against its trial budget, and its tuning-noise block so far (reads the studies; runs nothing)
+signal-status:  ## issue 28: each signal study of SETTING against its trial budget, the runs and hours it still needs, its tuning-noise block so far (reads the studies; runs nothing)
 	$(BIN)/python -m gradft.report.tuning --brief sweeps/signal_$(SETTING)_*.yaml
-	$(BIN)/python -m gradft.report.tuning $(foreach m,$(SIGNAL_METHODS),sweeps/signal_$(SETTING)_$(m).yaml)
+	$(BIN)/python -m gradft.report.tuning --workers $(GRID_WORKERS) $(foreach m,$(SIGNAL_METHODS),sweeps/signal_$(SETTING)_$(m).yaml)
 
 signal: signal-tune  ## issue 28: tune (above), then the tuned grid on fresh seeds (k = 32; smollm2 adds k = 0 and ICL) -> reports/$(SETTING)/signal
 	$(BIN)/python -m gradft.experiments.tuned $(foreach m,$(SIGNAL_METHODS),sweeps/signal_$(SETTING)_$(m).yaml) --name signal_$(SETTING) --seeds $(SIGNAL_SEEDS_$(SETTING)) --tasks $(SIGNAL_TASKS_$(SETTING)) --shots $(SHOTS_$(SETTING)) --no-ablations

@@ -65,6 +65,15 @@ def ran_on(results: dict[str, Any]) -> str:
     return (results.get("env") or {}).get("hardware", CPU_BEFORE_ENV)
 
 
+def cpu_name() -> str:
+    """This machine's processor by name (/proc/cpuinfo's model name, else what ``platform`` says): torch-free."""
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                     if line.startswith("model name")), name)
+    return name
+
+
 def hardware(device: Any) -> dict[str, Any]:
     """Where a run executed (results.json "env"): the processor or GPU by name, its threads, torch and transformers.
     config_key ignores it (the same config computes the same thing anywhere), but floating-point results differ in
@@ -72,13 +81,7 @@ def hardware(device: Any) -> dict[str, Any]:
     import torch
     import transformers
 
-    if getattr(device, "type", str(device)) == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-        with contextlib.suppress(OSError):
-            name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                         if line.startswith("model name")), name)
+    name = torch.cuda.get_device_name(device) if getattr(device, "type", str(device)) == "cuda" else cpu_name()
     return {"device": getattr(device, "type", str(device)), "hardware": name, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__}
 

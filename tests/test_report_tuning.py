@@ -99,3 +99,46 @@ def test_status_counts_each_studys_trials_against_its_budget_and_prints_its_nois
     assert "| prompt | 4 | not started |" in out and not (tmp_path / "prompt.db").exists()  # looking creates none
     row = next(line for line in out.splitlines() if line.startswith("| lora | #1 |")).split(" | ")
     assert row[3] == f"{ci_text(TRIALS[1][1], TRIALS[0][1])} vs #0"  # best − default, as the report's block
+
+
+def test_status_counts_the_runs_left_less_those_an_interrupted_trial_holds_and_times_them_on_this_hardware(tmp_path,
+                                                                                                        capsys):
+    """4 trials × (2 tasks × 2 seeds): 2 complete, #2 interrupted with 1 finished run (reused by its retry), #3 failed
+    by an error (its runs are not reused): 2 × 4 − 1 = 7 runs left, timed at the 600 s the runs took on this machine
+    (a run on other hardware, 60 000 s, is not the estimate)."""
+    import json
+
+    from gradft.report import tuning as tuning_mod
+    from gradft.tracking import cpu_name
+
+    spec = make_study(tmp_path, "lora", cells=False)
+    storage = f"sqlite:///{tmp_path}/lora.db"
+    optuna.delete_study(study_name="lora", storage=storage)
+    study = optuna.create_study(study_name="lora", storage=storage, direction="maximize")
+    dist = {"method.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    state = optuna.trial.TrialState
+    for lr, st, attrs in [(1e-3, state.COMPLETE, {}), (2e-3, state.COMPLETE, {}),
+                          (3e-3, state.FAIL, {"interrupted": "SIGTERM"}), (4e-3, state.FAIL, {"error": "boom"})]:
+        study.add_trial(optuna.trial.create_trial(params={"method.lr": lr}, distributions=dist, state=st,
+                                                  value=0.6 if st == state.COMPLETE else None, user_attrs=attrs))
+
+    def run(trial: int, cell: str, seconds: float, hardware: str) -> None:
+        d = tmp_path / "out" / "lora" / f"trial_{trial}" / cell
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({"wall_time_s": seconds, "env": {"hardware": hardware}}))
+
+    for trial in (0, 1):
+        for cell in ("cb/s0", "cb/s1", "rte/s0", "rte/s1"):
+            run(trial, cell, 60_000 if (trial, cell) == (1, "rte/s1") else 600, "elsewhere" if trial else cpu_name())
+    run(2, "cb/s0", 600, cpu_name())
+    run(3, "cb/s0", 600, cpu_name())
+    run(3, "cb/s1", 600, cpu_name())
+
+    def row() -> list[str]:
+        assert tuning_mod.main([str(spec), "--workers", "2"]) == 0
+        out = capsys.readouterr().out
+        return next(line for line in out.splitlines() if line.startswith("| lora | 4 |")).split(" | ")
+
+    assert row()[-2:] == ["7", "1.2 |"]  # 7 runs × 600 s = 1.17 worker-hours (with the 60 000 s run: 18.5)
+    study.enqueue_trial({"method.lr": 3e-3}, user_attrs={"retry_of": 2})  # the next start's retry of #2: same count
+    assert row()[-2:] == ["7", "1.2 |"]

@@ -4,8 +4,9 @@ Owns ``noise_lines`` (the report's tuning-noise block: per study the best trial'
 default and best − runner-up with their paired bootstrap 95 % CIs, the λ = 0 controls) and ``fill_selection``
 (that block's data for a grid file written before it, computed from the study itself: the spec's storage, else the
 committed copy ``results/tuning/*/<study>.db``, when it can be found) and ``status`` (``python -m
-gradft.report.tuning sweeps/signal_minilm_*.yaml``: each study's trials against its budget and that block so far, a
-running study's included; ``make signal-status``). The data is
+gradft.report.tuning sweeps/signal_minilm_*.yaml``: each study's trials against its budget, the runs and
+worker-hours it still needs (``left``: timed by its finished runs on this machine) and that block so far, a running
+study's included; ``make signal-status``). The data is
 ``gradft.experiments.signal.selection_summary``'s, which ``gradft.experiments.tuned`` writes into the grid file's
 ``tuning`` node, so the report needs no study database.
 """
@@ -13,16 +14,19 @@ running study's included; ``make signal-status``). The data is
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections import Counter
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import optuna
 
 from gradft.experiments.signal import selection_summary
 from gradft.experiments.sweep_spec import load_spec
+from gradft.tracking import cpu_name, ran_on
 
 log = logging.getLogger("gradft.report.build")
 
@@ -128,21 +132,80 @@ def _best(trials: list[Any], sel: dict[str, Any]) -> str:
     return f"{100 * next(t.value for t in trials if t.number == sel['best_trial']):.1f} (#{sel['best_trial']})"
 
 
-def status(specs: list[str | Path]) -> str:
-    """Each study's trials against its budget (a running study's too) and the tuning-noise block of its finished
-    trials: how far the tuning is, and whether what it has found so far is told apart from noise."""
-    rows = ["| study | budget | complete | pruned | failed | running | best objective so far (trial) |",
-            "|---|---|---|---|---|---|---|"]
+def _runs(folder: Path) -> dict[str, dict[str, Any]]:
+    """``<task>/s<seed>`` -> results.json of each finished run in a trial's folder."""
+    out = {}
+    for f in folder.glob("*/s*/results.json"):
+        try:
+            out[f"{f.parent.parent.name}/{f.parent.name}"] = json.loads(f.read_text())
+        except (OSError, ValueError):  # a file cut by a crash: not a finished run
+            continue
+    return out
+
+
+def left(spec: Any, trials: list[Any] | None) -> tuple[int, list[dict[str, Any]]]:
+    """The runs a study still needs to reach its budget, and its finished runs (to time them). Each trial left costs
+    tasks × seeds runs, less the finished runs an unfinished trial holds: a running or waiting trial, or an
+    interrupted one that the next start re-enqueues (``resume.retry_interrupted``) and whose runs it reuses."""
+    per_trial = len(spec.tasks) * spec.n_seeds
+    trials = trials or []
+    home = Path(spec.out_dir) / spec.study_name
+    done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    pending = [t for t in trials if t.state.name in ("RUNNING", "WAITING") or (
+        t.state.name == "FAIL" and "error" not in t.user_attrs and t.number not in retried and t.params)]
+    held = []
+    for t in pending:  # a retry's runs: its own folder's and those it will reuse from the trial it retries
+        runs = _runs(home / f"trial_{t.number}")
+        if t.user_attrs.get("retry_of") is not None:
+            runs = {**_runs(home / f"trial_{t.user_attrs['retry_of']}"), **runs}
+        held.append(min(len(runs), per_trial))
+    slots = max(0, spec.n_trials - done)
+    finished = [r for t in trials for r in _runs(home / f"trial_{t.number}").values()]
+    return max(0, slots * per_trial - sum(sorted(held, reverse=True)[:slots])), finished
+
+
+def _hours_left(runs_left: int, finished: list[dict[str, Any]], pooled: list[dict[str, Any]],
+                here: str) -> tuple[float | None, str]:
+    """runs left × the mean wall time of the study's runs on this machine's hardware, else of all its runs, else of
+    every listed study's runs; with what the mean rests on when it is not the study's own here, (None, '') when
+    nothing was timed."""
+    for pool, mark in ((finished, ""), (pooled, "pooled")):
+        timed = [r for r in pool if "wall_time_s" in r]
+        same = [float(r["wall_time_s"]) for r in timed if ran_on(r) == here]
+        times = same or [float(r["wall_time_s"]) for r in timed]
+        if times:
+            return runs_left * fmean(times) / 3600, ", ".join(m for m in (mark, "" if same else "other hardware") if m)
+    return None, ""
+
+
+def status(specs: list[str | Path], workers: int = 2) -> str:
+    """Each study's trials against its budget (a running study's too), the runs and worker-hours it still needs,
+    and the tuning-noise block of its finished trials: how far the tuning is, how long the rest will take, and
+    whether what it has found so far is told apart from noise."""
+    rows = ["| study | budget | complete | pruned | failed | running | best objective so far (trial) | runs left | "
+            "≈ worker-h left |", "|---|---|---|---|---|---|---|---|---|"]
     blocks: dict[str, Any] = {}
-    for spec, trials, sel in _studies(specs):
+    studies = [(spec, trials, sel, *left(spec, trials)) for spec, trials, sel in _studies(specs)]
+    pooled = [r for *_, finished in studies for r in finished]
+    here, total_runs, total_h = cpu_name(), 0, 0.0
+    for spec, trials, sel, runs_left, finished in studies:
+        h, mark = _hours_left(runs_left, finished, pooled, here)
+        hours = "—" if h is None else f"{h:.1f}" + (f" ({mark})" if mark and runs_left else "")
+        total_runs, total_h = total_runs + runs_left, total_h + (h or 0.0)
         if trials is None:
-            rows.append(f"| {spec.study_name} | {spec.n_trials} | not started | | | | |")
+            rows.append(f"| {spec.study_name} | {spec.n_trials} | not started | | | | | {runs_left} | {hours} |")
             continue
         n = Counter(t.state.name for t in trials)
         rows.append(f"| {spec.study_name} | {spec.n_trials} | {n['COMPLETE']} | {n['PRUNED']} | {n['FAIL']} | "
-                    f"{n['RUNNING'] + n['WAITING']} | {_best(trials, sel) if sel else '—'} |")
+                    f"{n['RUNNING'] + n['WAITING']} | {_best(trials, sel) if sel else '—'} | {runs_left} | {hours} |")
         if sel:
             blocks[spec.study_name] = {"best": {}, "selection": sel}
+    rows += ["", f"Left: {total_runs} runs, ≈ {total_h:.1f} worker-hours ≈ {total_h / workers:.1f} hours of this "
+             f"machine at {workers} workers ({here}). Worker-hours left: runs left × the mean `wall_time_s` of the "
+             "study's finished runs on this hardware (else on any; a study with none: of every listed study's, "
+             "pooled). Runs left: each trial short of the budget costs tasks × seeds runs, less the finished runs "
+             "that an unfinished trial holds and its retry reuses."]
     return "\n".join([*rows, "", *noise_lines(blocks)])
 
 
@@ -169,9 +232,10 @@ def main(argv: list[str] | None = None) -> int:
                                  description="Where each tuning study stands, and whether it can select so far.")
     ap.add_argument("specs", nargs="+", help="sweep yamls, e.g. sweeps/signal_minilm_*.yaml")
     ap.add_argument("--brief", action="store_true", help="one row per study: the README's table")
+    ap.add_argument("--workers", type=int, default=2, help="runs side by side, for the machine-hours left (2)")
     args = ap.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    print(brief(args.specs) if args.brief else status(args.specs))
+    print(brief(args.specs) if args.brief else status(args.specs, args.workers))
     return 0
 
 
