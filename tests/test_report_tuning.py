@@ -7,6 +7,7 @@ studies built in the test (trials added with their user attrs: nothing is traine
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import optuna
 import yaml
@@ -104,41 +105,59 @@ def test_status_counts_each_studys_trials_against_its_budget_and_prints_its_nois
 def test_status_counts_the_runs_left_less_those_an_interrupted_trial_holds_and_times_them_on_this_hardware(tmp_path,
                                                                                                         capsys):
     """4 trials × (2 tasks × 2 seeds): 2 complete, #2 interrupted with 1 finished run (reused by its retry), #3 failed
-    by an error (its runs are not reused): 2 × 4 − 1 = 7 runs left, timed at the 600 s the runs took on this machine
-    (a run on other hardware, 60 000 s, is not the estimate)."""
+    by an error (its runs are not reused): 2 × 4 − 1 = 7 runs left, timed by the runs on this machine (a run on
+    other hardware, 60 000 s, is not the estimate; a run copied into its retry's folder is timed once). A study whose
+    runs all ran elsewhere is timed by the other studies' runs here ("pooled"), not by its own elsewhere."""
     import json
 
     from gradft.report import tuning as tuning_mod
     from gradft.tracking import cpu_name
 
-    spec = make_study(tmp_path, "lora", cells=False)
-    storage = f"sqlite:///{tmp_path}/lora.db"
-    optuna.delete_study(study_name="lora", storage=storage)
-    study = optuna.create_study(study_name="lora", storage=storage, direction="maximize")
     dist = {"method.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
     state = optuna.trial.TrialState
-    for lr, st, attrs in [(1e-3, state.COMPLETE, {}), (2e-3, state.COMPLETE, {}),
-                          (3e-3, state.FAIL, {"interrupted": "SIGTERM"}), (4e-3, state.FAIL, {"error": "boom"})]:
-        study.add_trial(optuna.trial.create_trial(params={"method.lr": lr}, distributions=dist, state=st,
-                                                  value=0.6 if st == state.COMPLETE else None, user_attrs=attrs))
 
-    def run(trial: int, cell: str, seconds: float, hardware: str) -> None:
-        d = tmp_path / "out" / "lora" / f"trial_{trial}" / cell
+    def new_study(name: str, trials: list[tuple[float, Any, dict]]) -> tuple[Path, optuna.Study]:
+        spec = make_study(tmp_path, name, cells=False)
+        storage = f"sqlite:///{tmp_path}/{name}.db"
+        optuna.delete_study(study_name=name, storage=storage)
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+        for lr, st, attrs in trials:
+            study.add_trial(optuna.trial.create_trial(params={"method.lr": lr}, distributions=dist, state=st,
+                                                      value=0.6 if st == state.COMPLETE else None, user_attrs=attrs))
+        return spec, study
+
+    def run(study: str, trial: int, cell: str, seconds: float, hardware: str) -> None:
+        d = tmp_path / "out" / study / f"trial_{trial}" / cell
         d.mkdir(parents=True)
-        (d / "results.json").write_text(json.dumps({"wall_time_s": seconds, "env": {"hardware": hardware}}))
+        (d / "results.json").write_text(json.dumps({"wall_time_s": seconds, "env": {"hardware": hardware},
+                                                    "run": f"{trial}/{cell}"}))  # each run its own (as real ones)
 
+    cells = ("cb/s0", "cb/s1", "rte/s0", "rte/s1")
+    lora, study = new_study("lora", [(1e-3, state.COMPLETE, {}), (2e-3, state.COMPLETE, {}),
+                                     (3e-3, state.FAIL, {"interrupted": "SIGTERM"}),
+                                     (4e-3, state.FAIL, {"error": "boom"})])
     for trial in (0, 1):
-        for cell in ("cb/s0", "cb/s1", "rte/s0", "rte/s1"):
-            run(trial, cell, 60_000 if (trial, cell) == (1, "rte/s1") else 600, "elsewhere" if trial else cpu_name())
-    run(2, "cb/s0", 600, cpu_name())
-    run(3, "cb/s0", 600, cpu_name())
-    run(3, "cb/s1", 600, cpu_name())
+        for cell in cells:
+            run("lora", trial, cell, 60_000 if (trial, cell) == (1, "rte/s1") else 600,
+                "elsewhere" if trial else cpu_name())
+    run("lora", 2, "cb/s0", 1200, cpu_name())
+    run("lora", 3, "cb/s0", 600, cpu_name())
+    run("lora", 3, "cb/s1", 600, cpu_name())
+    prompt, _ = new_study("prompt", [(1e-3, state.COMPLETE, {})])
+    for cell in cells:
+        run("prompt", 0, cell, 60, "elsewhere")
 
-    def row() -> list[str]:
-        assert tuning_mod.main([str(spec), "--workers", "2"]) == 0
+    def rows() -> dict[str, list[str]]:
+        assert tuning_mod.main([str(lora), str(prompt), "--workers", "2"]) == 0
         out = capsys.readouterr().out
-        return next(line for line in out.splitlines() if line.startswith("| lora | 4 |")).split(" | ")
+        return {r.split(" | ")[0][2:]: r.split(" | ")[-2:] for r in out.splitlines() if " | 4 | " in r}
 
-    assert row()[-2:] == ["7", "1.2 |"]  # 7 runs × 600 s = 1.17 worker-hours (with the 60 000 s run: 18.5)
-    study.enqueue_trial({"method.lr": 3e-3}, user_attrs={"retry_of": 2})  # the next start's retry of #2: same count
-    assert row()[-2:] == ["7", "1.2 |"]
+    here = (4 * 600 + 1200 + 2 * 600) / 7  # the 7 runs timed here: 685.7 s
+    want = {"lora": ["7", f"{7 * here / 3600:.1f} |"],  # 1.3 (with the 60 000 s run: 18.1; with the copy: 1.5)
+            "prompt": ["12", f"{12 * here / 3600:.1f} (pooled) |"]}  # 3 trials × 4 runs; by its own 60 s: 0.2
+    assert rows() == want
+    study.enqueue_trial({"method.lr": 3e-3}, user_attrs={"retry_of": 2})  # the next start's retry of #2 (trial 4)
+    copy = tmp_path / "out" / "lora" / "trial_4" / "cb" / "s0"  # it has copied #2's finished run (earlier_run)
+    copy.mkdir(parents=True)
+    (copy / "results.json").write_text((tmp_path / "out/lora/trial_2/cb/s0/results.json").read_text())
+    assert rows() == want  # still 7 left, the copy timed once

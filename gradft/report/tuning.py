@@ -161,21 +161,23 @@ def left(spec: Any, trials: list[Any] | None) -> tuple[int, list[dict[str, Any]]
             runs = {**_runs(home / f"trial_{t.user_attrs['retry_of']}"), **runs}
         held.append(min(len(runs), per_trial))
     slots = max(0, spec.n_trials - done)
-    finished = [r for t in trials for r in _runs(home / f"trial_{t.number}").values()]
+    # a run a retry reused is a byte-identical copy in two trial folders (as compute.spent counts it): timed once
+    finished = list({json.dumps(r, sort_keys=True): r for t in trials
+                     for r in _runs(home / f"trial_{t.number}").values()}.values())
     return max(0, slots * per_trial - sum(sorted(held, reverse=True)[:slots])), finished
 
 
 def _hours_left(runs_left: int, finished: list[dict[str, Any]], pooled: list[dict[str, Any]],
                 here: str) -> tuple[float | None, str]:
-    """runs left × the mean wall time of the study's runs on this machine's hardware, else of all its runs, else of
-    every listed study's runs; with what the mean rests on when it is not the study's own here, (None, '') when
-    nothing was timed."""
-    for pool, mark in ((finished, ""), (pooled, "pooled")):
-        timed = [r for r in pool if "wall_time_s" in r]
-        same = [float(r["wall_time_s"]) for r in timed if ran_on(r) == here]
-        times = same or [float(r["wall_time_s"]) for r in timed]
+    """runs left × the mean wall time of the first of: the study's runs on this machine's hardware, every listed
+    study's runs here (the hardware moves a run's time more than the method: SmolLM2's bf16 runs took 2× as long on
+    an AMD EPYC as on a Xeon), the study's runs elsewhere, every study's elsewhere; with what the mean rests on when
+    it is not the first, (None, '') when nothing was timed."""
+    for pool, on_here, mark in ((finished, True, ""), (pooled, True, "pooled"), (finished, False, "other hardware"),
+                                (pooled, False, "pooled, other hardware")):
+        times = [float(r["wall_time_s"]) for r in pool if "wall_time_s" in r and (ran_on(r) == here) == on_here]
         if times:
-            return runs_left * fmean(times) / 3600, ", ".join(m for m in (mark, "" if same else "other hardware") if m)
+            return runs_left * fmean(times) / 3600, mark
     return None, ""
 
 
@@ -203,9 +205,9 @@ def status(specs: list[str | Path], workers: int = 2) -> str:
             blocks[spec.study_name] = {"best": {}, "selection": sel}
     rows += ["", f"Left: {total_runs} runs, ≈ {total_h:.1f} worker-hours ≈ {total_h / workers:.1f} hours of this "
              f"machine at {workers} workers ({here}). Worker-hours left: runs left × the mean `wall_time_s` of the "
-             "study's finished runs on this hardware (else on any; a study with none: of every listed study's, "
-             "pooled). Runs left: each trial short of the budget costs tasks × seeds runs, less the finished runs "
-             "that an unfinished trial holds and its retry reuses."]
+             "study's finished runs on this hardware (else of every listed study's here, marked pooled; else of "
+             "runs on other hardware, marked). Runs left: each trial short of the budget costs tasks × seeds runs, "
+             "less the finished runs that an unfinished trial holds and its retry reuses."]
     return "\n".join([*rows, "", *noise_lines(blocks)])
 
 
